@@ -1,0 +1,114 @@
+"""The artifacts contract: where a title's files live, how they are written, and the manifest.
+
+One module owns the layout so the local run and S3 agree: ``titles/<title_id>/`` holds
+``manifest.json`` plus each stage's outputs. Every file is written to a temporary name in the
+same directory and renamed into place, so a reader never sees half a file; the manifest is
+written after the files it lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import unicodedata
+import uuid
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = "1.0"
+MANIFEST = "manifest.json"
+TITLES_DIR = "titles"
+STAGING_DIR = ".staging"
+STATUSES = ("succeeded", "failed", "skipped")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def title_id_for(path: str | Path) -> str:
+    """A stable, S3-safe title id from a file name: NFC letters/digits kept (Korean too), the rest '-'."""
+    stem = unicodedata.normalize("NFC", Path(path).stem)
+    slug = re.sub(r"[^\w.-]+", "-", stem, flags=re.UNICODE).strip("-.")
+    return slug or "untitled"
+
+
+def title_dir(out_dir: str | Path, title_id: str) -> Path:
+    return Path(out_dir) / TITLES_DIR / title_id
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode("utf-8"))
+
+
+def write_parquet(path: Path, table: Any) -> None:
+    """Write a pyarrow Table atomically (zstd; readable by pandas, pyarrow, DuckDB, Athena)."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def publish(staging: Path, destination: Path, outputs: list[str]) -> None:
+    """Move a stage's staged files into the title directory: nested files first, indexes last."""
+    ordered = sorted(outputs, key=lambda rel: (rel.count("/") == 0, rel))
+    for rel in ordered:
+        target = destination / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / rel, target)
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    path = directory / MANIFEST
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def new_manifest(title_id: str, source: dict[str, Any], prism_version: str) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "title_id": title_id,
+        "prism_version": prism_version,
+        "created_at": now_iso(),
+        "updated_at": now_iso(),
+        "source": source,
+        "stages": {},
+    }
+
+
+@lru_cache(maxsize=1)
+def manifest_schema() -> dict[str, Any]:
+    return json.loads((Path(__file__).parent / "schemas" / "manifest.schema.json").read_text())
+
+
+def validate_manifest(manifest: dict[str, Any]) -> None:
+    """Raise jsonschema.ValidationError when ``manifest`` breaks the v1 contract."""
+    import jsonschema
+
+    jsonschema.validate(manifest, manifest_schema())

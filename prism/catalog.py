@@ -1,0 +1,138 @@
+"""The catalog: per title and per stage, what ran, with which model and params, and how it ended.
+
+``Catalog`` is the interface; ``SQLiteCatalog`` is the embedded one a laptop run uses. The
+cloud swaps in a DynamoDB implementation with the same records (see ``prism.cloud``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass
+class TitleRecord:
+    title_id: str
+    source_uri: str
+    source_bytes: int | None
+    source_sha256: str | None
+    status: str  # succeeded | failed | running
+    reason: str | None
+    prism_version: str
+    updated_at: str
+
+
+@dataclass
+class StageRecord:
+    title_id: str
+    stage: str
+    status: str  # succeeded | failed | skipped
+    reason: str | None
+    model_name: str | None
+    model_version: str | None
+    params_hash: str | None
+    fingerprint: str | None
+    source_sha256: str | None
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+    prism_version: str
+    outputs: list[str] = field(default_factory=list)
+
+
+class Catalog(Protocol):
+    def put_title(self, record: TitleRecord) -> None: ...
+    def get_title(self, title_id: str) -> TitleRecord | None: ...
+    def list_titles(self) -> list[TitleRecord]: ...
+    def put_stage(self, record: StageRecord) -> None: ...
+    def get_stage(self, title_id: str, stage: str) -> StageRecord | None: ...
+    def list_stages(self, title_id: str) -> list[StageRecord]: ...
+
+
+def _columns(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+class SQLiteCatalog:
+    """SQLite in WAL mode: safe to read (``prism status``) while a run writes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        with self._db:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS titles (title_id TEXT PRIMARY KEY, source_uri TEXT, "
+                "source_bytes INTEGER, source_sha256 TEXT, status TEXT, reason TEXT, "
+                "prism_version TEXT, updated_at TEXT)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS stages (title_id TEXT, stage TEXT, status TEXT, reason TEXT, "
+                "model_name TEXT, model_version TEXT, params_hash TEXT, fingerprint TEXT, "
+                "source_sha256 TEXT, started_at TEXT, finished_at TEXT, duration_s REAL, "
+                "prism_version TEXT, outputs TEXT, PRIMARY KEY (title_id, stage))"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS source_hashes (path TEXT, size INTEGER, mtime_ns INTEGER, "
+                "sha256 TEXT, PRIMARY KEY (path, size, mtime_ns))"
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _upsert(self, table: str, row: dict) -> None:
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self._lock, self._db:
+            self._db.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", list(row.values()))
+
+    def put_title(self, record: TitleRecord) -> None:
+        self._upsert("titles", asdict(record))
+
+    def get_title(self, title_id: str) -> TitleRecord | None:
+        rows = self._select(TitleRecord, "titles", "WHERE title_id = ?", (title_id,))
+        return rows[0] if rows else None
+
+    def list_titles(self) -> list[TitleRecord]:
+        return self._select(TitleRecord, "titles", "ORDER BY title_id", ())
+
+    def put_stage(self, record: StageRecord) -> None:
+        row = asdict(record)
+        row["outputs"] = json.dumps(record.outputs, ensure_ascii=False)
+        self._upsert("stages", row)
+
+    def get_stage(self, title_id: str, stage: str) -> StageRecord | None:
+        rows = self._select(StageRecord, "stages", "WHERE title_id = ? AND stage = ?", (title_id, stage))
+        return rows[0] if rows else None
+
+    def list_stages(self, title_id: str) -> list[StageRecord]:
+        return self._select(StageRecord, "stages", "WHERE title_id = ? ORDER BY started_at", (title_id,))
+
+    def _select(self, cls: type, table: str, where: str, args: tuple) -> list:
+        cols = _columns(cls)
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(cols)} FROM {table} {where}", args).fetchall()
+        out = []
+        for row in rows:
+            values = dict(zip(cols, row))
+            if "outputs" in values:
+                values["outputs"] = json.loads(values["outputs"] or "[]")
+            out.append(cls(**values))
+        return out
+
+    def cached_hash(self, path: Path, size: int, mtime_ns: int) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sha256 FROM source_hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
+                (str(path), size, mtime_ns),
+            ).fetchone()
+        return row[0] if row else None
+
+    def store_hash(self, path: Path, size: int, mtime_ns: int, sha256: str) -> None:
+        self._upsert("source_hashes", {"path": str(path), "size": size, "mtime_ns": mtime_ns, "sha256": sha256})

@@ -1,0 +1,184 @@
+"""The ``prism`` command: a thin layer over the public API (Runner, catalog, synth).
+
+Exit codes: 0 every title succeeded (stages skipped as up to date count as success),
+1 at least one title failed, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from prism import __version__
+from prism.errors import ConfigError
+from prism.runner import Runner, StageOutcome, TitleOutcome
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prism video preprocessing.")
+console = Console(stderr=True)
+out_console = Console()
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+STATUS_STYLE = {"succeeded": "green", "failed": "red", "skipped": "yellow", "running": "cyan"}
+DEFAULT_OUT = Path("prism-out")
+
+
+class _ProgressEvents:
+    """Draws one progress bar per stage of the title being processed."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.tasks: dict[tuple[str, str], Any] = {}
+
+    def stage_started(self, title_id: str, stage: str) -> None:
+        self.tasks[(title_id, stage)] = self.progress.add_task(f"{title_id} · {stage}", total=None)
+
+    def stage_progress(self, title_id: str, stage: str, done: int, total: int | None, label: str) -> None:
+        task = self.tasks.get((title_id, stage))
+        if task is not None:
+            self.progress.update(task, completed=done, total=total, description=f"{title_id} · {stage} · {label}")
+
+    def stage_finished(self, title_id: str, outcome: StageOutcome) -> None:
+        task = self.tasks.pop((title_id, outcome.stage), None)
+        if task is not None:
+            total = self.progress.tasks[task].total or 1
+            self.progress.update(
+                task, completed=total, total=total, description=f"{title_id} · {outcome.stage} · {outcome.status}"
+            )
+
+
+def _parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
+    params: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        stage, dot, name = key.partition(".")
+        if not sep or not dot or not stage or not name:
+            raise ConfigError(f"--param expects STAGE.NAME=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        params.setdefault(stage, {})[name] = value
+    return params
+
+
+def _summary_table(outcomes: list[TitleOutcome]) -> Table:
+    table = Table(title="Prism run summary")
+    for col in ("title", "stage", "status", "time", "result"):
+        table.add_column(col)
+    for title in outcomes:
+        for o in title.stages:
+            status = "skipped (up to date)" if o.reused else o.status
+            detail = "" if o.reused else (o.summary if o.status == "succeeded" else (o.reason or ""))
+            table.add_row(
+                title.title_id, o.stage, f"[{STATUS_STYLE[o.status]}]{status}[/]", f"{o.duration_s:.1f}s", detail
+            )
+    return table
+
+
+@app.command()
+def run(
+    videos: list[Path] = typer.Argument(..., help="Video files to process."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory (titles/ and catalog)."),
+    stages: Optional[str] = typer.Option(None, "--stages", "-s", help="Comma-separated stages (default: all)."),
+    force: bool = typer.Option(False, "--force", help="Rerun stages even if their outputs are up to date."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Stage parameter, STAGE.NAME=VALUE (repeatable)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Process VIDEOS into OUT/titles/<title_id>/ and print a summary."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    wanted = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    try:
+        runner = Runner(out, params=_parse_params(param), force=force)
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=False,
+        ) as progress:  # fmt: skip
+            runner.events = _ProgressEvents(progress)
+            outcomes = runner.run(videos, wanted)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE)
+    out_console.print(_summary_table(outcomes))
+    for title in outcomes:
+        if title.status == "failed":
+            console.print(f"[red]FAILED[/] {title.reason}")
+    ok = sum(t.status == "succeeded" for t in outcomes)
+    out_console.print(f"{ok}/{len(outcomes)} titles succeeded; artifacts in {out / 'titles'}")
+    raise typer.Exit(EXIT_OK if ok == len(outcomes) else EXIT_FAILED)
+
+
+@app.command()
+def status(
+    title: Optional[str] = typer.Argument(None, help="A title id; omit to list all titles."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory holding catalog.sqlite."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show what the catalog knows: every title, or the stages of one."""
+    from prism.catalog import SQLiteCatalog
+
+    path = out / "catalog.sqlite"
+    if not path.exists():
+        console.print(f"[red]error:[/] no catalog at {path} (run `prism run` first or pass --out)")
+        raise typer.Exit(EXIT_USAGE)
+    catalog = SQLiteCatalog(path)
+    if title is None:
+        rows = [vars(t) for t in catalog.list_titles()]
+        columns = ("title_id", "status", "reason", "updated_at", "source_uri")
+    else:
+        if catalog.get_title(title) is None:
+            console.print(f"[red]error:[/] title {title!r} is not in {path}")
+            raise typer.Exit(EXIT_FAILED)
+        rows = [vars(s) for s in catalog.list_stages(title)]
+        columns = ("stage", "status", "reason", "model_name", "model_version", "params_hash", "duration_s", "finished_at")
+    if as_json:
+        out_console.print_json(json.dumps(rows, default=str))
+        return
+    table = Table()
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        cells = ["" if row[c] is None else str(row[c]) for c in columns]
+        if row.get("status") in STATUS_STYLE:
+            cells[columns.index("status")] = f"[{STATUS_STYLE[row['status']]}]{row['status']}[/]"
+        table.add_row(*cells)
+    out_console.print(table)
+
+
+@app.command()
+def sample(
+    path: Path = typer.Argument(Path("sample.mp4"), help="Where to write the sample video."),
+    width: int = typer.Option(640, help="Frame width."),
+    height: int = typer.Option(360, help="Frame height."),
+) -> None:
+    """Generate a sample title with known cuts, dissolves, black, frozen and silent spans."""
+    from dataclasses import replace
+
+    from prism.synth import build_title, sample_title
+
+    truth = build_title(replace(sample_title(), width=width, height=height), path)
+    out_console.print(f"wrote {path}: {truth.frame_count} frames at {truth.fps} fps")
+    out_console.print(f"  hard cuts at frames {truth.cuts}")
+    out_console.print(f"  gradual transitions (frames) {truth.gradual}")
+    out_console.print(f"  black {truth.black}, frozen {truth.frozen}")
+
+
+@app.command()
+def version() -> None:
+    """Print Prism's version."""
+    out_console.print(__version__)
+
+
+def main() -> None:
+    app(prog_name="prism")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

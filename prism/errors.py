@@ -1,0 +1,34 @@
+"""Typed errors raised inside the library.
+
+They become a ``failed`` status with a one-line reason only at the edges (runner, CLI,
+worker entrypoint, Lambda handlers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class PrismError(Exception):
+    """Base class for every error Prism turns into a ``failed`` status."""
+
+
+class MediaError(PrismError):
+    """The input file cannot be read as the media we need (missing, empty, corrupt, no stream)."""
+
+    def __init__(self, path: str | Path, cause: str):
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: {cause}")
+
+
+class ModelUnavailable(PrismError):
+    """A stage's model is not present on this machine; the message says how to provide one."""
+
+
+class StageInputMissing(PrismError):
+    """A stage's declared input (an upstream stage's artifact) is not there."""
+
+
+class ConfigError(PrismError, ValueError):
+    """A parameter or configuration value is invalid."""

@@ -1,0 +1,19 @@
+"""Built-in stages. Each module registers its stage; add a new one here with one import."""
+
+from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register, registry, resolve_order
+from prism.stages.cues import CuesStage
+from prism.stages.keyframes import KeyframesStage
+from prism.stages.shots import ShotsStage
+
+__all__ = [
+    "CuesStage",
+    "KeyframesStage",
+    "ModelInfo",
+    "ShotsStage",
+    "Stage",
+    "StageContext",
+    "StageResult",
+    "register",
+    "registry",
+    "resolve_order",
+]

@@ -1,0 +1,219 @@
+"""The stage interface, the context a stage runs in, and the registry.
+
+A stage is one file in ``prism/stages/``: a subclass of :class:`Stage` with a ``name``, the
+stages it ``requires``, a ``Params`` dataclass (typed, validated in ``__post_init__``), a
+``model()`` identity and one ``run(ctx)`` method. ``@register`` puts it in the registry; the
+runner orders stages by ``requires`` and never needs editing when a stage is added. Third-party
+stages can register through the ``prism.stages`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from prism.errors import ConfigError, StageInputMissing
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from prism.media import AudioPCM, MediaInfo, VisualPass
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What produced a stage's output: enough to decide whether a rerun would differ."""
+
+    name: str
+    version: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version}
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """For stages without parameters."""
+
+
+@dataclass
+class StageResult:
+    """What a stage reports back; its files are already in ``ctx.staging``."""
+
+    outputs: list[str]  # paths relative to the title directory
+    metrics: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    status: str = "succeeded"  # or "skipped" (with reason) when the stage chose not to run
+    reason: str | None = None
+
+
+ProgressFn = Callable[[int, int | None, str], None]
+
+
+class StageContext:
+    """What one stage of one title can see: the source, shared decodes, upstream artifacts."""
+
+    def __init__(
+        self,
+        *,
+        title_id: str,
+        source: Path,
+        info: MediaInfo,
+        title_dir: Path,
+        staging: Path,
+        shared: SharedMedia,
+        progress: ProgressFn | None = None,
+    ):
+        self.title_id = title_id
+        self.source = source
+        self.info = info
+        self.title_dir = title_dir
+        self.staging = staging
+        self._shared = shared
+        self._progress = progress
+
+    def progress(self, done: int, total: int | None, label: str = "") -> None:
+        if self._progress:
+            self._progress(done, total, label)
+
+    def visual(self) -> VisualPass:
+        """The title's single visual decode pass, shared by every stage that asks for it."""
+        return self._shared.visual(self)
+
+    def audio(self, track: int = 0, sample_rate: int = 16000) -> AudioPCM:
+        """Mono float32 PCM of one audio track, decoded once per title and rate."""
+        return self._shared.audio(self.source, track, sample_rate)
+
+    def read_table(self, relative: str) -> pa.Table:
+        """Read an upstream stage's Parquet artifact from the title directory."""
+        import pyarrow.parquet as pq
+
+        path = self.title_dir / relative
+        if not path.exists():
+            raise StageInputMissing(f"{self.title_id}: required artifact {relative} is missing")
+        return pq.read_table(path)
+
+
+class SharedMedia:
+    """Per-title cache of decodes, so a title's video is decoded once whatever stages run."""
+
+    def __init__(self, work_dir: Path):
+        self.work_dir = work_dir
+        self._visual: VisualPass | None = None
+        self._audio: dict[tuple[int, int], AudioPCM] = {}
+
+    def visual(self, ctx: StageContext) -> VisualPass:
+        if self._visual is None:
+            from prism.media import decode_visual
+
+            self._visual = decode_visual(
+                ctx.source, ctx.info, self.work_dir, lambda d, t: ctx.progress(d, t, "decode")
+            )
+        return self._visual
+
+    def audio(self, source: Path, track: int, sample_rate: int) -> AudioPCM:
+        key = (track, sample_rate)
+        if key not in self._audio:
+            from prism.media import decode_audio
+
+            self._audio[key] = decode_audio(source, track, sample_rate)
+        return self._audio[key]
+
+
+class Stage(ABC):
+    """Base class of every stage; see the module docstring."""
+
+    name: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()
+    Params: ClassVar[type] = NoParams
+    needs_video: ClassVar[bool] = False  # skipped with a reason on audio-only input
+    needs_audio: ClassVar[bool] = False  # skipped with a reason on video without audio
+
+    def __init__(self, params: dict[str, Any] | None = None):
+        self.params = make_params(self.Params, params or {}, self.name)
+
+    @abstractmethod
+    def model(self) -> ModelInfo:
+        """Identity of the model/algorithm; part of the skip fingerprint."""
+
+    @abstractmethod
+    def run(self, ctx: StageContext) -> StageResult:
+        """Do the work, write files into ``ctx.staging``, return what was written."""
+
+    def params_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.params)
+
+    def params_hash(self) -> str:
+        text = json.dumps(self.params_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def make_params(cls: type, values: dict[str, Any], stage: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"stage {stage!r}: unknown parameter(s) {unknown}; known: {sorted(known)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"stage {stage!r}: {exc}") from exc
+
+
+_REGISTRY: dict[str, type[Stage]] = {}
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: make a stage available by its name."""
+    if not getattr(cls, "name", None):
+        raise TypeError(f"{cls.__name__} has no stage name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"stage name {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+_plugins_loaded = False
+
+
+def registry() -> dict[str, type[Stage]]:
+    """All stages: the built-in ones plus those other packages declare as ``prism.stages`` entry points."""
+    global _plugins_loaded
+    import prism.stages  # noqa: F401  (registers the built-in stages)
+
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        for entry in entry_points(group="prism.stages"):
+            register(entry.load())
+    return dict(_REGISTRY)
+
+
+def resolve_order(requested: list[str] | None = None) -> list[str]:
+    """Stages to run, dependencies included, in an order that respects ``requires``."""
+    stages = registry()
+    wanted = list(stages) if not requested else list(requested)
+    unknown = [name for name in wanted if name not in stages]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; available: {sorted(stages)}")
+    graph: dict[str, set[str]] = {}
+    pending = list(wanted)
+    while pending:
+        name = pending.pop()
+        if name in graph:
+            continue
+        deps = set(stages[name].requires)
+        missing = deps - set(stages)
+        if missing:
+            raise ConfigError(f"stage {name!r} requires unknown stage(s) {sorted(missing)}")
+        graph[name] = deps
+        pending.extend(deps)
+    try:
+        return list(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        raise ConfigError(f"stage dependencies form a cycle: {exc.args[1]}") from exc

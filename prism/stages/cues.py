@@ -1,0 +1,146 @@
+"""``cues``: technical cues for content QC — black, frozen and silent spans.
+
+Black and frozen come from the shared visual decode pass (no extra decode): a frame is black
+when at least ``black_pixel_ratio`` of its pixels are darker than 10 % (ffmpeg blackdetect's
+definitions), frozen when it differs from the previous frame by less than ``freeze_max_diff``
+(mean absolute luma, 0..255). Silence comes from a cheap mono decode of the first audio track:
+10 ms windows whose RMS level stays under ``silence_db`` dBFS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from prism.artifacts import write_parquet
+from prism.errors import MediaError
+from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
+from prism.timeline import frame_level_db, runs
+
+SILENCE_WINDOW_S = 0.01
+
+
+@dataclass(frozen=True)
+class CuesParams:
+    black_pixel_ratio: float = 0.98
+    black_min_s: float = 0.5
+    freeze_max_diff: float = 0.1
+    freeze_min_s: float = 1.0
+    silence_db: float = -60.0
+    silence_min_s: float = 0.5
+    audio_track: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.black_pixel_ratio <= 1.0:
+            raise ValueError("black_pixel_ratio must be in (0, 1]")
+        if min(self.black_min_s, self.freeze_min_s, self.silence_min_s) <= 0:
+            raise ValueError("minimum durations must be > 0")
+        if self.freeze_max_diff <= 0:
+            raise ValueError("freeze_max_diff must be > 0")
+        if self.silence_db >= 0:
+            raise ValueError("silence_db must be negative (dBFS)")
+        if self.audio_track < 0:
+            raise ValueError("audio_track must be >= 0")
+
+
+CUES_SCHEMA = pa.schema(
+    [
+        ("cue_type", pa.string()),  # black | frozen | silence
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("duration_s", pa.float64()),
+        ("start_frame", pa.int64()),  # null for audio cues
+        ("end_frame", pa.int64()),
+        ("value", pa.float64()),
+        ("value_unit", pa.string()),
+    ],
+    metadata={"prism.artifact": "cues", "prism.artifact_version": "1"},
+)
+
+
+@register
+class CuesStage(Stage):
+    name = "cues"
+    Params = CuesParams
+
+    def model(self) -> ModelInfo:
+        return ModelInfo("prism-cue-rules", "1")
+
+    def run(self, ctx: StageContext) -> StageResult:
+        p = self.params
+        vp = ctx.visual()
+        rows: list[dict] = []
+
+        def add_frame_spans(kind: str, mask: np.ndarray, min_s: float, value_of, unit: str) -> None:
+            for start, end in runs(mask):
+                start_s, end_s = float(vp.times[start]), vp.end_time(end)
+                if end_s - start_s + 1e-9 < min_s:
+                    continue
+                rows.append(
+                    {
+                        "cue_type": kind,
+                        "start_s": start_s,
+                        "end_s": end_s,
+                        "duration_s": end_s - start_s,
+                        "start_frame": start,
+                        "end_frame": end,
+                        "value": float(value_of(start, end)),
+                        "value_unit": unit,
+                    }
+                )
+
+        black = vp.dark_ratio >= p.black_pixel_ratio
+        add_frame_spans("black", black, p.black_min_s, lambda a, b: vp.luma_mean[a:b].mean(), "mean_luma_0_255")
+        # frame i repeats frame i-1: the frozen span starts on the frame that got held
+        repeats = vp.diff_prev < p.freeze_max_diff
+        repeats[0] = False
+        held = repeats.copy()
+        held[:-1] |= repeats[1:]
+        add_frame_spans(
+            "frozen", held & ~black, p.freeze_min_s, lambda a, b: vp.diff_prev[a + 1 : b].max(initial=0.0), "max_frame_diff_0_255"
+        )
+        metrics: dict = {}
+        tracks = ctx.info.audio_tracks
+        if not tracks:
+            metrics["silence"] = "not analysed: no audio track"
+        elif p.audio_track >= len(tracks):
+            metrics["silence"] = f"not analysed: no audio track {p.audio_track} (file has {len(tracks)})"
+        else:
+            try:
+                pcm = ctx.audio(p.audio_track)
+                rows += silence_cues(pcm.samples, pcm.sample_rate, p.silence_db, p.silence_min_s)
+            except MediaError as exc:  # a corrupt audio stream must not hide the visual cues
+                metrics["silence"] = f"not analysed: {exc}"
+        rows.sort(key=lambda r: (r["start_s"], r["cue_type"]))
+        write_parquet(ctx.staging / "cues.parquet", pa.Table.from_pylist(rows, schema=CUES_SCHEMA))
+        counts = {kind: sum(r["cue_type"] == kind for r in rows) for kind in ("black", "frozen", "silence")}
+        metrics.update(counts)
+        return StageResult(
+            outputs=["cues.parquet"],
+            metrics=metrics,
+            summary=", ".join(f"{v} {k}" for k, v in counts.items()),
+        )
+
+
+def silence_cues(samples: np.ndarray, sample_rate: int, silence_db: float, min_s: float) -> list[dict]:
+    level = frame_level_db(samples, sample_rate, SILENCE_WINDOW_S)
+    out = []
+    for start, end in runs(level < silence_db):
+        start_s, end_s = start * SILENCE_WINDOW_S, end * SILENCE_WINDOW_S
+        if end_s - start_s + 1e-9 < min_s:
+            continue
+        out.append(
+            {
+                "cue_type": "silence",
+                "start_s": start_s,
+                "end_s": end_s,
+                "duration_s": end_s - start_s,
+                "start_frame": None,
+                "end_frame": None,
+                "value": float(level[start:end].max()),
+                "value_unit": "max_rms_dbfs",
+            }
+        )
+    return out

@@ -1,0 +1,55 @@
+"""Shared fixtures: generated media (never downloaded) and a guard against logged errors."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from prism.media.tools import ffmpeg_exe
+from prism.synth import Shot, Title, Truth, build_title, sample_title
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def sample_video(media_dir) -> tuple[Path, Truth]:
+    """The demo title: cuts, a dissolve, a fade through black, black, frozen and silent spans."""
+    path = media_dir / "sample.mp4"
+    return path, build_title(sample_title(), path)
+
+
+@pytest.fixture(scope="session")
+def make_video(media_dir):
+    """Build a custom Title once per session and cache it by name."""
+    cache: dict[str, tuple[Path, Truth]] = {}
+
+    def make(name: str, title: Title, **kwargs) -> tuple[Path, Truth]:
+        if name not in cache:
+            path = media_dir / name
+            cache[name] = (path, build_title(title, path, **kwargs))
+        return cache[name]
+
+    return make
+
+
+def ffmpeg(*args: str) -> None:
+    """Run ffmpeg for a test's own media, failing loudly."""
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(autouse=True)
+def no_logged_errors(caplog):
+    """Like PySceneDetect's suite: any ERROR logged during a test fails it, unless the test expects it."""
+    yield
+    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR and not getattr(r, "expected", False)]
+    if errors and not caplog.expected_errors if hasattr(caplog, "expected_errors") else errors:
+        pytest.fail(f"unexpected ERROR log: {errors[0].getMessage()}")
+
+
+__all__ = ["Shot", "Title", "ffmpeg"]
