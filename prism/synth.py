@@ -145,3 +145,13 @@ def sample_title() -> Title:
         black_after={4: 1.0},
         silences=[(6.0, 8.0), (20.0, 21.5)],
     )
+
+
+def ffmpeg(*args: str) -> None:
+    """Run ffmpeg with ``args`` (for building test media), raising with its message on failure."""
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args],
+        capture_output=True, text=True, errors="replace",
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"ffmpeg {' '.join(args)} failed: {proc.stderr.strip()[-2000:]}")

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from prism.media.tools import ffmpeg_exe
-from prism.synth import Shot, Title, Truth, build_title, sample_title
+from prism.synth import Title, Truth, build_title, sample_title
 
 
 @pytest.fixture(scope="session")
@@ -38,11 +36,6 @@ def make_video(media_dir):
     return make
 
 
-def ffmpeg(*args: str) -> None:
-    """Run ffmpeg for a test's own media, failing loudly."""
-    subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
-
-
 @pytest.fixture(autouse=True)
 def no_logged_errors(caplog):
     """Like PySceneDetect's suite: any ERROR logged during a test fails it, unless the test expects it."""
@@ -51,5 +44,3 @@ def no_logged_errors(caplog):
     if errors:  # a test that expects an error log calls caplog.clear() after checking it
         pytest.fail(f"unexpected ERROR log: {errors[0].getMessage()}")
 
-
-__all__ = ["Shot", "Title", "ffmpeg"]

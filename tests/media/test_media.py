@@ -1,0 +1,131 @@
+"""Media layer: probe facts, the single decode pass, ffmpeg discovery and its fallbacks."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from prism.errors import MediaError
+from prism.media import decode_audio, decode_visual, probe, tools
+from prism.synth import Shot, Title, ffmpeg
+
+probe_module = importlib.import_module("prism.media.probe")  # the package re-exports a function of that name
+
+
+@pytest.fixture(scope="module")
+def small_clip(make_video):
+    return make_video("probe.mp4", Title([Shot("testsrc2", 2.0), Shot("mandelbrot", 2.0)], width=160, height=90))
+
+
+@pytest.fixture(scope="module")
+def rotated_clip(small_clip, media_dir):
+    src, _ = small_clip
+    out = media_dir / "rotated.mp4"
+    ffmpeg("-i", str(src), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def vfr_clip(media_dir):
+    """30 fps for 1 s, then 10 fps for 2 s, in one stream."""
+    out = media_dir / "vfr.mp4"
+    ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=30:duration=3",
+        "-vf", "select='lt(n,30)+gte(n,30)*not(mod(n,3))',setpts='if(lt(N,30),N/30,1+(N-30)/10)/TB'",
+        "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(out),
+    )  # fmt: skip
+    return out
+
+
+def test_probe_reports_stream_facts(small_clip):
+    path, truth = small_clip
+    info = probe(path)
+    assert info.video is not None
+    assert (info.video.width, info.video.height) == (160, 90)
+    assert info.video.fps == pytest.approx(25.0)
+    assert not info.video.variable_frame_rate
+    assert info.duration_s == pytest.approx(truth.frame_count / truth.fps, abs=0.1)
+    assert len(info.audio_tracks) == 1 and info.audio_tracks[0].sample_rate == 48000
+
+
+def test_probe_reads_rotation_and_display_size(rotated_clip):
+    info = probe(rotated_clip)
+    assert info.video.rotation in (90, 270)
+    assert info.video.display_size == (90, 160)
+
+
+def test_probe_without_ffprobe_parses_ffmpeg(small_clip, rotated_clip, monkeypatch):
+    monkeypatch.setattr(probe_module, "ffprobe_exe", lambda: None)
+    info = probe(small_clip[0])
+    assert (info.video.width, info.video.height, info.video.fps) == (160, 90, 25.0)
+    assert info.duration_s == pytest.approx(4.0, abs=0.1)
+    assert len(info.audio_tracks) == 1
+    assert probe(rotated_clip).video.rotation in (90, 270)
+
+
+@pytest.mark.parametrize(
+    ("content", "cause"),
+    [(None, "file not found"), (b"", "file is empty"), (b"hello, I am text\n" * 50, "not a media file")],
+)
+def test_probe_bad_files_name_file_and_cause(tmp_path, content, cause):
+    path = tmp_path / "bad.mp4"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(MediaError) as err:
+        probe(path)
+    assert str(path) in str(err.value) and cause in str(err.value)
+
+
+def test_decode_visual_one_pass_gives_frames_times_and_measures(small_clip, tmp_path):
+    path, truth = small_clip
+    vp = decode_visual(path, probe(path), tmp_path)
+    assert vp.frame_count == truth.frame_count
+    assert vp.frames_small.shape == (truth.frame_count, 27, 48, 3) and vp.frames_small.dtype == np.uint8
+    assert np.allclose(vp.times, np.arange(truth.frame_count) / truth.fps, atol=1e-3)
+    for name in ("luma_mean", "dark_ratio", "sharpness", "diff_prev"):
+        assert getattr(vp, name).shape == (truth.frame_count,)
+    assert vp.thumbs.shape == (truth.frame_count, 9, 16)
+    # the hard cut at frame 50 is the largest frame-to-frame change
+    assert int(np.argmax(vp.diff_prev)) == truth.cuts[0]
+
+
+def test_decode_visual_keeps_variable_frame_timestamps(vfr_clip, tmp_path):
+    info = probe(vfr_clip)
+    vp = decode_visual(vfr_clip, info, tmp_path)
+    assert vp.frame_count == 30 + 20
+    assert vp.variable_frame_rate
+    assert vp.times[29] == pytest.approx(29 / 30, abs=2e-3)
+    assert vp.times[31] == pytest.approx(1.1, abs=2e-3)
+
+
+def test_decode_visual_applies_rotation(rotated_clip, tmp_path):
+    vp = decode_visual(rotated_clip, probe(rotated_clip), tmp_path)
+    assert vp.frame_count == 100  # decoded through the rotation filter without error
+
+
+def test_decode_visual_rejects_audio_only(media_dir, tmp_path):
+    path = media_dir / "tone.m4a"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=1", str(path))
+    with pytest.raises(MediaError, match="no video stream"):
+        decode_visual(path, probe(path), tmp_path)
+
+
+def test_decode_audio_mono_pcm(small_clip):
+    pcm = decode_audio(small_clip[0], track=0, sample_rate=16000)
+    assert pcm.samples.dtype == np.float32
+    assert pcm.duration_s == pytest.approx(4.0, abs=0.1)
+    assert 0.04 < np.abs(pcm.samples).max() < 0.1  # lavfi sine is 1/8 full scale, halved by the synth
+
+
+def test_ffmpeg_falls_back_to_imageio_binary(monkeypatch):
+    import imageio_ffmpeg
+
+    tools.ffmpeg_exe.cache_clear()
+    monkeypatch.delenv("PRISM_FFMPEG", raising=False)
+    monkeypatch.setattr(tools.shutil, "which", lambda name: None)
+    try:
+        assert tools.ffmpeg_exe() == imageio_ffmpeg.get_ffmpeg_exe()
+    finally:
+        tools.ffmpeg_exe.cache_clear()
