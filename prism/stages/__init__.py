@@ -2,11 +2,13 @@
 
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register, registry, resolve_order
 from prism.stages.cues import CuesStage
+from prism.stages.embeddings import EmbeddingsStage
 from prism.stages.keyframes import KeyframesStage
 from prism.stages.shots import ShotsStage
 
 __all__ = [
     "CuesStage",
+    "EmbeddingsStage",
     "KeyframesStage",
     "ModelInfo",
     "ShotsStage",

@@ -1,0 +1,386 @@
+"""``embeddings``: an image-text vector per keyframe and per shot, for search and grouping.
+
+The encoder is any CLIP- or SigLIP-family model ``transformers`` can load with
+``AutoModel``/``AutoProcessor`` and that has ``get_image_features``/``get_text_features``.
+It is configuration, never downloaded: the ``model`` parameter (or ``PRISM_EMBEDDINGS_MODEL``)
+names a local directory or a model id already in the Hugging Face cache. Without one the stage
+ends ``skipped`` with a reason saying how to provide it; it never invents vectors.
+
+Every vector is L2-normalized float32, so a dot product is a cosine similarity. A shot's vector
+is the normalized mean of its keyframes' vectors; a shot without keyframes has no row.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from prism.artifacts import write_parquet
+from prism.errors import ConfigError, ModelUnavailable
+from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+MODEL_ENV = "PRISM_EMBEDDINGS_MODEL"
+ARTIFACT = "embeddings.parquet"
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+HOW_TO_PROVIDE = (
+    "no image-text model for the embeddings stage: pass `--param embeddings.model=DIR` or set "
+    f"{MODEL_ENV}=DIR, where DIR is a local directory saved with transformers' save_pretrained "
+    "(config.json, model.safetensors, plus the processor files: preprocessor_config.json or "
+    "processor_config.json, and tokenizer files), e.g. a CLIP or SigLIP model; a model id such as "
+    "google/siglip-base-patch16-224 also works once it is in the local Hugging Face cache "
+    "(weights are never downloaded at run time)"
+)
+
+
+@dataclass(frozen=True)
+class EmbeddingsParams:
+    model: str = ""  # local directory or cached model id; "" = $PRISM_EMBEDDINGS_MODEL
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (float16 on CUDA, float32 on CPU) | float32 | float16 | bfloat16
+    batch_size: int = 0  # keyframes per forward pass; 0 = auto (16 on CPU, 128 on GPU)
+    workers: int = 2  # threads decoding JPEGs ahead of the model
+
+    def __post_init__(self) -> None:
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+        if self.batch_size < 0 or self.workers < 1:
+            raise ValueError("batch_size must be >= 0 and workers >= 1")
+
+
+def model_location(param: str = "") -> str:
+    """The configured model: the parameter, else the environment variable, else ''."""
+    return (param or os.environ.get(MODEL_ENV, "")).strip()
+
+
+def resolve_model_dir(location: str) -> Path:
+    """A local directory holding the model, or ``ModelUnavailable`` saying how to provide one."""
+    if not location:
+        raise ModelUnavailable(HOW_TO_PROVIDE)
+    if location.startswith("s3://"):
+        raise ModelUnavailable(
+            f"model location {location} is in S3; the cloud worker syncs it to a local directory. "
+            f"Locally, download it yourself and pass the directory ({MODEL_ENV}=DIR or --param embeddings.model=DIR)"
+        )
+    path = Path(location).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelUnavailable(f"model directory {path} has no config.json; {HOW_TO_PROVIDE}")
+        if not _weight_files(path):
+            raise ModelUnavailable(f"model directory {path} has no weights (*.safetensors or *.bin); {HOW_TO_PROVIDE}")
+        return path
+    if path.is_absolute() or location.startswith((".", "~")) or location.count("/") > 1:
+        raise ModelUnavailable(f"model directory {location} does not exist; {HOW_TO_PROVIDE}")
+    try:  # a model id: only what is already in the local Hugging Face cache
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(location, local_files_only=True))
+    except Exception as exc:  # LocalEntryNotFoundError, or an invalid id
+        raise ModelUnavailable(
+            f"model {location!r} is neither a local directory nor in the Hugging Face cache "
+            f"({type(exc).__name__}); {HOW_TO_PROVIDE}"
+        ) from exc
+
+
+def _weight_files(path: Path) -> list[Path]:
+    return sorted({f for pattern in WEIGHT_FILES for f in path.glob(pattern)})
+
+
+def model_identity(path: Path) -> ModelInfo:
+    """Name and revision of a model directory: the Hub id and commit for a cache snapshot,
+    else the directory name and a hash of the weights (so a swapped model never looks up to date)."""
+    path = path.resolve()
+    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in _weight_files(path))
+    return _identity(path, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(path: Path, stamp: tuple) -> ModelInfo:
+    parts = path.parts
+    if len(parts) >= 4 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return ModelInfo(parts[-3].removeprefix("models--").replace("--", "/"), parts[-1])
+    digest = hashlib.sha256()
+    for f in _weight_files(path):
+        with open(f, "rb") as fh:
+            digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return ModelInfo(path.name, f"weights-sha256:{digest.hexdigest()[:16]}")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"stage embeddings: device {device!r} requested but CUDA is not available")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "float16" if device.startswith("cuda") else "float32"
+    return dtype
+
+
+class ImageTextEncoder:
+    """A loaded image-text model: images and texts in, L2-normalized float32 vectors out."""
+
+    def __init__(self, path: Path, device: str = "cpu", dtype: str = "float32"):
+        import torch
+        from transformers import AutoModel, AutoProcessor
+
+        self.path = Path(path)
+        self.info = model_identity(self.path)
+        self.device = device
+        self.dtype = dtype
+        try:
+            self.processor = AutoProcessor.from_pretrained(self.path, local_files_only=True)
+            model = AutoModel.from_pretrained(self.path, local_files_only=True, dtype=getattr(torch, dtype))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelUnavailable(f"cannot load an image-text model from {self.path}: {exc}; {HOW_TO_PROVIDE}") from exc
+        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+            raise ModelUnavailable(
+                f"{self.path} holds a {type(model).__name__}, not an image-text model with "
+                "get_image_features/get_text_features (use a CLIP- or SigLIP-family model)"
+            )
+        self.model = model.to(device).eval()
+        # SigLIP was trained on texts padded to the full length; CLIP pools at the EOS token.
+        self._text_padding = "max_length" if "siglip" in model.config.model_type else True
+        self._draft_side = 2 * _input_side(model.config)
+
+    @functools.cached_property
+    def dim(self) -> int:
+        return int(self.encode_images([_blank()]).shape[1])
+
+    def load_image(self, path: str | Path) -> Image.Image:
+        """Decode an image as RGB; JPEGs are decoded at a reduced scale still twice the model's input."""
+        from PIL import Image
+
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (self._draft_side, self._draft_side))
+            return img.convert("RGB")
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """One forward pass over ``images`` (one batch)."""
+        import torch
+
+        inputs = self.processor(images=list(images), return_tensors="pt")
+        pixels = inputs["pixel_values"].to(self.device, dtype=self.model.dtype)
+        with torch.inference_mode():
+            features = self.model.get_image_features(pixel_values=pixels)
+        return _normalized(features)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        inputs = self.processor(text=list(texts), padding=self._text_padding, truncation=True, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            features = self.model.get_text_features(**inputs)
+        return _normalized(features)
+
+    def embed_files(
+        self,
+        paths: Sequence[str | Path],
+        batch_size: int,
+        *,
+        workers: int = 2,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Vectors of image files, ``batch_size`` at a time, decoding the next batch while one runs."""
+        if not paths:
+            return np.zeros((0, self.dim), np.float32)
+        batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+        out: list[np.ndarray] = []
+        done = 0
+        with ThreadPoolExecutor(workers) as pool:
+            ahead = [pool.submit(self.load_image, p) for p in batches[0]]
+            for k in range(len(batches)):
+                current = ahead
+                ahead = [pool.submit(self.load_image, p) for p in batches[k + 1]] if k + 1 < len(batches) else []
+                out.append(self.encode_images([f.result() for f in current]))
+                done += len(current)
+                if progress:
+                    progress(done, len(paths))
+        return np.concatenate(out)
+
+
+def _input_side(config: Any) -> int:
+    vision = getattr(config, "vision_config", None)
+    return int(getattr(vision, "image_size", 0) or 224)
+
+
+def _blank() -> Image.Image:
+    from PIL import Image
+
+    return Image.new("RGB", (64, 64))
+
+
+def _normalized(features: Any) -> np.ndarray:
+    if not hasattr(features, "float"):  # transformers 5 returns a ModelOutput; 4.x a tensor
+        features = features.pooler_output
+    vectors = features.float().cpu().numpy()
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def load_encoder(path: Path, device: str = "cpu", dtype: str = "float32") -> ImageTextEncoder:
+    """The encoder for a model directory, loaded once per process, device and dtype."""
+    return ImageTextEncoder(path, device, dtype)
+
+
+def encoder_for(location: str = "", device: str = "auto", dtype: str = "auto") -> ImageTextEncoder:
+    """The configured encoder (``location`` or ``$PRISM_EMBEDDINGS_MODEL``); ``ModelUnavailable`` if none."""
+    path = resolve_model_dir(model_location(location)).resolve()
+    dev = resolve_device(device)
+    return load_encoder(path, dev, resolve_dtype(dtype, dev))
+
+
+def shot_vectors(shot_index: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(shots, normalized mean vector, keyframe count) of each shot among ``shot_index``."""
+    shots, inverse, counts = np.unique(shot_index, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(shots), vectors.shape[1]), np.float64)
+    np.add.at(sums, inverse, vectors)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return shots, (sums / np.maximum(norms, 1e-12)).astype(np.float32), counts
+
+
+def embeddings_schema(dim: int, model: ModelInfo) -> pa.Schema:
+    return pa.schema(
+        [
+            ("shot_index", pa.int32()),
+            ("kind", pa.string()),
+            ("frame", pa.int64()),
+            ("time_s", pa.float64()),
+            ("path", pa.string()),
+            ("start_s", pa.float64()),
+            ("end_s", pa.float64()),
+            ("keyframes", pa.int32()),
+            ("vector", pa.list_(pa.float32(), dim)),
+            ("model", pa.string()),
+            ("model_revision", pa.string()),
+        ],
+        metadata={
+            "prism.artifact": "embeddings",
+            "prism.artifact_version": "1",
+            "prism.embedding_dim": str(dim),
+            "prism.vector_dtype": "float32",
+            "prism.vector_norm": "l2",
+            "prism.model": model.name,
+            "prism.model_revision": model.version,
+        },
+    )
+
+
+def embeddings_table(
+    keyframes: pa.Table, shots: pa.Table, vectors: np.ndarray, model: ModelInfo
+) -> pa.Table:
+    """Rows for every keyframe and every shot with a keyframe, shot row first, in shot order."""
+    kf = keyframes.to_pydict()
+    spans = dict(zip(shots["shot_index"].to_pylist(), zip(shots["start_s"].to_pylist(), shots["end_s"].to_pylist())))
+    shot_ids, shot_vecs, counts = shot_vectors(np.asarray(kf["shot_index"], np.int64), vectors)
+    rows: list[dict[str, Any]] = []
+    for s, vec, count in zip(shot_ids.tolist(), shot_vecs, counts.tolist()):
+        start, end = spans.get(s, (None, None))
+        rows.append({"shot_index": s, "kind": "shot", "start_s": start, "end_s": end, "keyframes": count, "vector": vec})
+    for i, s in enumerate(kf["shot_index"]):
+        start, end = spans.get(s, (None, None))
+        rows.append(
+            {
+                "shot_index": s,
+                "kind": "keyframe",
+                "frame": kf["frame"][i],
+                "time_s": kf["time_s"][i],
+                "path": kf["path"][i],
+                "start_s": start,
+                "end_s": end,
+                "keyframes": 1,
+                "vector": vectors[i],
+            }
+        )
+    rows.sort(key=lambda r: (r["shot_index"], r["kind"] != "shot", r.get("frame") or 0))
+    dim = vectors.shape[1]
+    flat = np.concatenate([r.pop("vector") for r in rows]).astype(np.float32) if rows else np.zeros(0, np.float32)
+    columns: dict[str, Any] = {name: [r.get(name) for r in rows] for name in _SCALAR_COLUMNS}
+    columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+    columns["model"] = [model.name] * len(rows)
+    columns["model_revision"] = [model.version] * len(rows)
+    schema = embeddings_schema(dim, model)
+    return pa.Table.from_arrays([pa.array(columns[f.name], f.type) for f in schema], schema=schema)
+
+
+_SCALAR_COLUMNS = ("shot_index", "kind", "frame", "time_s", "path", "start_s", "end_s", "keyframes")
+
+
+def read_vectors(table: pa.Table, column: str = "vector") -> np.ndarray:
+    """The vector column of an embeddings table as an (n, dim) float32 array, without copying rows one by one."""
+    col = table[column].combine_chunks()
+    dim = col.type.list_size
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+
+
+@register
+class EmbeddingsStage(Stage):
+    name = "embeddings"
+    requires = ("keyframes",)
+    Params = EmbeddingsParams
+
+    def _model_dir(self) -> Path:
+        return resolve_model_dir(model_location(self.params.model))
+
+    def model(self) -> ModelInfo:
+        try:
+            return model_identity(self._model_dir())
+        except ModelUnavailable:
+            return ModelInfo("none", "no model configured")
+
+    def run(self, ctx: StageContext) -> StageResult:
+        try:
+            path = self._model_dir()
+        except ModelUnavailable as exc:
+            return StageResult(outputs=[], status="skipped", reason=str(exc))
+        device = resolve_device(self.params.device)
+        dtype = resolve_dtype(self.params.dtype, device)
+        batch = self.params.batch_size or (128 if device.startswith("cuda") else 16)
+        keyframes = ctx.read_table("keyframes.parquet")
+        shots = ctx.read_table("shots.parquet")
+        encoder = load_encoder(path.resolve(), device, dtype)
+        files = [ctx.title_dir / rel for rel in keyframes["path"].to_pylist()]
+        vectors = encoder.embed_files(
+            files, batch, workers=self.params.workers, progress=lambda d, t: ctx.progress(d, t, "embed")
+        )
+        table = embeddings_table(keyframes, shots, vectors, encoder.info)
+        write_parquet(ctx.staging / ARTIFACT, table)
+        n_shots = table["kind"].to_pylist().count("shot")
+        return StageResult(
+            outputs=[ARTIFACT],
+            metrics={
+                "keyframes": len(files),
+                "shots": n_shots,
+                "dim": vectors.shape[1],
+                "device": device,
+                "dtype": dtype,
+                "batch_size": batch,
+            },
+            summary=f"{len(files)} keyframe and {n_shots} shot vectors ({vectors.shape[1]}-d, {encoder.info.name})",
+        )
+
