@@ -44,3 +44,14 @@ def no_logged_errors(caplog):
     if errors:  # a test that expects an error log calls caplog.clear() after checking it
         pytest.fail(f"unexpected ERROR log: {errors[0].getMessage()}")
 
+
+
+@pytest.fixture(scope="session")
+def sample_run(sample_video, tmp_path_factory):
+    """The sample title through shots, keyframes and cues once; tests read its artifacts."""
+    from prism.runner import Runner
+
+    path, truth = sample_video
+    out = tmp_path_factory.mktemp("sample-run")
+    [outcome] = Runner(out).run([path], ["shots", "keyframes", "cues"])
+    return out, truth, outcome
