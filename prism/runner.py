@@ -27,7 +27,7 @@ from prism.artifacts import (
     title_id_for,
     write_json,
 )
-from prism.catalog import SQLiteCatalog, StageRecord, TitleRecord
+from prism.catalog import Catalog, SQLiteCatalog, StageRecord, TitleRecord
 from prism.errors import MediaError, PrismError
 from prism.media import MediaInfo, probe
 from prism.stages.base import SharedMedia, Stage, StageContext, StageResult, registry, resolve_order
@@ -75,9 +75,11 @@ class _NoEvents:
         pass
 
 
-def sha256_file(path: Path, catalog: SQLiteCatalog | None = None) -> str:
-    """Content hash of the source, cached in the catalog by (path, size, mtime)."""
+def sha256_file(path: Path, catalog: Catalog | SQLiteCatalog | None = None) -> str:
+    """Content hash of the source, cached in the catalog by (path, size, mtime) when it can."""
     stat = path.stat()
+    if not hasattr(catalog, "cached_hash"):
+        catalog = None
     if catalog is not None and (cached := catalog.cached_hash(path.resolve(), stat.st_size, stat.st_mtime_ns)):
         return cached
     with open(path, "rb") as fh:
@@ -100,7 +102,7 @@ class Runner:
         self,
         out_dir: str | Path,
         *,
-        catalog: SQLiteCatalog | None = None,
+        catalog: Catalog | None = None,
         params: dict[str, dict[str, Any]] | None = None,
         force: bool = False,
         events: RunEvents | None = None,
@@ -115,8 +117,23 @@ class Runner:
         order = resolve_order(stages)  # configuration errors surface before any work
         return [self.run_title(Path(src), order) for src in sources]
 
-    def run_title(self, source: Path, order: list[str], title_id: str | None = None) -> TitleOutcome:
+    def run_title(
+        self,
+        source: Path,
+        order: list[str],
+        title_id: str | None = None,
+        *,
+        source_facts: dict[str, Any] | None = None,
+        upstream: dict[str, str] | None = None,
+    ) -> TitleOutcome:
+        """Run ``order`` for one title.
+
+        ``source_facts`` (uri, etag, sha256) describe where the local ``source`` copy came from,
+        e.g. an S3 object, so the hash is not recomputed. ``upstream`` gives the fingerprints of
+        required stages that ran elsewhere (another Batch job), so ``order`` can be one stage.
+        """
         title_id = title_id or title_id_for(source)
+        given = source_facts or {}
         tdir = title_dir(self.out_dir, title_id)
         tdir.mkdir(parents=True, exist_ok=True)
         source_facts: dict[str, Any] = {
@@ -126,11 +143,16 @@ class Runner:
             "etag": None,
             "probe": None,
         }
+        source_facts.update({k: v for k, v in given.items() if k in ("uri", "etag", "sha256")})
         manifest = read_manifest(tdir) or new_manifest(title_id, source_facts, __version__)
         manifest["prism_version"] = __version__
         try:
             info = probe(source)
-            source_facts.update(bytes=info.size_bytes, sha256=sha256_file(source, self.catalog), probe=_probe_facts(info))
+            source_facts.update(
+                bytes=info.size_bytes,
+                sha256=source_facts["sha256"] or sha256_file(source, self.catalog),
+                probe=_probe_facts(info),
+            )
         except MediaError as exc:
             if source.exists():
                 source_facts["bytes"] = source.stat().st_size
@@ -140,7 +162,7 @@ class Runner:
         manifest["source"] = source_facts
         shared = SharedMedia(self.out_dir / ".work" / f"{title_id}-{uuid.uuid4().hex[:6]}")
         outcomes: list[StageOutcome] = []
-        fingerprints: dict[str, str] = {}
+        fingerprints: dict[str, str] = dict(upstream or {})
         try:
             for name in order:
                 outcome = self._run_stage(title_id, source, info, tdir, manifest, shared, name, fingerprints)
