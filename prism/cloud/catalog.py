@@ -1,0 +1,149 @@
+"""``DynamoCatalog``: the cloud catalog, the same records as ``SQLiteCatalog`` in one DynamoDB table.
+
+Item layout (one table, ``PAY_PER_REQUEST``):
+
+- ``title_id`` (partition key) and ``record`` (sort key): ``TITLE`` for the title record,
+  ``STAGE#<stage>`` for a stage record. Attribute names are the dataclass field names.
+- Stage items may carry extras the local catalog keeps in ``manifest.json`` instead:
+  ``manifest_entry`` (the stage's manifest entry) and ``source`` (source facts), both JSON
+  strings, written by the worker so ``finalize`` can assemble the manifest without races.
+- Title items may carry ``source_etag`` and ``pipeline_version``, which ``discover`` compares
+  to decide whether a delivered title was already processed.
+- ``#RUN``/``scheduled`` holds the watermark of the last completed scheduled run
+  (``#`` never occurs in a title id).
+- Source hashes are cached under ``#HASH``/``<s3 uri>#<etag>``.
+- The ``record-index`` GSI (``record``, ``title_id``) lists all titles without a scan.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from decimal import Decimal
+from typing import Any
+
+from prism.catalog import StageRecord, TitleRecord
+
+TITLE = "TITLE"
+STAGE_PREFIX = "STAGE#"
+RECORD_INDEX = "record-index"
+RUN_KEY = "#RUN"
+HASH_KEY = "#HASH"
+
+
+def _to_attr(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _to_attr(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_attr(v) for v in value]
+    return value
+
+
+def _from_attr(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_attr(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_attr(v) for v in value]
+    return value
+
+
+class DynamoCatalog:
+    """Implements :class:`prism.catalog.Catalog` on a DynamoDB table (see module docstring)."""
+
+    def __init__(self, table_name: str, *, client=None):
+        import boto3
+        from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+        self.table_name = table_name
+        self._client = client or boto3.client("dynamodb")
+        self._ser, self._de = TypeSerializer(), TypeDeserializer()
+
+    # -- low level -------------------------------------------------------------------------
+    def _put(self, item: dict[str, Any]) -> None:
+        wire = {k: self._ser.serialize(_to_attr(v)) for k, v in item.items()}
+        self._client.put_item(TableName=self.table_name, Item=wire)
+
+    def get_item(self, title_id: str, record: str) -> dict[str, Any] | None:
+        resp = self._client.get_item(
+            TableName=self.table_name, Key={"title_id": {"S": title_id}, "record": {"S": record}}, ConsistentRead=True
+        )
+        return self._plain(resp["Item"]) if "Item" in resp else None
+
+    def _plain(self, wire: dict[str, Any]) -> dict[str, Any]:
+        return {k: _from_attr(self._de.deserialize(v)) for k, v in wire.items()}
+
+    def _query(self, **kwargs: Any) -> list[dict[str, Any]]:
+        items, start = [], None
+        while True:
+            if start:
+                kwargs["ExclusiveStartKey"] = start
+            resp = self._client.query(TableName=self.table_name, **kwargs)
+            items.extend(self._plain(i) for i in resp.get("Items", []))
+            start = resp.get("LastEvaluatedKey")
+            if not start:
+                return items
+
+    # -- Catalog protocol ------------------------------------------------------------------
+    def put_title(self, record: TitleRecord, *, extra: dict[str, Any] | None = None) -> None:
+        self._put({**(extra or {}), **asdict(record), "record": TITLE})
+
+    def get_title(self, title_id: str) -> TitleRecord | None:
+        item = self.get_item(title_id, TITLE)
+        return _record(TitleRecord, item) if item else None
+
+    def list_titles(self) -> list[TitleRecord]:
+        items = self._query(
+            IndexName=RECORD_INDEX,
+            KeyConditionExpression="#r = :t",
+            ExpressionAttributeNames={"#r": "record"},
+            ExpressionAttributeValues={":t": {"S": TITLE}},
+        )
+        return sorted((_record(TitleRecord, i) for i in items), key=lambda t: t.title_id)
+
+    def put_stage(self, record: StageRecord, *, extra: dict[str, Any] | None = None) -> None:
+        self._put({**(extra or {}), **asdict(record), "record": STAGE_PREFIX + record.stage})
+
+    def get_stage(self, title_id: str, stage: str) -> StageRecord | None:
+        item = self.get_item(title_id, STAGE_PREFIX + stage)
+        return _record(StageRecord, item) if item else None
+
+    def list_stages(self, title_id: str) -> list[StageRecord]:
+        return [_record(StageRecord, i) for i in self.stage_items(title_id)]
+
+    # -- cloud extras ----------------------------------------------------------------------
+    def stage_items(self, title_id: str) -> list[dict[str, Any]]:
+        """Raw stage items of a title (with ``manifest_entry`` and ``source`` decoded)."""
+        items = self._query(
+            KeyConditionExpression="title_id = :t AND begins_with(#r, :p)",
+            ExpressionAttributeNames={"#r": "record"},
+            ExpressionAttributeValues={":t": {"S": title_id}, ":p": {"S": STAGE_PREFIX}},
+        )
+        for item in items:
+            for key in ("manifest_entry", "source"):
+                if isinstance(item.get(key), str):
+                    item[key] = json.loads(item[key])
+        return sorted(items, key=lambda i: (i.get("started_at") or "", i["stage"]))
+
+    def source_hash(self, uri: str, etag: str) -> str | None:
+        item = self.get_item(HASH_KEY, f"{uri}#{etag}")
+        return item["sha256"] if item else None
+
+    def store_source_hash(self, uri: str, etag: str, sha256: str) -> None:
+        self._put({"title_id": HASH_KEY, "record": f"{uri}#{etag}", "sha256": sha256})
+
+    def run_watermark(self, mode: str = "scheduled") -> dict[str, Any] | None:
+        return self.get_item(RUN_KEY, mode)
+
+
+def _record(cls: type, item: dict[str, Any]) -> Any:
+    names = {f.name for f in fields(cls)}
+    values = {k: v for k, v in item.items() if k in names}
+    for f in fields(cls):
+        values.setdefault(f.name, [] if f.name == "outputs" else None)
+    if cls is StageRecord and values.get("duration_s") is not None:
+        values["duration_s"] = float(values["duration_s"])
+    return cls(**values)

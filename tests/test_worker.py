@@ -1,0 +1,177 @@
+"""The Batch worker against moto S3 + DynamoDB on a small real video (the cheap ``cues`` stage)."""
+
+from __future__ import annotations
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+from moto import mock_aws
+
+from prism.cloud.catalog import DynamoCatalog
+from prism.synth import Shot, Title, build_title
+from prism.worker import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, Job, main, run_job
+
+REGION = "us-east-1"
+INPUT, ARTIFACTS, TABLE = "media-input", "prism-artifacts", "prism-catalog"
+
+
+def create_catalog_table(client, name: str = TABLE) -> None:
+    """The table layout the CDK storage construct deploys (tests/cdk asserts the same keys)."""
+    client.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("title_id", "record")],
+        KeySchema=[{"AttributeName": "title_id", "KeyType": "HASH"}, {"AttributeName": "record", "KeyType": "RANGE"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "record-index",
+                "KeySchema": [
+                    {"AttributeName": "record", "KeyType": "HASH"},
+                    {"AttributeName": "title_id", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_video(tmp_path_factory):
+    """3 s, 160x90: a black span and a silent span the cues stage must find."""
+    path = tmp_path_factory.mktemp("worker") / "Episode 1.mp4"
+    title = Title(
+        shots=[Shot("orange", 1.0), Shot("blue", 1.0)],
+        width=160, height=90, black_after={0: 1.0}, silences=[(0.0, 1.5)],
+    )  # fmt: skip
+    build_title(title, path)
+    return path
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        ddb = boto3.client("dynamodb", region_name=REGION)
+        for bucket in (INPUT, ARTIFACTS):
+            s3.create_bucket(Bucket=bucket)
+        create_catalog_table(ddb)
+        yield s3, ddb
+
+
+def _job(**overrides) -> Job:
+    base = dict(
+        stage="cues", title_id="Episode-1", source_uri=f"s3://{INPUT}/delivered/Episode 1.mp4",
+        artifacts_bucket=ARTIFACTS, catalog_table=TABLE, pipeline_version="test-1",
+    )  # fmt: skip
+    return Job(**{**base, **overrides})
+
+
+def _keys(s3, prefix: str = "") -> dict[str, str]:
+    objs = s3.list_objects_v2(Bucket=ARTIFACTS, Prefix=prefix).get("Contents", [])
+    return {o["Key"]: o["ETag"] for o in objs}
+
+
+def test_worker_runs_cues_uploads_artifacts_and_records_the_stage(aws, tiny_video, tmp_path):
+    s3, ddb = aws
+    s3.upload_file(str(tiny_video), INPUT, "delivered/Episode 1.mp4")
+
+    result = run_job(_job(), s3=s3, dynamodb=ddb, work_dir=tmp_path)
+
+    assert (result.status, result.exit_code) == ("succeeded", EXIT_OK)
+    assert set(_keys(s3)) == {"titles/Episode-1/cues.parquet"}  # no manifest: finalize owns it
+    body = s3.get_object(Bucket=ARTIFACTS, Key="titles/Episode-1/cues.parquet")["Body"].read()
+    (tmp_path / "cues.parquet").write_bytes(body)
+    cues = pq.read_table(tmp_path / "cues.parquet").to_pylist()
+    kinds = {c["cue_type"] for c in cues}
+    assert {"black", "silence"} <= kinds
+    black = next(c for c in cues if c["cue_type"] == "black")
+    assert black["start_s"] == pytest.approx(1.0, abs=0.1)
+
+    catalog = DynamoCatalog(TABLE, client=ddb)
+    record = catalog.get_stage("Episode-1", "cues")
+    assert record.status == "succeeded" and record.outputs == ["cues.parquet"]
+    assert record.fingerprint and len(record.source_sha256) == 64
+    item = catalog.stage_items("Episode-1")[0]
+    assert item["manifest_entry"]["outputs"] == ["cues.parquet"]
+    assert item["source"]["uri"] == f"s3://{INPUT}/delivered/Episode 1.mp4"
+    assert item["source"]["etag"] and item["source"]["probe"]["video"]["width"] == 160
+    assert item["pipeline_version"] == "test-1"
+    assert catalog.get_title("Episode-1") is None  # the title's status belongs to finalize
+
+
+def test_rerun_is_a_no_op_and_force_redoes_the_stage(aws, tiny_video, tmp_path):
+    s3, ddb = aws
+    s3.upload_file(str(tiny_video), INPUT, "delivered/Episode 1.mp4")
+    run_job(_job(), s3=s3, dynamodb=ddb, work_dir=tmp_path)
+    catalog = DynamoCatalog(TABLE, client=ddb)
+    first = catalog.get_stage("Episode-1", "cues")
+    before = _keys(s3)
+    downloads = []
+    real_download = s3.download_file
+    s3.download_file = lambda *a, **k: downloads.append(a) or real_download(*a, **k)
+
+    again = run_job(_job(), s3=s3, dynamodb=ddb, work_dir=tmp_path)
+
+    assert (again.status, again.reused, again.exit_code) == ("skipped", True, EXIT_OK)
+    assert downloads == []  # decided from the catalog and S3 heads alone
+    assert _keys(s3) == before
+    assert catalog.get_stage("Episode-1", "cues") == first
+
+    forced = run_job(_job(force=True), s3=s3, dynamodb=ddb, work_dir=tmp_path)
+    assert forced.status == "succeeded" and not forced.reused
+    redone = catalog.get_stage("Episode-1", "cues")
+    assert redone.fingerprint == first.fingerprint and redone.finished_at > first.finished_at
+    assert set(_keys(s3)) == set(before)
+
+
+def test_changed_source_reruns_the_stage(aws, tiny_video, tmp_path):
+    s3, ddb = aws
+    s3.upload_file(str(tiny_video), INPUT, "delivered/Episode 1.mp4")
+    run_job(_job(), s3=s3, dynamodb=ddb, work_dir=tmp_path)
+    first = DynamoCatalog(TABLE, client=ddb).get_stage("Episode-1", "cues")
+    s3.put_object(Bucket=INPUT, Key="delivered/Episode 1.mp4", Body=tiny_video.read_bytes() + b"\0" * 16)
+
+    result = run_job(_job(), s3=s3, dynamodb=ddb, work_dir=tmp_path)
+
+    assert result.status == "succeeded" and not result.reused
+    assert DynamoCatalog(TABLE, client=ddb).get_stage("Episode-1", "cues").source_sha256 != first.source_sha256
+
+
+def test_undecodable_source_fails_with_a_reason_and_uploads_nothing(aws, tmp_path):
+    s3, ddb = aws
+    s3.put_object(Bucket=INPUT, Key="delivered/broken.mp4", Body=b"this is not a video")
+
+    result = run_job(_job(title_id="broken", source_uri=f"s3://{INPUT}/delivered/broken.mp4"), s3=s3, dynamodb=ddb)
+
+    assert (result.status, result.exit_code) == ("failed", EXIT_FAILED)
+    assert "broken.mp4" in result.reason
+    assert _keys(s3) == {}
+    record = DynamoCatalog(TABLE, client=ddb).get_stage("broken", "cues")
+    assert record.status == "failed" and record.reason == result.reason
+
+
+def test_blocked_stage_fails_when_its_upstream_never_succeeded(aws, tiny_video):
+    s3, ddb = aws
+    s3.upload_file(str(tiny_video), INPUT, "delivered/Episode 1.mp4")
+
+    result = run_job(_job(stage="keyframes"), s3=s3, dynamodb=ddb)
+
+    assert result.status == "failed" and "shots" in result.reason
+    assert _keys(s3) == {}
+
+
+def test_main_reads_the_batch_environment(aws, tiny_video, monkeypatch, capsys):
+    s3, _ = aws
+    s3.upload_file(str(tiny_video), INPUT, "delivered/Episode 1.mp4")
+    for name, value in {
+        "PRISM_STAGE": "cues", "PRISM_TITLE_ID": "Episode-1", "PRISM_SOURCE_URI": f"s3://{INPUT}/delivered/Episode 1.mp4",
+        "PRISM_ARTIFACTS_BUCKET": ARTIFACTS, "PRISM_CATALOG_TABLE": TABLE, "PRISM_FORCE": "false",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+
+    assert main([]) == EXIT_OK
+    assert main([]) == EXIT_OK  # second time: up to date
+    assert main(["--stage", "no-such-stage"]) == EXIT_CONFIG
+    monkeypatch.delenv("PRISM_TITLE_ID")
+    assert main([]) == EXIT_CONFIG
