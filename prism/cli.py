@@ -176,6 +176,80 @@ def version() -> None:
     out_console.print(__version__)
 
 
+
+def _span(start: float | None, end: float | None) -> str:
+    def clock(t: float | None) -> str:
+        return "?" if t is None else f"{int(t // 3600):02d}:{int(t % 3600 // 60):02d}:{t % 60:04.1f}"
+
+    return f"{clock(start)}–{clock(end)}"
+
+
+@app.command()
+def search(
+    query: Optional[str] = typer.Argument(None, help="Text describing the shots to find."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Find shots that look like this image instead."),
+    title: Optional[str] = typer.Option(None, "--title", "-t", help="Search this title only."),
+    top: int = typer.Option(10, "--top", "-k", min=1, help="How many shots to return."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory holding catalog.sqlite."),
+    model: str = typer.Option("", "--model", help="Model directory or cached id (default: $PRISM_EMBEDDINGS_MODEL)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Find shots by text or by a reference image across every embedded title in OUT."""
+    from prism.errors import PrismError
+    from prism.search import find_shots
+
+    try:
+        hits = find_shots(out, text=query, image=image, model=model, top_k=top, title=title)
+    except PrismError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE)
+    if as_json:
+        out_console.print_json(json.dumps([{**vars(h.shot), "score": h.score} for h in hits]))
+        return
+    table = Table()
+    for col in ("title", "shot", "time", "score", "keyframe"):
+        table.add_column(col)
+    for h in hits:
+        s = h.shot
+        table.add_row(s.title_id, str(s.shot_index), _span(s.start_s, s.end_s), f"{h.score:.3f}", s.keyframe or "")
+    out_console.print(table)
+
+
+@app.command()
+def duplicates(
+    title: Optional[str] = typer.Option(None, "--title", "-t", help="Only pairs involving this title."),
+    threshold: float = typer.Option(0.95, "--threshold", help="Minimum cosine similarity of a pair."),
+    across: bool = typer.Option(False, "--across", help="Only pairs from two different titles."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory holding catalog.sqlite."),
+    model: str = typer.Option("", "--model", help="Whose vectors, when titles were embedded with several models."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Near-duplicate shots (recaps, intros, reused footage) inside and across titles."""
+    from prism.errors import PrismError
+    from prism.search import find_duplicates
+
+    try:
+        pairs = find_duplicates(out, model=model, threshold=threshold, title=title, across_titles=across)
+    except PrismError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE)
+    if as_json:
+        rows = [{"group": p.group, "a": vars(p.a), "b": vars(p.b), "score": p.score} for p in pairs]
+        out_console.print_json(json.dumps(rows))
+        return
+    table = Table()
+    for col in ("group", "title", "shot", "time", "title ", "shot ", "time ", "score"):
+        table.add_column(col)
+    for p in pairs:
+        a, b = p.a, p.b
+        table.add_row(
+            str(p.group), a.title_id, str(a.shot_index), _span(a.start_s, a.end_s),
+            b.title_id, str(b.shot_index), _span(b.start_s, b.end_s), f"{p.score:.3f}",
+        )  # fmt: skip
+    out_console.print(table)
+    out_console.print(f"{len(pairs)} near-duplicate pairs in {len({p.group for p in pairs})} groups")
+
+
 def main() -> None:
     app(prog_name="prism")
 
