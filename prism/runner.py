@@ -28,7 +28,7 @@ from prism.artifacts import (
     write_json,
 )
 from prism.catalog import Catalog, SQLiteCatalog, StageRecord, TitleRecord
-from prism.errors import MediaError, PrismError
+from prism.errors import ConfigError, MediaError, PrismError
 from prism.media import MediaInfo, probe
 from prism.stages.base import SharedMedia, Stage, StageContext, StageResult, registry, resolve_order
 
@@ -112,10 +112,23 @@ class Runner:
         self.params = params or {}
         self.force = force
         self.events = events or _NoEvents()
+        self._stages: dict[str, Stage] = {}
 
     def run(self, sources: list[str | Path], stages: list[str] | None = None) -> list[TitleOutcome]:
-        order = resolve_order(stages)  # configuration errors surface before any work
+        """Process each source in turn; configuration errors raise ConfigError before any work."""
+        order = resolve_order(stages)
+        self.build_stages(order)
         return [self.run_title(Path(src), order) for src in sources]
+
+    def build_stages(self, order: list[str]) -> dict[str, Stage]:
+        """Instantiate (and so validate) every stage's parameters once."""
+        stray = sorted(set(self.params) - set(registry()))
+        if stray:
+            raise ConfigError(f"parameters given for unknown stage(s) {stray}")
+        missing = [name for name in order if name not in self._stages]
+        for name in missing:
+            self._stages[name] = registry()[name](self.params.get(name))
+        return self._stages
 
     def run_title(
         self,
@@ -183,10 +196,7 @@ class Runner:
         name: str,
         fingerprints: dict[str, str],
     ) -> StageOutcome:
-        try:
-            stage = registry()[name](self.params.get(name))
-        except PrismError as exc:
-            return self._record_failure(title_id, manifest, name, str(exc), None)
+        stage = self.build_stages([name])[name]
         blocked = [dep for dep in stage.requires if dep not in fingerprints]
         if blocked:
             reason = f"upstream stage(s) {blocked} did not succeed"
