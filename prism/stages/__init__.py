@@ -1,5 +1,6 @@
 """Built-in stages. Each module registers its stage; add a new one here with one import."""
 
+from prism.stages.audio import AudioStage
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register, registry, resolve_order
 from prism.stages.cues import CuesStage
 from prism.stages.embeddings import EmbeddingsStage
@@ -7,6 +8,7 @@ from prism.stages.keyframes import KeyframesStage
 from prism.stages.shots import ShotsStage
 
 __all__ = [
+    "AudioStage",
     "CuesStage",
     "EmbeddingsStage",
     "KeyframesStage",

@@ -1,0 +1,203 @@
+"""Speaker turns: resemblyzer voice embeddings of speech windows, clustered into anonymous speakers.
+
+Each VAD speech span is cut into 1.6 s windows every ``1/rate`` s (resemblyzer's partial
+utterances); each window gets a 256-d d-vector. All windows of the title are clustered
+(agglomerative, cosine distance, average linkage): with a fixed speaker count, or by a distance
+threshold, so the count is found from the data. Labels are smoothed over neighbouring windows, a
+span changes speaker where its window labels change, and consecutive pieces of the same speaker
+separated by short pauses are joined into one turn. Windows are 256 floats each (about 2.5 MB
+per hour of speech at the default rate); above ``MAX_CLUSTER_WINDOWS`` a sample is clustered
+and the rest assigned to the nearest centroid, so memory stays bounded on long titles.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import sys
+import types
+from dataclasses import dataclass
+from importlib.metadata import version
+
+import numpy as np
+
+from prism.audio.speech import SR, Span
+
+MAX_CLUSTER_WINDOWS = 4000
+MIN_EMBED_S = 0.5  # shorter spans take the label of the nearest window
+
+
+@dataclass(frozen=True)
+class SpeakerConfig:
+    num_speakers: int = 0  # 0 = estimate from the data
+    max_speakers: int = 10
+    distance_threshold: float = 0.45  # cosine distance between cluster averages to keep them apart
+    window_rate: float = 2.5  # windows per second
+    merge_gap_s: float = 1.0
+    smooth_windows: int = 2  # majority vote over +/- this many windows of the same span
+
+
+@dataclass(frozen=True)
+class SpeakerTurn:
+    speaker: str
+    start_s: float
+    end_s: float
+
+
+def _import_resemblyzer():
+    """Import resemblyzer; its webrtcvad dependency imports pkg_resources, gone from setuptools >= 81.
+
+    Prism uses only the voice encoder, never webrtcvad, so when that import fails a stub module
+    stands in for webrtcvad rather than pinning an old setuptools for everyone.
+    """
+    try:
+        return importlib.import_module("resemblyzer")
+    except ModuleNotFoundError as exc:
+        if exc.name != "pkg_resources":
+            raise
+        sys.modules.pop("webrtcvad", None)
+        stub = types.ModuleType("webrtcvad")
+        stub.__doc__ = "stand-in: webrtcvad 2.0.10 cannot import without pkg_resources; unused by Prism"
+        sys.modules["webrtcvad"] = stub
+        return importlib.import_module("resemblyzer")
+
+
+@functools.lru_cache(maxsize=2)
+def load_encoder(device: str):
+    resemblyzer = _import_resemblyzer()
+    return resemblyzer.VoiceEncoder(device=device, verbose=False)
+
+
+def encoder_id() -> str:
+    return f"resemblyzer-{version('Resemblyzer')}"
+
+
+class WindowEmbedder:
+    """Collects (time, d-vector) windows span by span, as blocks stream past."""
+
+    def __init__(self, encoder, config: SpeakerConfig):
+        self.encoder = encoder
+        self.config = config
+        self.times: list[np.ndarray] = []
+        self.vectors: list[np.ndarray] = []
+        self.span_of: list[np.ndarray] = []
+        self.spans: list[Span] = []
+
+    def add(self, audio: np.ndarray, offset_s: float, spans: list[Span]) -> None:
+        for span in spans:
+            index = len(self.spans)
+            self.spans.append(span)
+            if span.end_s - span.start_s < MIN_EMBED_S:
+                continue
+            a = max(0, int(round((span.start_s - offset_s) * SR)))
+            b = min(audio.size, int(round((span.end_s - offset_s) * SR)))
+            wav = audio[a:b].astype(np.float32)
+            rms = float(np.sqrt(np.mean(wav.astype(np.float64) ** 2)))
+            if rms < 1e-5:
+                continue
+            wav = wav * np.float32(10 ** (-20 / 20) / rms)  # level-independent embeddings
+            _, partials, slices = self.encoder.embed_utterance(wav, return_partials=True, rate=self.config.window_rate)
+            centers = np.array([(s.start + min(s.stop, wav.size)) / 2 / SR for s in slices]) + span.start_s
+            self.times.append(centers)
+            self.vectors.append(np.asarray(partials, np.float32))
+            self.span_of.append(np.full(len(slices), index))
+
+    def turns(self) -> list[SpeakerTurn]:
+        if not self.spans:
+            return []
+        if not self.vectors:  # only very short spans: one anonymous speaker
+            return _join([SpeakerTurn("SPEAKER_00", s.start_s, s.end_s) for s in self.spans], self.config.merge_gap_s)
+        times = np.concatenate(self.times)
+        vectors = np.concatenate(self.vectors)
+        span_of = np.concatenate(self.span_of)
+        labels = _smooth(cluster(vectors, self.config), span_of, self.config.smooth_windows)
+        names = _names_by_first_appearance(labels)
+        pieces: list[SpeakerTurn] = []
+        for index, span in enumerate(self.spans):
+            mine = np.flatnonzero(span_of == index)
+            if mine.size == 0:
+                nearest = int(np.argmin(np.abs(times - (span.start_s + span.end_s) / 2)))
+                pieces.append(SpeakerTurn(names[labels[nearest]], span.start_s, span.end_s))
+                continue
+            start = span.start_s
+            for k in range(1, mine.size):
+                a, b = mine[k - 1], mine[k]
+                if labels[a] != labels[b]:
+                    cut = round(float(times[a] + times[b]) / 2, 3)
+                    pieces.append(SpeakerTurn(names[labels[a]], start, cut))
+                    start = cut
+            pieces.append(SpeakerTurn(names[labels[mine[-1]]], start, span.end_s))
+        return _join(pieces, self.config.merge_gap_s)
+
+
+def cluster(vectors: np.ndarray, config: SpeakerConfig) -> np.ndarray:
+    """Cluster labels (0..k-1) of L2-normalised d-vectors."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    n = vectors.shape[0]
+    if n == 1:
+        return np.zeros(1, np.int64)
+    x = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+    sample = x
+    if n > MAX_CLUSTER_WINDOWS:
+        pick = np.linspace(0, n - 1, MAX_CLUSTER_WINDOWS).astype(np.int64)
+        sample = x[pick]
+    if config.num_speakers:
+        model = AgglomerativeClustering(n_clusters=min(config.num_speakers, sample.shape[0]), metric="cosine", linkage="average")
+    else:
+        model = AgglomerativeClustering(
+            n_clusters=None, metric="cosine", linkage="average", distance_threshold=config.distance_threshold
+        )
+    labels = model.fit_predict(sample)
+    if not config.num_speakers and labels.max() + 1 > config.max_speakers:
+        model = AgglomerativeClustering(n_clusters=config.max_speakers, metric="cosine", linkage="average")
+        labels = model.fit_predict(sample)
+    labels = _drop_tiny_clusters(sample, labels)
+    if sample is x:
+        return labels
+    centroids = np.stack([sample[labels == k].mean(axis=0) for k in np.unique(labels)])
+    return np.unique(labels)[np.argmax(x @ centroids.T, axis=1)]
+
+
+def _drop_tiny_clusters(x: np.ndarray, labels: np.ndarray, min_windows: int = 3) -> np.ndarray:
+    """A cluster of one or two windows is an outlier (a cough, a laugh), not a speaker."""
+    ids, counts = np.unique(labels, return_counts=True)
+    keep = ids[counts >= min_windows]
+    if keep.size == 0 or keep.size == ids.size:
+        return labels
+    centroids = np.stack([x[labels == k].mean(axis=0) for k in keep])
+    out = labels.copy()
+    tiny = ~np.isin(labels, keep)
+    out[tiny] = keep[np.argmax(x[tiny] @ centroids.T, axis=1)]
+    return out
+
+
+def _smooth(labels: np.ndarray, span_of: np.ndarray, radius: int) -> np.ndarray:
+    if radius <= 0:
+        return labels
+    out = labels.copy()
+    for i in range(labels.size):
+        lo, hi = max(0, i - radius), min(labels.size, i + radius + 1)
+        near = labels[lo:hi][span_of[lo:hi] == span_of[i]]
+        values, counts = np.unique(near, return_counts=True)
+        if counts.max() > (near.size // 2):
+            out[i] = values[np.argmax(counts)]
+    return out
+
+
+def _names_by_first_appearance(labels: np.ndarray) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for label in labels.tolist():
+        if label not in names:
+            names[label] = f"SPEAKER_{len(names):02d}"
+    return names
+
+
+def _join(pieces: list[SpeakerTurn], merge_gap_s: float) -> list[SpeakerTurn]:
+    out: list[SpeakerTurn] = []
+    for piece in sorted(pieces, key=lambda p: p.start_s):
+        if out and out[-1].speaker == piece.speaker and piece.start_s - out[-1].end_s <= merge_gap_s:
+            out[-1] = SpeakerTurn(piece.speaker, out[-1].start_s, max(out[-1].end_s, piece.end_s))
+        else:
+            out.append(piece)
+    return out

@@ -1,0 +1,290 @@
+"""``audio``: transcript with word timing and language, subtitles, speech/music/silence, loudness, speakers.
+
+Every audio track is decoded once, streamed in blocks (bounded memory for 2 h+ titles; see
+``prism.audio.pcm``): EBU R128 loudness and speech/music/silence spans for each track, and on the
+dialogue track (``track``) faster-whisper ASR over the Silero VAD speech spans and resemblyzer
+speaker turns. Words carry the speaker of the turn they fall in. A title without audio is
+``skipped`` with that reason (a fact about the title, not a pipeline failure); a silent track or
+pure music gives empty-but-valid outputs; a track ffmpeg cannot decode at all fails the stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from prism.artifacts import atomic_write_bytes, write_json, write_parquet
+from prism.audio.pcm import Loudness, TrackStream
+from prism.audio.segments import segment_spans
+from prism.audio.speech import (
+    SR,
+    AsrConfig,
+    Segment,
+    StreamingVad,
+    Transcriber,
+    VadConfig,
+    faster_whisper_version,
+    load_asr,
+    resolve_device,
+    resolve_model,
+    vad_model_id,
+)
+from prism.audio.speakers import SpeakerConfig, SpeakerTurn, WindowEmbedder, encoder_id, load_encoder
+from prism.audio.subtitles import CueRules, build_cues, to_srt, to_vtt
+from prism.errors import ConfigError, ModelUnavailable
+from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
+from prism.timeline import frame_level_db
+
+log = logging.getLogger(__name__)
+
+ALGORITHM_VERSION = "1"
+OUTPUTS = [
+    "transcript.json",
+    "subtitles.vtt",
+    "subtitles.srt",
+    "audio_segments.parquet",
+    "speakers.parquet",
+    "loudness.json",
+    "loudness_short_term.parquet",
+]
+
+
+@dataclass(frozen=True)
+class AudioParams:
+    model: str = ""  # CTranslate2 Whisper directory or cached name; "" = $PRISM_ASR_MODEL or shipped tiny.en
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compute_type: str = "default"  # CTranslate2 type: default = int8 on CPU, float16 on GPU
+    batch_size: int = 0  # clips per batched decode; 0 = auto (1 on CPU, 16 on GPU)
+    beam_size: int = 5
+    cpu_threads: int = 0  # 0 = CTranslate2's default
+    language: str | None = None  # ISO 639-1 code to force; None = detect
+    track: int = 0  # the dialogue track: transcript, subtitles and speakers come from it
+    vad_threshold: float = 0.5
+    min_silence_s: float = 0.3  # pause that ends a speech span
+    silence_db: float = -50.0  # 10 ms RMS under this (dBFS, mono mix) is silence
+    min_span_s: float = 0.3  # shorter silence/music runs are absorbed by their neighbour
+    num_speakers: int = 0  # 0 = estimate
+    max_speakers: int = 10
+    speaker_threshold: float = 0.45  # cosine distance (average linkage) above which clusters are two speakers
+    block_s: float = 600.0  # streaming block length (memory bound)
+
+    def __post_init__(self) -> None:
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.batch_size < 0 or self.beam_size < 1 or self.cpu_threads < 0 or self.track < 0:
+            raise ValueError("batch_size, cpu_threads, track must be >= 0 and beam_size >= 1")
+        if not 0.0 < self.vad_threshold < 1.0:
+            raise ValueError("vad_threshold must be in (0, 1)")
+        if self.silence_db >= 0:
+            raise ValueError("silence_db must be negative (dBFS)")
+        if min(self.min_silence_s, self.min_span_s) <= 0 or self.block_s < 60:
+            raise ValueError("min_silence_s and min_span_s must be > 0, block_s >= 60")
+        if self.num_speakers < 0 or self.max_speakers < 1 or not 0 < self.speaker_threshold < 2:
+            raise ValueError("num_speakers >= 0, max_speakers >= 1, speaker_threshold in (0, 2)")
+
+
+SEGMENTS_SCHEMA = pa.schema(
+    [
+        ("track", pa.int32()),
+        ("label", pa.string()),  # speech | music | silence
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("duration_s", pa.float64()),
+        ("level_dbfs", pa.float64()),
+    ],
+    metadata={"prism.artifact": "audio_segments", "prism.artifact_version": "1"},
+)
+SPEAKERS_SCHEMA = pa.schema(
+    [
+        ("turn_index", pa.int32()),
+        ("speaker", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("duration_s", pa.float64()),
+    ],
+    metadata={"prism.artifact": "speakers", "prism.artifact_version": "1"},
+)
+SHORT_TERM_SCHEMA = pa.schema(
+    [
+        ("track", pa.int32()),
+        ("time_s", pa.float64()),
+        ("momentary_lufs", pa.float64()),
+        ("short_term_lufs", pa.float64()),
+    ],
+    metadata={"prism.artifact": "loudness_short_term", "prism.artifact_version": "1"},
+)
+
+
+@register
+class AudioStage(Stage):
+    name = "audio"
+    Params = AudioParams
+    needs_audio = True
+
+    def model(self) -> ModelInfo:
+        try:
+            ref = resolve_model(self.params.model)
+        except ModelUnavailable:  # run() raises it with the full story; the identity stays usable
+            return ModelInfo(f"faster-whisper-{self.params.model or 'default'}", "unavailable")
+        return ModelInfo(
+            f"{ref.name}+{vad_model_id().split(':')[0]}+{encoder_id()}",
+            f"{ref.version}+fw{faster_whisper_version()}+{vad_model_id().split(':')[1]}+alg{ALGORITHM_VERSION}",
+        )
+
+    def run(self, ctx: StageContext) -> StageResult:
+        p = self.params
+        tracks = ctx.info.audio_tracks
+        if not tracks:
+            return StageResult(outputs=[], status="skipped", reason=f"{ctx.source}: no audio track", metrics={"audio_tracks": 0})
+        if p.track >= len(tracks):
+            raise ConfigError(f"audio.track={p.track} but {ctx.source} has {len(tracks)} audio track(s)")
+
+        ref = resolve_model(p.model)
+        device = resolve_device(p.device)
+        on_gpu = device.startswith("cuda")
+        compute_type = p.compute_type if p.compute_type != "default" else ("float16" if on_gpu else "int8")
+        batch = p.batch_size or (16 if on_gpu else 1)
+        whisper, pipeline = load_asr(str(ref.path), device, compute_type, p.cpu_threads)
+        transcriber = Transcriber(pipeline, whisper, AsrConfig(language=p.language, beam_size=p.beam_size, batch_size=batch))
+        embedder = WindowEmbedder(
+            load_encoder("cuda" if on_gpu else "cpu"),
+            SpeakerConfig(
+                num_speakers=p.num_speakers, max_speakers=p.max_speakers, distance_threshold=p.speaker_threshold
+            ),
+        )
+        vad_config = VadConfig(threshold=p.vad_threshold, min_silence_s=p.min_silence_s)
+        total_s = ctx.info.duration_s * len(tracks) or None
+
+        segments: list[Segment] = []
+        segment_rows: list[dict] = []
+        loudness: list[Loudness] = []
+        decode_errors: dict[int, int] = {}
+        speech_s: dict[int, float] = {}
+        done_s = 0.0
+        for track in tracks:
+            dialogue = track.index == p.track
+            stream = TrackStream(
+                ctx.source, track.index, channels=track.channels, sample_rate=track.sample_rate, block_s=p.block_s
+            )
+            vad = StreamingVad(vad_config)
+            levels: list[np.ndarray] = []
+            spans = []
+            blocks = stream.blocks()
+            block = next(blocks, None)
+            while block is not None:
+                following = next(blocks, None)
+                levels.append(frame_level_db(block, SR, 0.01))
+                found, audio, offset = vad.feed(block, last=following is None)
+                spans += found
+                if dialogue and found:
+                    segments += transcriber.transcribe(audio, offset / SR, found)
+                    embedder.add(audio, offset / SR, found)
+                done_s += block.size / SR
+                ctx.progress(int(done_s), int(total_s) if total_s else None, f"track {track.index}")
+                block = following
+            level = np.concatenate(levels) if levels else np.zeros(0, np.float32)
+            for row in segment_spans(level, spans, silence_db=p.silence_db, min_span_s=p.min_span_s):
+                segment_rows.append({"track": track.index, **row})
+            loudness.append(stream.loudness)
+            decode_errors[track.index] = stream.decode_errors
+            speech_s[track.index] = round(sum(s.end_s - s.start_s for s in spans), 3)
+            if stream.decode_errors:
+                log.warning("%s: audio track %d decoded with %d error(s)", ctx.source, track.index, stream.decode_errors)
+
+        turns = embedder.turns()
+        _label_words(segments, turns)
+        duration_s = ctx.info.duration_s or max((l.times[-1] for l in loudness if l.times), default=0.0)
+        self._write(ctx, ref, transcriber, duration_s, segments, turns, segment_rows, loudness)
+        words = sum(len(s.words) for s in segments)
+        speakers = len({t.speaker for t in turns})
+        dialogue_loudness = loudness[p.track]
+        metrics = {
+            "audio_tracks": len(tracks),
+            "dialogue_track": p.track,
+            "language": transcriber.language if segments else None,
+            "segments": len(segments),
+            "words": words,
+            "speakers": speakers,
+            "turns": len(turns),
+            "speech_s": speech_s,
+            "integrated_lufs": dialogue_loudness.integrated_lufs,
+            "decode_errors": decode_errors,
+            "asr_device": device,
+            "asr_compute_type": compute_type,
+            "asr_batch_size": batch,
+        }
+        summary = f"{words} words, {speakers} speaker(s), {len(tracks)} track(s), " + (
+            f"{dialogue_loudness.integrated_lufs:.1f} LUFS" if dialogue_loudness.integrated_lufs is not None else "silent"
+        )
+        return StageResult(outputs=list(OUTPUTS), metrics=metrics, summary=summary)
+
+    def _write(self, ctx, ref, transcriber, duration_s, segments, turns, segment_rows, loudness) -> None:
+        out = ctx.staging
+        transcript = {
+            "language": transcriber.language if segments else None,
+            "language_probability": transcriber.language_probability if segments else None,
+            "model": {"name": ref.name, "version": ref.version},
+            "duration_s": round(duration_s, 3),
+            "segments": [
+                {
+                    "id": i,
+                    "start": s.start,
+                    "end": s.end,
+                    "text": s.text,
+                    "speaker": s.speaker,
+                    "avg_logprob": s.avg_logprob,
+                    "no_speech_prob": s.no_speech_prob,
+                    "words": [asdict(w) for w in s.words],
+                }
+                for i, s in enumerate(segments)
+            ],
+        }
+        write_json(out / "transcript.json", transcript)
+        cues = build_cues(segments, CueRules())
+        atomic_write_bytes(out / "subtitles.vtt", to_vtt(cues).encode("utf-8"))
+        atomic_write_bytes(out / "subtitles.srt", to_srt(cues).encode("utf-8"))
+        write_parquet(out / "audio_segments.parquet", pa.Table.from_pylist(segment_rows, schema=SEGMENTS_SCHEMA))
+        speaker_rows = [
+            {
+                "turn_index": i,
+                "speaker": t.speaker,
+                "start_s": round(t.start_s, 3),
+                "end_s": round(t.end_s, 3),
+                "duration_s": round(t.end_s - t.start_s, 3),
+            }
+            for i, t in enumerate(turns)
+        ]
+        write_parquet(out / "speakers.parquet", pa.Table.from_pylist(speaker_rows, schema=SPEAKERS_SCHEMA))
+        write_json(
+            out / "loudness.json",
+            {"standard": "EBU R128", "target_lufs": -23.0, "tracks": [l.to_dict() for l in loudness]},
+        )
+        short = {
+            "track": pa.array([l.track for l in loudness for _ in l.times], pa.int32()),
+            "time_s": pa.array([t for l in loudness for t in l.times], pa.float64()),
+            "momentary_lufs": pa.array([m for l in loudness for m in l.momentary], pa.float64()),
+            "short_term_lufs": pa.array([s for l in loudness for s in l.short_term], pa.float64()),
+        }
+        write_parquet(out / "loudness_short_term.parquet", pa.Table.from_pydict(short, schema=SHORT_TERM_SCHEMA))
+
+
+def _label_words(segments: list[Segment], turns: list[SpeakerTurn]) -> None:
+    """Each word takes the speaker of the turn holding its midpoint (or the nearest turn within 1 s)."""
+    if not turns:
+        return
+    starts = np.array([t.start_s for t in turns])
+    ends = np.array([t.end_s for t in turns])
+    for seg in segments:
+        weight: Counter[str] = Counter()
+        for w in seg.words:
+            mid = (w.start + w.end) / 2
+            distance = np.maximum(starts - mid, 0) + np.maximum(mid - ends, 0)
+            best = int(np.argmin(distance))
+            w.speaker = turns[best].speaker if distance[best] <= 1.0 else None
+            if w.speaker:
+                weight[w.speaker] += max(w.end - w.start, 0.01)
+        seg.speaker = weight.most_common(1)[0][0] if weight else None
