@@ -109,9 +109,9 @@ def run(
     out_console.print(_summary_table(outcomes))
     for title in outcomes:
         if title.status == "failed":
-            console.print(f"[red]FAILED[/] {title.reason}")
+            console.print(f"[red]FAILED[/] {title.reason}", soft_wrap=True, highlight=False)
     ok = sum(t.status == "succeeded" for t in outcomes)
-    out_console.print(f"{ok}/{len(outcomes)} titles succeeded; artifacts in {out / 'titles'}")
+    out_console.print(f"{ok}/{len(outcomes)} titles succeeded; artifacts in {out / 'titles'}", soft_wrap=True)
     raise typer.Exit(EXIT_OK if ok == len(outcomes) else EXIT_FAILED)
 
 
