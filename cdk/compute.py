@@ -1,0 +1,153 @@
+"""Compute: a private VPC with endpoints, GPU Batch compute environments, queues, job definitions.
+
+No NAT gateway: instances reach S3, DynamoDB, ECR, ECS and CloudWatch Logs through VPC
+endpoints only, so media never leaves the account's network path. Spot first with on-demand
+fallback is the queue's compute-environment order; both scale to zero (``minv_cpus=0``).
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, Size
+from aws_cdk import aws_batch as batch
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from cdk_nag import NagSuppressions
+from constructs import Construct
+
+from cdk.config import StageSpec
+
+EXIT_TRANSIENT = "75"  # prism.worker: transient AWS error, worth a retry
+
+INTERFACE_ENDPOINTS = {
+    "EcrApi": ec2.InterfaceVpcEndpointAwsService.ECR,
+    "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
+    "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
+    "Ecs": ec2.InterfaceVpcEndpointAwsService.ECS,
+    "EcsAgent": ec2.InterfaceVpcEndpointAwsService.ECS_AGENT,
+    "EcsTelemetry": ec2.InterfaceVpcEndpointAwsService.ECS_TELEMETRY,
+}
+
+
+class Compute(Construct):
+    """Exposes ``vpc``, ``queues`` (run mode -> JobQueue), ``job_definitions`` (stage -> def), ``job_role``."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        availability_zones: tuple[str, ...],
+        vpc_cidr: str,
+        instance_types: tuple[str, ...],
+        max_vcpus: int,
+        spot: bool,
+        root_volume_gib: int,
+        image_repository: str,
+        image_tag: str,
+        stages: tuple[StageSpec, ...],
+        environment: dict[str, str],
+        log_retention: logs.RetentionDays,
+    ) -> None:
+        super().__init__(scope, id)
+        flow_logs = logs.LogGroup(self, "FlowLogs", retention=log_retention)
+        self.vpc = ec2.Vpc(
+            self, "Vpc",
+            ip_addresses=ec2.IpAddresses.cidr(vpc_cidr),
+            availability_zones=list(availability_zones),
+            nat_gateways=0,
+            subnet_configuration=[ec2.SubnetConfiguration(name="workers", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED,
+                                                          cidr_mask=20)],
+            flow_logs={"all": ec2.FlowLogOptions(destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs))},
+        )  # fmt: skip
+        subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+        self.vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3, subnets=[subnets])
+        self.vpc.add_gateway_endpoint("DynamoDb", service=ec2.GatewayVpcEndpointAwsService.DYNAMODB, subnets=[subnets])
+        for name, service in INTERFACE_ENDPOINTS.items():
+            endpoint = self.vpc.add_interface_endpoint(name, service=service, subnets=subnets, private_dns_enabled=True)
+            NagSuppressions.add_resource_suppressions(endpoint, [{
+                "id": "CdkNagValidationFailure", "reason": "AwsSolutions-EC23 cannot read the endpoint's ingress "
+                "rule, which is HTTPS from the VPC's own CIDR (an Fn::GetAtt), not 0.0.0.0/0."}], apply_to_children=True)
+
+        self.security_group = ec2.SecurityGroup(self, "Workers", vpc=self.vpc, allow_all_outbound=False,
+                                                description="Prism Batch workers: HTTPS to VPC endpoints only")  # fmt: skip
+        # Isolated subnets have no route out of the VPC: HTTPS can only reach the endpoints.
+        self.security_group.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS to VPC endpoints")
+
+        launch_template = ec2.LaunchTemplate(
+            self, "WorkerTemplate",
+            require_imdsv2=True,
+            block_devices=[ec2.BlockDevice(device_name="/dev/xvda", volume=ec2.BlockDeviceVolume.ebs(
+                root_volume_gib, encrypted=True, volume_type=ec2.EbsDeviceVolumeType.GP3))],
+        )  # fmt: skip
+        instance_role = iam.Role(
+            self, "InstanceRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(
+                "service-role/AmazonEC2ContainerServiceforEC2Role")],
+        )  # fmt: skip
+        common = dict(
+            vpc=self.vpc, vpc_subnets=subnets, security_groups=[self.security_group],
+            instance_types=[ec2.InstanceType(t) for t in instance_types], use_optimal_instance_classes=False,
+            minv_cpus=0, maxv_cpus=max_vcpus, launch_template=launch_template, instance_role=instance_role,
+            images=[batch.EcsMachineImage(image_type=batch.EcsMachineImageType.ECS_AL2_NVIDIA)],
+            update_to_latest_image_version=True, replace_compute_environment=False,
+        )  # fmt: skip
+        ordered: list[batch.OrderedComputeEnvironment] = []
+        if spot:
+            self.spot = batch.ManagedEc2EcsComputeEnvironment(
+                self, "GpuSpot", spot=True, allocation_strategy=batch.AllocationStrategy.SPOT_PRICE_CAPACITY_OPTIMIZED,
+                **common)  # fmt: skip
+            ordered.append(batch.OrderedComputeEnvironment(compute_environment=self.spot, order=1))
+        self.on_demand = batch.ManagedEc2EcsComputeEnvironment(
+            self, "GpuOnDemand", spot=False, allocation_strategy=batch.AllocationStrategy.BEST_FIT_PROGRESSIVE,
+            **common)  # fmt: skip
+        ordered.append(batch.OrderedComputeEnvironment(compute_environment=self.on_demand, order=len(ordered) + 1))
+        # One queue per priority: an operator's manual reprocessing runs ahead of the daily backlog.
+        self.queues = {
+            "manual": batch.JobQueue(self, "ManualQueue", priority=100, compute_environments=ordered),
+            "scheduled": batch.JobQueue(self, "ScheduledQueue", priority=10, compute_environments=ordered),
+        }
+
+        self.log_group = logs.LogGroup(self, "WorkerLogs", retention=log_retention)
+        self.job_role = iam.Role(self, "JobRole", assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
+                                 description="Prism worker: read input, write artifacts and catalog")  # fmt: skip
+        self.execution_role = iam.Role(self, "ExecutionRole", assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"))
+        repository = ecr.Repository.from_repository_name(self, "Repository", image_repository)
+        repository.grant_pull(self.execution_role)
+        self.log_group.grant_write(self.execution_role)
+        image = ecs.ContainerImage.from_ecr_repository(repository, image_tag)
+        self.job_definitions: dict[str, batch.EcsJobDefinition] = {}
+        for spec in stages:
+            self.job_definitions[spec.name] = batch.EcsJobDefinition(
+                self, f"{spec.name.title()}Job",
+                container=batch.EcsEc2ContainerDefinition(
+                    self, f"{spec.name.title()}Container",
+                    image=image,
+                    cpu=spec.vcpus,
+                    memory=Size.mebibytes(spec.memory_mib),
+                    gpu=spec.gpus or None,
+                    command=["python", "-m", "prism.worker"],
+                    environment={**environment, "PRISM_STAGE": spec.name},
+                    job_role=self.job_role,
+                    execution_role=self.execution_role,
+                    logging=ecs.LogDriver.aws_logs(stream_prefix=spec.name, log_group=self.log_group),
+                ),
+                timeout=Duration.minutes(spec.timeout_minutes),
+                retry_attempts=spec.attempts,
+                retry_strategies=[
+                    batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.SPOT_INSTANCE_RECLAIMED),
+                    batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.CANNOT_PULL_CONTAINER),
+                    batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.custom(on_exit_code=EXIT_TRANSIENT)),
+                    batch.RetryStrategy.of(batch.Action.EXIT, batch.Reason.custom(on_reason="*")),
+                ],
+                propagate_tags=True,
+            )
+        NagSuppressions.add_resource_suppressions(
+            instance_role,
+            [{"id": "AwsSolutions-IAM4", "reason": "AWS's ECS instance policy is the documented role for Batch "
+              "ECS container instances (agent registration, image pull); jobs use their own job role.",
+              "applies_to": ["Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"]}],
+        )  # fmt: skip

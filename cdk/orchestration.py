@@ -1,0 +1,251 @@
+"""Orchestration: the three Lambda handlers and the Step Functions state machine.
+
+Input ``{"mode": "scheduled"}`` or ``{"mode": "manual", "titles": [...], "stages": [...],
+"force": true}`` → ``discover`` (writes the run's title list to S3) → a Distributed Map over
+titles with a concurrency limit → per title, the stages as ``batch:submitJob.sync`` jobs in a
+Parallel state with one branch per independent chain of the stage graph (audio and cues beside
+the visual chain), each job with retries and a catch that records the failure → ``finalize`` →
+a summary of succeeded / failed / skipped titles. A title's failure ends in a recorded
+``failed`` result, never in a failed Map, so one title never stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aws_cdk import Duration, Stack
+from aws_cdk import aws_batch as batch
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
+from aws_cdk import aws_dynamodb as dynamodb
+from constructs import Construct
+
+from cdk.config import StageSpec
+from cdk.lambda_bundle import lambda_bundle
+
+BATCH_API_ERRORS = ["Batch.AWSBatchException", "Batch.TooManyRequestsException", "Batch.ServerException"]
+HANDLERS = {"Discover": "discover.handler", "Finalize": "finalize.handler", "RecordFailure": "record_failure.handler"}
+
+
+def stage_chains(stages: tuple[StageSpec, ...]) -> list[list[StageSpec]]:
+    """Split the stage graph into independent chains (connected components, in pipeline order)."""
+    chains: list[list[StageSpec]] = []
+    for spec in stages:
+        home = [c for c in chains if any(s.name in spec.requires for s in c)]
+        if not home:
+            chains.append([spec])
+            continue
+        merged = home[0]
+        for other in home[1:]:
+            merged.extend(other)
+            chains.remove(other)
+        merged.append(spec)
+    order = {s.name: i for i, s in enumerate(stages)}
+    return [sorted(c, key=lambda s: order[s.name]) for c in chains]
+
+
+class Orchestration(Construct):
+    """Exposes ``functions`` (name -> Function) and ``state_machine``."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        stages: tuple[StageSpec, ...],
+        job_definitions: dict[str, batch.IJobDefinition],
+        job_queues: dict[str, batch.IJobQueue],
+        artifacts: s3.IBucket,
+        catalog: dynamodb.ITableV2,
+        environment: dict[str, str],
+        runtime: lambda_.Runtime,
+        architecture: lambda_.Architecture,
+        powertools_layer_arn: str,
+        max_concurrent_titles: int,
+        pipeline_version: str,
+        log_retention: logs.RetentionDays,
+    ) -> None:
+        super().__init__(scope, id)
+        layer = lambda_.LayerVersion.from_layer_version_arn(self, "Powertools", powertools_layer_arn)
+        code = lambda_.Code.from_asset(lambda_bundle())
+        env = {
+            **environment,
+            "PRISM_STAGE_GRAPH": json.dumps({s.name: list(s.requires) for s in stages}),
+            "PRISM_JOB_QUEUES": Stack.of(self).to_json_string({m: q.job_queue_arn for m, q in job_queues.items()}),
+            "POWERTOOLS_METRICS_NAMESPACE": "Prism",
+        }
+        self.functions: dict[str, lambda_.Function] = {}
+        for name, handler in HANDLERS.items():
+            log_group = logs.LogGroup(self, f"{name}Logs", retention=log_retention)
+            role = iam.Role(self, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
+            log_group.grant_write(role)
+            self.functions[name] = lambda_.Function(
+                self, f"{name}Function",
+                runtime=runtime, architecture=architecture, handler=handler, code=code, layers=[layer],
+                role=role, log_group=log_group, tracing=lambda_.Tracing.ACTIVE,
+                timeout=Duration.minutes(5 if name == "Discover" else 1), memory_size=512,
+                environment={**env, "POWERTOOLS_SERVICE_NAME": f"prism-{handler.split('.')[0]}"},
+            )  # fmt: skip
+
+        run_request = sfn.TaskInput.from_object(
+            {"request": sfn.JsonPath.entire_payload, "execution": sfn.JsonPath.string_at("$$.Execution.Name")}
+        )
+        discover = tasks.LambdaInvoke(
+            self, "Discover titles", lambda_function=self.functions["Discover"], payload=run_request,
+            result_selector={"mode.$": "$.Payload.mode", "items_key.$": "$.Payload.items_key",
+                             "count.$": "$.Payload.count", "skipped.$": "$.Payload.skipped",
+                             "not_found.$": "$.Payload.not_found"},
+            result_path="$.discovery",
+        )  # fmt: skip
+
+        titles = sfn.DistributedMap(
+            self, "Titles",
+            item_reader=sfn.S3JsonItemReader(bucket=artifacts, key=sfn.JsonPath.string_at("$.discovery.items_key")),
+            item_selector={"title.$": "$$.Map.Item.Value", "execution.$": "$$.Execution.Name",
+                           "execution_started_at.$": "$$.Execution.StartTime"},
+            max_concurrency=max_concurrent_titles,
+            tolerated_failure_percentage=100,
+            result_path="$.results",
+        )  # fmt: skip
+        titles.item_processor(self._title_flow(stages, job_definitions))
+
+        summary = sfn.Pass(
+            self, "Summarise",
+            parameters={
+                "mode.$": "$.discovery.mode",
+                "pipeline_version": pipeline_version,
+                "succeeded.$": "$.results[?(@.status == 'succeeded')].title_id",
+                "failed.$": "$.results[?(@.status == 'failed')]",
+                "skipped.$": "$.discovery.skipped",
+                "not_found.$": "$.discovery.not_found",
+            },
+        )  # fmt: skip
+        nothing = sfn.Pass(self, "Nothing to do", result=sfn.Result.from_array([]), result_path="$.results")
+        save_watermark = tasks.DynamoPutItem(
+            self, "Save watermark",
+            table=catalog,
+            item={
+                "title_id": tasks.DynamoAttributeValue.from_string("#RUN"),
+                "record": tasks.DynamoAttributeValue.from_string("scheduled"),
+                "started_at": tasks.DynamoAttributeValue.from_string(sfn.JsonPath.string_at("$$.Execution.StartTime")),
+                "execution": tasks.DynamoAttributeValue.from_string(sfn.JsonPath.string_at("$$.Execution.Name")),
+                "pipeline_version": tasks.DynamoAttributeValue.from_string(pipeline_version),
+            },
+            result_path=sfn.JsonPath.DISCARD,
+        )  # fmt: skip
+        done = sfn.Succeed(self, "Done")
+        summary.next(sfn.Choice(self, "Scheduled run?")
+                     .when(sfn.Condition.string_equals("$.mode", "scheduled"), save_watermark.next(done))
+                     .otherwise(done))  # fmt: skip
+        definition = discover.next(
+            sfn.Choice(self, "Any titles?")
+            .when(sfn.Condition.number_greater_than("$.discovery.count", 0), titles.next(summary))
+            .otherwise(nothing.next(summary))
+        )
+        self.log_group = logs.LogGroup(self, "ExecutionLogs", retention=log_retention)
+        self.state_machine = sfn.StateMachine(
+            self, "StateMachine",
+            definition_body=sfn.DefinitionBody.from_chainable(definition),
+            state_machine_type=sfn.StateMachineType.STANDARD,
+            timeout=Duration.hours(12),
+            tracing_enabled=True,
+            logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
+        )  # fmt: skip
+        self._grant_batch(job_definitions, job_queues)
+
+    # -- per title --------------------------------------------------------------------------
+    def _title_flow(self, stages: tuple[StageSpec, ...], job_definitions: dict[str, batch.IJobDefinition]):
+        parallel = sfn.Parallel(self, "Stages", result_path=sfn.JsonPath.DISCARD)
+        for chain in stage_chains(stages):
+            parallel.branch(self._chain(chain, stages, job_definitions))
+        finalize = tasks.LambdaInvoke(
+            self, "Finalize title",
+            lambda_function=self.functions["Finalize"],
+            payload=sfn.TaskInput.from_object({
+                "title_id.$": "$.title.title_id", "source_uri.$": "$.title.source_uri",
+                "source_etag.$": "$.title.source_etag", "stages.$": "$.title.stages", "execution.$": "$.execution",
+            }),
+            result_selector={"title_id.$": "$.Payload.title_id", "status.$": "$.Payload.status",
+                             "reason.$": "$.Payload.reason"},
+        )  # fmt: skip
+        finalize_failed = self._record_failure("finalize", final=True).next(
+            sfn.Pass(self, "Title failed", parameters={
+                "title_id.$": "$.title.title_id", "status": "failed", "reason.$": "$.failure.reason"})
+        )  # fmt: skip
+        finalize.add_catch(finalize_failed, errors=["States.ALL"], result_path="$.error")
+        return parallel.next(finalize)
+
+    def _chain(self, chain: list[StageSpec], stages, job_definitions) -> sfn.IChainable:
+        start: sfn.IChainable | None = None
+        previous_choice: sfn.Choice | None = None
+        end = sfn.Pass(self, f"{chain[0].name} chain done", result_path=sfn.JsonPath.DISCARD)
+        choices = []
+        for spec in chain:
+            choice = sfn.Choice(self, f"Run {spec.name}?")
+            choices.append((spec, choice))
+        for i, (spec, choice) in enumerate(choices):
+            following = choices[i + 1][1] if i + 1 < len(choices) else end
+            job = self._job(spec, job_definitions[spec.name])
+            job.add_retry(errors=BATCH_API_ERRORS, interval=Duration.seconds(10), backoff_rate=2, max_attempts=4)
+            failed = self._record_failure(spec.name).next(
+                sfn.Pass(self, f"{spec.name} failed", result_path=sfn.JsonPath.DISCARD))
+            job.add_catch(failed, errors=["States.ALL"], result_path="$.error")
+            job.next(following)
+            choice.when(sfn.Condition.boolean_equals(f"$.title.run.{spec.name}", True), job).otherwise(following)
+        return choices[0][1]
+
+    def _job(self, spec: StageSpec, job_definition: batch.IJobDefinition) -> sfn.CustomState:
+        """``batch:submitJob.sync`` as ASL: the queue is chosen per run mode at run time."""
+        environment = [
+            {"Name": "PRISM_TITLE_ID", "Value.$": "$.title.title_id"},
+            {"Name": "PRISM_SOURCE_URI", "Value.$": "$.title.source_uri"},
+            {"Name": "PRISM_FORCE", "Value.$": "$.title.force"},
+            {"Name": "PRISM_EXECUTION", "Value.$": "$.execution"},
+        ]
+        return sfn.CustomState(self, f"{spec.name} job", state_json={
+            "Type": "Task",
+            "Resource": f"arn:{Stack.of(self).partition}:states:::batch:submitJob.sync",
+            "Parameters": {
+                "JobName": f"prism-{spec.name}",
+                "JobQueue.$": "$.title.job_queue",
+                "JobDefinition": job_definition.job_definition_arn,
+                "ContainerOverrides": {"Environment": environment},
+            },
+            "ResultPath": None,
+            "TimeoutSeconds": 6 * 3600,  # queue wait included; the job definition bounds the run itself
+        })  # fmt: skip
+
+    def _record_failure(self, stage: str, *, final: bool = False) -> tasks.LambdaInvoke:
+        return tasks.LambdaInvoke(
+            self, f"Record {stage} failure",
+            lambda_function=self.functions["RecordFailure"],
+            payload=sfn.TaskInput.from_object({
+                "title_id.$": "$.title.title_id", "stage": stage, "source_uri.$": "$.title.source_uri",
+                "error.$": "$.error", "execution_started_at.$": "$.execution_started_at", "final": final,
+            }),
+            result_selector={"reason.$": "$.Payload.reason"},
+            result_path="$.failure",
+        )  # fmt: skip
+
+    def _grant_batch(self, job_definitions, job_queues) -> None:
+        stack = Stack.of(self)
+        role = self.state_machine.role
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["batch:SubmitJob"],
+            resources=[q.job_queue_arn for q in job_queues.values()]
+            + [d.job_definition_arn for d in job_definitions.values()],
+        ))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["batch:TerminateJob"],
+            resources=[stack.format_arn(service="batch", resource="job", resource_name="*")],
+        ))
+        role.add_to_principal_policy(iam.PolicyStatement(actions=["batch:DescribeJobs"], resources=["*"]))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+            resources=[stack.format_arn(service="events", resource="rule",
+                                        resource_name="StepFunctionsGetEventsForBatchJobsRule")],
+        ))  # fmt: skip

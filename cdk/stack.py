@@ -1,0 +1,160 @@
+"""``PrismStack``: one environment's deployment; wires the constructs and does the grants."""
+
+from __future__ import annotations
+
+from aws_cdk import CfnOutput, Stack, Tags
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from cdk_nag import NagSuppressions
+from constructs import Construct
+
+from cdk.compute import Compute
+from cdk.config import EnvironmentConfig
+from cdk.monitoring import Monitoring
+from cdk.orchestration import Orchestration
+from cdk.schedule import DailySchedule, EventBus
+from cdk.storage import RUNS_PREFIX, TITLES_PREFIX, Storage
+
+RETENTION = {
+    1: logs.RetentionDays.ONE_DAY, 7: logs.RetentionDays.ONE_WEEK, 14: logs.RetentionDays.TWO_WEEKS,
+    30: logs.RetentionDays.ONE_MONTH, 60: logs.RetentionDays.TWO_MONTHS, 90: logs.RetentionDays.THREE_MONTHS,
+    180: logs.RetentionDays.SIX_MONTHS, 365: logs.RetentionDays.ONE_YEAR, 731: logs.RetentionDays.TWO_YEARS,
+}
+LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_13  # the newest runtime the Powertools V3 layer in config targets
+
+
+class PrismStack(Stack):
+    def __init__(self, scope: Construct, id: str, *, config: EnvironmentConfig, **kwargs) -> None:
+        super().__init__(scope, id, **kwargs)
+        self.config = config
+        retention = RETENTION[config.log_retention_days]
+        Tags.of(self).add("project", "prism")
+        Tags.of(self).add("environment", config.name)
+        for key, value in config.tags.items():
+            Tags.of(self).add(key, value)
+
+        self.storage = storage = Storage(
+            self, "Storage",
+            input_bucket_name=config.input_bucket_name, input_prefix=config.input_prefix,
+            input_bucket_kms_key_arn=config.input_bucket_kms_key_arn,
+            noncurrent_version_days=config.noncurrent_version_days, run_items_days=config.run_items_days,
+            retain_data=config.retain_data,
+        )  # fmt: skip
+        self.events = EventBus(self, "Events", bus_name=f"prism-{config.name}")
+        worker_env = {
+            "PRISM_ARTIFACTS_BUCKET": storage.artifacts.bucket_name,
+            "PRISM_CATALOG_TABLE": storage.catalog.table_name,
+            "PRISM_PIPELINE_VERSION": config.pipeline_version,
+            "AWS_DEFAULT_REGION": self.region,
+            **({"PRISM_MODEL_LOCATION": config.model_location} if config.model_location else {}),
+        }
+        self.compute = compute = Compute(
+            self, "Compute",
+            availability_zones=config.availability_zones, vpc_cidr=config.vpc_cidr,
+            instance_types=config.gpu_instance_types, max_vcpus=config.max_vcpus, spot=config.spot,
+            root_volume_gib=config.root_volume_gib, image_repository=config.image_repository,
+            image_tag=config.image_tag, stages=config.stages, environment=worker_env, log_retention=retention,
+        )  # fmt: skip
+        self.orchestration = orchestration = Orchestration(
+            self, "Orchestration",
+            stages=config.stages, job_definitions=compute.job_definitions, job_queues=compute.queues,
+            artifacts=storage.artifacts, catalog=storage.catalog,
+            environment={
+                "PRISM_CATALOG_TABLE": storage.catalog.table_name,
+                "PRISM_ARTIFACTS_BUCKET": storage.artifacts.bucket_name,
+                "PRISM_INPUT_BUCKET": storage.input_bucket.bucket_name,
+                "PRISM_INPUT_PREFIX": config.input_prefix,
+                "PRISM_EVENT_BUS": self.events.bus.event_bus_name,
+                "PRISM_PIPELINE_VERSION": config.pipeline_version,
+                "PRISM_VIDEO_SUFFIXES": ",".join(config.video_suffixes),
+                "PRISM_WATERMARK_OVERLAP_S": str(config.watermark_overlap_s),
+            },
+            runtime=LAMBDA_RUNTIME,
+            architecture=lambda_.Architecture.X86_64 if config.lambda_architecture == "x86_64" else lambda_.Architecture.ARM_64,
+            powertools_layer_arn=config.powertools_layer_arn, max_concurrent_titles=config.max_concurrent_titles,
+            pipeline_version=config.pipeline_version, log_retention=retention,
+        )  # fmt: skip
+        self.schedule = DailySchedule(
+            self, "Schedule", state_machine=orchestration.state_machine, expression=config.schedule_expression,
+            time_zone=config.schedule_time_zone, enabled=config.schedule_enabled,
+        )  # fmt: skip
+        self.monitoring = Monitoring(
+            self, "Monitoring", state_machine=orchestration.state_machine,
+            job_queue_arns=[q.job_queue_arn for q in compute.queues.values()],
+            stage_names=[s.name for s in config.stages], key=storage.key, emails=config.alarm_emails,
+            dashboard_name=f"prism-{config.name}",
+        )  # fmt: skip
+        self._grant()
+        self._outputs()
+        self._suppress()
+
+    def _grant(self) -> None:
+        storage, fns = self.storage, self.orchestration.functions
+        job_role = self.compute.job_role
+        storage.grant_input_read(job_role)
+        storage.grant_artifacts(job_role, prefix=TITLES_PREFIX, write=True, delete=True)
+        storage.grant_catalog(job_role, write=True)
+        if self.config.model_location:
+            bucket, _, prefix = self.config.model_location.removeprefix("s3://").partition("/")
+            job_role.add_to_principal_policy(iam.PolicyStatement(
+                actions=["s3:GetObject"], resources=[f"arn:{self.partition}:s3:::{bucket}/{prefix}*"]))
+            job_role.add_to_principal_policy(iam.PolicyStatement(
+                actions=["s3:ListBucket"], resources=[f"arn:{self.partition}:s3:::{bucket}"],
+                conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}}))  # fmt: skip
+
+        storage.grant_input_read(fns["Discover"], list_objects=True)
+        storage.grant_artifacts(fns["Discover"], prefix=RUNS_PREFIX, write=True)
+        storage.grant_catalog(fns["Discover"], write=False)
+        storage.grant_artifacts(fns["Finalize"], prefix=TITLES_PREFIX, write=True)
+        storage.grant_catalog(fns["Finalize"], write=True)
+        storage.grant_catalog(fns["RecordFailure"], write=True)
+        for name in ("Finalize", "RecordFailure"):
+            self.events.bus.grant_put_events_to(fns[name])
+        # The run's title list is read by the Distributed Map, and its watermark written, by the state machine.
+        storage.grant_key(self.orchestration.state_machine, write=True)
+        # Services that publish to the KMS-encrypted alarm topic.
+        for service in ("events.amazonaws.com", "cloudwatch.amazonaws.com"):
+            storage.key.add_to_resource_policy(iam.PolicyStatement(
+                principals=[iam.ServicePrincipal(service)], actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                resources=["*"]))  # fmt: skip
+
+    def _outputs(self) -> None:
+        """What the operator CLI (``prism reprocess|status --env``) and the pipeline's smoke test read."""
+        CfnOutput(self, "StateMachineArn", value=self.orchestration.state_machine.state_machine_arn)
+        CfnOutput(self, "CatalogTableName", value=self.storage.catalog.table_name)
+        CfnOutput(self, "ArtifactsBucketName", value=self.storage.artifacts.bucket_name)
+        CfnOutput(self, "EventBusName", value=self.events.bus.event_bus_name)
+        CfnOutput(self, "AlarmTopicArn", value=self.monitoring.topic.topic_arn)
+
+    def _suppress(self) -> None:
+        """Every suppression names its rule and why; each is scoped to the findings it covers."""
+        iam5 = "AwsSolutions-IAM5"
+        NagSuppressions.add_resource_suppressions(
+            [self.compute.job_role, *(f.role for f in self.orchestration.functions.values())],
+            [{"id": iam5, "reason": "Object ARNs under one prefix (titles/*, _prism/runs/*, the input prefix) are "
+              "the narrowest S3 resource for per-title keys; X-Ray PutTraceSegments has no resource-level "
+              "permissions; log-group ARNs end in :* for their streams.",
+              "applies_to": [{"regex": "/^Resource::(.*(titles|_prism\\/runs|\\/\\*)|.*:\\*|\\*)$/g"}]}],
+            apply_to_children=True,
+        )  # fmt: skip
+        NagSuppressions.add_resource_suppressions(
+            self.orchestration.state_machine,
+            [{"id": iam5, "reason": "Step Functions needs batch:DescribeJobs (no resource-level permissions) and "
+              "TerminateJob on job/* for .sync jobs, lambda:InvokeFunction on function versions (fn:*), the "
+              "Distributed Map's child executions (execution:<machine>:*), s3:GetObject on the run item list, and "
+              "X-Ray/log delivery actions that take no resource ARN.",
+              "applies_to": [{"regex": "/^Resource::.*$/g"}]}],
+            apply_to_children=True,
+        )  # fmt: skip
+        NagSuppressions.add_resource_suppressions(
+            self.compute.execution_role,
+            [{"id": iam5, "reason": "ECR GetAuthorizationToken has no resource-level permissions.",
+              "applies_to": ["Resource::*"]}],
+            apply_to_children=True,
+        )  # fmt: skip
+        NagSuppressions.add_resource_suppressions(
+            list(self.orchestration.functions.values()),
+            [{"id": "AwsSolutions-L1", "reason": "Pinned to python3.13, the newest runtime the configured "
+              "Powertools V3 layer is published for; bump both together in cdk/config.py."}],
+        )  # fmt: skip

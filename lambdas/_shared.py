@@ -1,0 +1,88 @@
+"""What the three handlers share: settings from the environment, clients, the stage graph."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+import boto3
+
+from prism.cloud.catalog import DynamoCatalog
+
+EVENT_SOURCE = "prism"
+TITLE_PREPROCESSED = "Title Preprocessed"
+TITLE_FAILED = "Title Failed"
+
+
+@dataclass(frozen=True)
+class Settings:
+    catalog_table: str
+    artifacts_bucket: str
+    input_bucket: str
+    input_prefix: str
+    event_bus: str
+    pipeline_version: str
+    stage_graph: dict[str, list[str]]  # stage -> stages it requires, in pipeline order
+    job_queues: dict[str, str]  # run mode -> job queue ARN
+    video_suffixes: tuple[str, ...]
+    watermark_overlap_s: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        return cls(
+            catalog_table=env["PRISM_CATALOG_TABLE"],
+            artifacts_bucket=env["PRISM_ARTIFACTS_BUCKET"],
+            input_bucket=env.get("PRISM_INPUT_BUCKET", ""),
+            input_prefix=env.get("PRISM_INPUT_PREFIX", ""),
+            event_bus=env.get("PRISM_EVENT_BUS", "default"),
+            pipeline_version=env["PRISM_PIPELINE_VERSION"],
+            stage_graph=json.loads(env.get("PRISM_STAGE_GRAPH", "{}")),
+            job_queues=json.loads(env.get("PRISM_JOB_QUEUES", "{}")),
+            video_suffixes=tuple(s.strip().lower() for s in env.get("PRISM_VIDEO_SUFFIXES", ".mp4").split(",")),
+            watermark_overlap_s=int(env.get("PRISM_WATERMARK_OVERLAP_S", "3600")),
+        )
+
+
+class Aws:
+    """Clients made on first use in each invocation (never at import, so tests can mock them)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @cached_property
+    def s3(self):
+        return boto3.client("s3")
+
+    @cached_property
+    def events(self):
+        return boto3.client("events")
+
+    @cached_property
+    def catalog(self) -> DynamoCatalog:
+        return DynamoCatalog(self.settings.catalog_table, client=boto3.client("dynamodb"))
+
+
+def downstream_of(stage: str, graph: dict[str, list[str]]) -> list[str]:
+    """Stages that (transitively) require ``stage``, in pipeline order."""
+    blocked: list[str] = []
+    for name, requires in graph.items():
+        if stage in requires or any(dep in blocked for dep in requires):
+            blocked.append(name)
+    return blocked
+
+
+def put_title_event(aws: Aws, detail_type: str, detail: dict) -> None:
+    """One EventBridge event per title (source ``prism``) for content-QC, posters and others."""
+    aws.events.put_events(
+        Entries=[
+            {
+                "Source": EVENT_SOURCE,
+                "DetailType": detail_type,
+                "Detail": json.dumps(detail, ensure_ascii=False, default=str),
+                "EventBusName": aws.settings.event_bus,
+            }
+        ]
+    )

@@ -1,0 +1,169 @@
+"""``discover``: which titles a run processes, written to S3 as the Distributed Map's item list.
+
+Scheduled runs take the videos delivered under the input prefix since the last completed
+scheduled run (minus an overlap, so nothing delivered during a run is missed) and drop those
+the catalog shows were already processed from the same object (ETag) by the current pipeline
+version, whatever their status: a title that failed on bad input is retried when it is
+delivered again, by a new pipeline version, or by a manual run. After a pipeline version
+change the watermark is ignored and every delivered title is considered again.
+
+Manual runs take the given title ids and stages; a stage's upstream stages are added when the
+catalog has no succeeded record for them. ``force`` reruns the requested stages even when up to
+date (the worker decides "up to date" from fingerprints, so without ``force`` a requested stage
+that is current costs one short job).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Literal
+
+from _shared import Aws, Settings
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.parser import BaseModel, event_parser
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import Field, model_validator
+
+from prism.artifacts import title_id_for
+from prism.cloud.s3 import S3Uri
+
+logger = Logger(service="prism-discover")
+
+RUNS_PREFIX = "_prism/runs"
+
+
+class RunRequest(BaseModel):
+    """The state machine's input: what the schedule or an operator asked for."""
+
+    mode: Literal["scheduled", "manual"]
+    titles: list[str] = Field(default_factory=list)
+    stages: list[str] = Field(default_factory=list)
+    force: bool = False
+
+    @model_validator(mode="after")
+    def _manual_needs_titles(self) -> RunRequest:
+        if self.mode == "manual" and not self.titles:
+            raise ValueError("a manual run needs at least one title id in 'titles'")
+        if self.mode == "scheduled" and (self.titles or self.stages or self.force):
+            raise ValueError("a scheduled run takes no titles, stages or force")
+        return self
+
+
+class DiscoverEvent(BaseModel):
+    request: RunRequest
+    execution: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+@logger.inject_lambda_context(log_event=True)
+@event_parser(model=DiscoverEvent)
+def handler(event: DiscoverEvent, context: LambdaContext) -> dict:
+    settings = Settings.from_env()
+    aws = Aws(settings)
+    request = event.request
+    unknown = sorted(set(request.stages) - set(settings.stage_graph))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; this pipeline runs {list(settings.stage_graph)}")
+    if request.mode == "scheduled":
+        items, skipped, not_found = _scheduled(aws)
+    else:
+        items, skipped, not_found = _manual(aws, request)
+    key = f"{RUNS_PREFIX}/{event.execution}/titles.json"
+    aws.s3.put_object(
+        Bucket=settings.artifacts_bucket, Key=key, Body=json.dumps(items, ensure_ascii=False).encode(),
+        ContentType="application/json",
+    )  # fmt: skip
+    logger.info("discovered", extra={"count": len(items), "skipped": len(skipped), "not_found": not_found})
+    return {
+        "mode": request.mode,
+        "items_bucket": settings.artifacts_bucket,
+        "items_key": key,
+        "count": len(items),
+        "skipped": skipped,
+        "not_found": not_found,
+    }
+
+
+def _item(settings: Settings, mode: str, title_id: str, uri: str, etag: str, run: set[str], force: bool) -> dict:
+    return {
+        "title_id": title_id,
+        "source_uri": uri,
+        "source_etag": etag,
+        "stages": [s for s in settings.stage_graph if s in run],
+        "run": {s: s in run for s in settings.stage_graph},
+        "force": "true" if force else "false",
+        "job_queue": settings.job_queues.get(mode, ""),
+    }
+
+
+def _delivered(aws: Aws, since: datetime | None) -> dict[str, dict]:
+    """Videos under the input prefix, by title id (the newest object wins a name clash)."""
+    settings = aws.settings
+    found: dict[str, dict] = {}
+    pages = aws.s3.get_paginator("list_objects_v2").paginate(Bucket=settings.input_bucket, Prefix=settings.input_prefix)
+    for page in pages:
+        for obj in page.get("Contents", []):
+            if not obj["Key"].lower().endswith(settings.video_suffixes):
+                continue
+            if since is not None and obj["LastModified"] < since:
+                continue
+            title_id = title_id_for(obj["Key"])
+            if title_id in found and found[title_id]["LastModified"] >= obj["LastModified"]:
+                logger.warning("title id clash, keeping the newer object", extra={"title_id": title_id, "key": obj["Key"]})
+                continue
+            found[title_id] = obj
+    return found
+
+
+def _scheduled(aws: Aws) -> tuple[list[dict], list[str], list[str]]:
+    settings = aws.settings
+    since = None
+    mark = aws.catalog.run_watermark("scheduled")
+    if mark and mark.get("pipeline_version") == settings.pipeline_version:
+        since = datetime.fromisoformat(mark["started_at"].replace("Z", "+00:00")) - timedelta(
+            seconds=settings.watermark_overlap_s
+        )
+    items, skipped = [], []
+    for title_id, obj in sorted(_delivered(aws, since).items()):
+        etag = obj["ETag"].strip('"')
+        known = aws.catalog.get_item(title_id, "TITLE")
+        if known and known.get("source_etag") == etag and known.get("pipeline_version") == settings.pipeline_version:
+            skipped.append(title_id)
+            continue
+        uri = str(S3Uri(settings.input_bucket, obj["Key"]))
+        items.append(_item(settings, "scheduled", title_id, uri, etag, set(settings.stage_graph), False))
+    return items, skipped, []
+
+
+def _manual(aws: Aws, event: RunRequest) -> tuple[list[dict], list[str], list[str]]:
+    settings = aws.settings
+    requested = set(event.stages or settings.stage_graph)
+    delivered: dict[str, dict] | None = None
+    items, not_found = [], []
+    for title_id in dict.fromkeys(event.titles):
+        obj = None
+        known = aws.catalog.get_title(title_id)
+        if known and known.source_uri.startswith("s3://"):
+            src = S3Uri.parse(known.source_uri)
+            try:
+                head = aws.s3.head_object(Bucket=src.bucket, Key=src.key)
+                obj = {"Key": src.key, "ETag": head["ETag"], "Bucket": src.bucket}
+            except aws.s3.exceptions.ClientError:
+                obj = None
+        if obj is None:
+            delivered = delivered if delivered is not None else _delivered(aws, None)
+            if title_id in delivered:
+                obj = {**delivered[title_id], "Bucket": settings.input_bucket}
+        if obj is None:
+            not_found.append(title_id)
+            continue
+        run = set(requested)
+        for stage in list(settings.stage_graph)[::-1]:
+            if stage in run:
+                for dep in settings.stage_graph[stage]:
+                    record = aws.catalog.get_stage(title_id, dep)
+                    if record is None or record.status != "succeeded":
+                        run.add(dep)
+        uri = str(S3Uri(obj["Bucket"], obj["Key"]))
+        items.append(_item(settings, "manual", title_id, uri, obj["ETag"].strip('"'), run, event.force))
+    return items, [], not_found
