@@ -153,6 +153,42 @@ def status(
 
 
 @app.command()
+def show(
+    title: str = typer.Argument(..., help="A processed title id."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory of the run."),
+    limit: int = typer.Option(50, help="Rows to show per table."),
+) -> None:
+    """Print a processed title's shots, keyframes and cues."""
+    import pyarrow.parquet as pq
+
+    from prism.artifacts import read_manifest, title_dir
+
+    tdir = title_dir(out, title)
+    manifest = read_manifest(tdir)
+    if manifest is None:
+        console.print(f"[red]error:[/] no manifest at {tdir} (run `prism run` first or pass --out)")
+        raise typer.Exit(EXIT_FAILED)
+    views = {
+        "shots.parquet": ("shot_index", "start_s", "end_s", "transition_in", "score"),
+        "keyframes.parquet": ("shot_index", "rank", "time_s", "quality", "path"),
+        "cues.parquet": ("cue_type", "start_s", "end_s", "value", "value_unit"),
+    }
+    for name, columns in views.items():
+        if not (tdir / name).exists():
+            continue
+        rows = pq.read_table(tdir / name, columns=list(columns)).to_pylist()
+        table = Table(title=f"{title} · {name} ({len(rows)} rows)")
+        for col in columns:
+            table.add_column(col)
+        for row in rows[:limit]:
+            table.add_row(*("" if row[c] is None else f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+        out_console.print(table)
+    for stage, entry in manifest["stages"].items():
+        if entry["status"] != "succeeded":
+            out_console.print(f"{stage}: {entry['status']} — {entry['reason']}", soft_wrap=True)
+
+
+@app.command()
 def sample(
     path: Path = typer.Argument(Path("sample.mp4"), help="Where to write the sample video."),
     width: int = typer.Option(640, help="Frame width."),

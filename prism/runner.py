@@ -229,6 +229,7 @@ class Runner:
             progress=lambda done, total, label: self.events.stage_progress(title_id, name, done, total, label),
         )
         started = now_iso()
+        decoded_before = set(shared.decode_seconds)
         t0 = time.perf_counter()
         try:
             result: StageResult = stage.run(ctx)
@@ -238,6 +239,9 @@ class Runner:
             log.exception("stage %s crashed on %s", name, source)
             reason, result = f"{source}: internal error in stage {name}: {type(exc).__name__}: {exc}", None
         elapsed = time.perf_counter() - t0
+        decodes = {k: v for k, v in shared.decode_seconds.items() if k not in decoded_before}
+        if result is not None and decodes:  # the shared decode this stage triggered, reported apart
+            result.metrics["shared_decode_s"] = {k: round(v, 3) for k, v in decodes.items()}
         try:
             if result is None:
                 return self._record(title_id, manifest, stage, "failed", reason, fp, [], {}, started, None, elapsed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
@@ -102,20 +103,27 @@ class StageContext:
 
 
 class SharedMedia:
-    """Per-title cache of decodes, so a title's video is decoded once whatever stages run."""
+    """Per-title cache of decodes, so a title's video is decoded once whatever stages run.
+
+    ``decode_seconds`` records each decode's cost, so the runner can report it on the stage
+    that happened to trigger it rather than hide it in that stage's own time.
+    """
 
     def __init__(self, work_dir: Path):
         self.work_dir = work_dir
         self._visual: VisualPass | None = None
         self._audio: dict[tuple[int, int], AudioPCM] = {}
+        self.decode_seconds: dict[str, float] = {}
 
     def visual(self, ctx: StageContext) -> VisualPass:
         if self._visual is None:
             from prism.media import decode_visual
 
+            t0 = time.perf_counter()
             self._visual = decode_visual(
                 ctx.source, ctx.info, self.work_dir, lambda d, t: ctx.progress(d, t, "decode")
             )
+            self.decode_seconds["visual"] = time.perf_counter() - t0
         return self._visual
 
     def audio(self, source: Path, track: int, sample_rate: int) -> AudioPCM:
@@ -123,7 +131,9 @@ class SharedMedia:
         if key not in self._audio:
             from prism.media import decode_audio
 
+            t0 = time.perf_counter()
             self._audio[key] = decode_audio(source, track, sample_rate)
+            self.decode_seconds[f"audio_{track}_{sample_rate}hz"] = time.perf_counter() - t0
         return self._audio[key]
 
 
@@ -213,7 +223,15 @@ def resolve_order(requested: list[str] | None = None) -> list[str]:
             raise ConfigError(f"stage {name!r} requires unknown stage(s) {sorted(missing)}")
         graph[name] = deps
         pending.extend(deps)
+    sorter = TopologicalSorter(graph)
     try:
-        return list(TopologicalSorter(graph).static_order())
+        sorter.prepare()
     except CycleError as exc:
         raise ConfigError(f"stage dependencies form a cycle: {exc.args[1]}") from exc
+    rank = {name: i for i, name in enumerate(wanted)}
+    order: list[str] = []
+    while sorter.is_active():  # deterministic: ready stages in the order they were asked for
+        ready = sorted(sorter.get_ready(), key=lambda n: (rank.get(n, len(rank)), n))
+        order.extend(ready)
+        sorter.done(*ready)
+    return order

@@ -1,0 +1,107 @@
+"""Core benchmark: shots-stage throughput against the decode-only floor, with peak memory.
+
+Generates a 1080p title with known cuts (no download), then measures on the same file:
+- decode-only: ffmpeg decoding and scaling to 48x27, output discarded (the physical floor);
+- Prism's visual pass: the single decode that feeds every visual stage (48x27 + 128x72 + measures);
+- the shots stage end to end (decode pass + TransNetV2), as frames per second;
+- keyframes + cues on top (they reuse the decode), and the process's peak memory.
+
+    python -m benchmarks.core [--duration 180] [--size 1920x1080] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prism.media import ffmpeg_exe, probe
+from prism.runner import Runner
+from prism.synth import SOURCES, Shot, Title, build_title
+
+
+def bench_title(duration_s: float, width: int, height: int, fps: float = 25.0) -> Title:
+    """Shots of 4-9 s cycling through the sources, with a dissolve every fifth shot."""
+    names = [n for n in SOURCES if n not in ("mandelbrot", "sierpinski")]  # slow to render at 1080p
+    shots, total, i = [], 0.0, 0
+    while total < duration_s:
+        length = 4.0 + (i * 7919 % 6)
+        gradual = i % 5 == 4
+        shots.append(Shot(names[i % len(names)], length, "dissolve" if gradual else "cut", 1.0 if gradual else 0.0))
+        total += length - (1.0 if gradual else 0.0)
+        i += 1
+    return Title(shots, width=width, height=height, fps=fps, silences=[(10.0, 12.0)])
+
+
+def ensure_input(cache: Path, duration_s: float, width: int, height: int) -> tuple[Path, int]:
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"bench_{width}x{height}_{int(duration_s)}s.mp4"
+    meta = path.with_suffix(".json")
+    if not (path.exists() and meta.exists()):
+        truth = build_title(
+            bench_title(duration_s, width, height), path,
+            codec_args=["-c:v", "libx264", "-preset", "ultrafast", "-crf", "23", "-g", "48"],
+        )  # fmt: skip
+        meta.write_text(json.dumps({"frames": truth.frame_count, "cuts": len(truth.cuts)}))
+    return path, json.loads(meta.read_text())["frames"]
+
+
+def decode_only_seconds(path: Path) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-i", str(path), "-an", "-vf", "scale=48:27", "-f", "null", "-"], check=True
+    )
+    return time.perf_counter() - t0
+
+
+def run(out_dir: Path, duration_s: float = 180.0, width: int = 1920, height: int = 1080, device: str = "auto") -> dict:
+    import torch
+
+    from prism.media import decode_visual
+
+    path, frames = ensure_input(out_dir / "inputs", duration_s, width, height)
+    info = probe(path)
+    decode_s = decode_only_seconds(path)
+    t0 = time.perf_counter()
+    decode_visual(path, info, out_dir / "work")
+    visual_pass_s = time.perf_counter() - t0
+    runner = Runner(out_dir / "prism-out", force=True, params={"shots": {"device": device}})
+    [outcome] = runner.run([path], ["shots", "keyframes", "cues"])
+    stages = {s.stage: round(s.duration_s, 2) for s in outcome.stages}
+    shots_s = stages["shots"]
+    peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {
+        "input": {"path": str(path), "frames": frames, "size": f"{width}x{height}", "duration_s": info.duration_s},
+        "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() and device != "cpu" else f"cpu ({torch.get_num_threads()} threads)",
+        "decode_only_fps": round(frames / decode_s, 1),
+        "visual_pass_fps": round(frames / visual_pass_s, 1),
+        "shots_stage_fps": round(frames / shots_s, 1),
+        "stage_seconds": stages,
+        "end_to_end_s": round(sum(stages.values()), 2),
+        "shots_vs_decode_only": round(shots_s / decode_s, 2),
+        "peak_rss_mib": round(peak_self, 1),
+        "peak_child_rss_mib": round(peak_children, 1),
+        "status": outcome.status,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=180.0)
+    parser.add_argument("--size", default="1920x1080")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path(".bench"))
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.split("x"))
+    result = run(args.out, args.duration, width, height, args.device)
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
