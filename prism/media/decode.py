@@ -94,6 +94,23 @@ def _frame_features(luma: np.ndarray, previous: np.ndarray | None) -> dict[str, 
     }
 
 
+def _visual_pass_command(path: Path) -> list[str]:
+    """ffmpeg command line of the visual pass: one decode split into the two stacked sizes."""
+    import ffmpeg
+
+    frames = ffmpeg.input(str(path), nostdin=None).video.filter("showinfo").split()
+    analysis = frames[0].filter("scale", ANALYSIS_W, ANALYSIS_H, flags="area").filter("format", "rgb24")
+    small = (
+        frames[1]
+        .filter("scale", SMALL_W, SMALL_H)
+        .filter("format", "rgb24")
+        .filter("pad", ANALYSIS_W, SMALL_H)
+    )
+    stacked = ffmpeg.filter([analysis, small], "vstack", inputs=2)
+    output = stacked.output("pipe:1", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", an=None, sn=None, dn=None)
+    return output.global_args("-hide_banner", "-loglevel", "info").compile(cmd=ffmpeg_exe())
+
+
 def decode_visual(
     path: str | Path, info: MediaInfo, work_dir: str | Path, progress: Progress | None = None
 ) -> VisualPass:
@@ -104,18 +121,7 @@ def decode_visual(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     small_file = work_dir / "frames_48x27_rgb.u8"
-    graph = (
-        f"[0:v:0]showinfo,split=2[a][b];"
-        f"[a]scale={ANALYSIS_W}:{ANALYSIS_H}:flags=area,format=rgb24[big];"
-        f"[b]scale={SMALL_W}:{SMALL_H},format=rgb24,pad={ANALYSIS_W}:{SMALL_H}[small];"
-        f"[big][small]vstack=inputs=2[out]"
-    )
-    cmd = [
-        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "info", "-i", str(path),
-        "-filter_complex", graph, "-map", "[out]", "-an", "-sn", "-dn",
-        "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_visual_pass_command(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     times: list[float] = []
     tail: deque[bytes] = deque(maxlen=8)
 
