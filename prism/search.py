@@ -216,6 +216,8 @@ class ShotIndex:
             scores = self.vectors(span.first, span.count) @ q[0]
             order = np.argsort(-scores, kind="stable")[:top_k]
             return [Hit(self._ref(span.first + int(i)), float(scores[i])) for i in order]
+        if not len(self):
+            return []
         scores, ids = self._knn(q, min(top_k, len(self)))
         return [Hit(self._ref(int(i)), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
 
@@ -242,6 +244,8 @@ class ShotIndex:
             raise ConfigError("threshold must be in [-1, 1] and neighbours >= 1")
         first, count = (0, len(self)) if title is None else (self._span(title).first, self._span(title).count)
         k = min(neighbours + 1, len(self))
+        if k < 2:
+            return []
         best: dict[tuple[int, int], float] = {}
         for lo in range(first, first + count, 4096):
             n = min(4096, first + count - lo)

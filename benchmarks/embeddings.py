@@ -1,0 +1,160 @@
+"""Embeddings benchmark: keyframes embedded per second, and shot-search latency.
+
+    python benchmarks/embeddings.py [--keyframes 48] [--batch-size 16] [--device cpu]
+                                    [--search-vectors 200000] [--dim 512] [--out DIR]
+
+Model: ``$PRISM_EMBEDDINGS_MODEL`` when set (a real local model directory); otherwise a CLIP
+with the shapes of openai/clip-vit-base-patch32 and RANDOM weights, built from its config (same
+compute per image as the real one, meaningless vectors). Keyframes are generated 1280x720 JPEGs
+decoded from disk like the stage does. Search uses clustered random unit vectors (shots of a
+scene sit near each other, as real shot embeddings do) and reports recall@10 against exact search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def make_keyframes(directory: Path, count: int, size: tuple[int, int] = (1280, 720)) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    ramp = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    paths = []
+    for i in range(count):
+        base = (ramp * rng.uniform(0.3, 1.0, 3) + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        path = directory / f"{i:05d}.jpg"
+        Image.fromarray(base).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def bench_embed(out_dir: Path, keyframes: int = 48, batch_size: int = 16, device: str = "cpu") -> dict[str, Any]:
+    import torch
+
+    from prism.stages.embeddings import MODEL_ENV, encoder_for, random_clip
+
+    if os.environ.get(MODEL_ENV):
+        encoder = encoder_for(device=device)
+        model = f"{encoder.info.name} ({encoder.info.version})"
+    else:
+        encoder = random_clip("vit-b-32")
+        encoder.model.to(device)
+        encoder.device = device
+        model = "CLIP ViT-B/32 shapes, RANDOM weights (config-built)"
+    paths = make_keyframes(out_dir / "keyframes", keyframes)
+    encoder.embed_files(paths[:batch_size], batch_size)  # warm-up
+    t0 = time.perf_counter()
+    vectors = encoder.embed_files(paths, batch_size)
+    elapsed = time.perf_counter() - t0
+    return {
+        "model": model,
+        "device": device,
+        "dtype": str(encoder.model.dtype).removeprefix("torch."),
+        "batch_size": batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "keyframes": len(paths),
+        "dim": int(vectors.shape[1]),
+        "seconds": round(elapsed, 2),
+        "keyframes_per_s": round(len(paths) / elapsed, 2),
+    }
+
+
+def clustered_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(n // 50, 1), dim), dtype=np.float32)
+    x = centres[rng.integers(0, len(centres), n)] + 0.6 * rng.standard_normal((n, dim), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def bench_search(n: int = 200_000, dim: int = 512, queries: int = 200) -> dict[str, Any]:
+    """Build time, per-query latency (ShotIndex.search, one query at a time) and recall@10."""
+    import faiss
+    import pyarrow as pa
+
+    from prism.search import SHOTS_SCHEMA, IndexOptions, ShotIndex, new_index
+    from prism.stages.base import ModelInfo
+
+    x = clustered_vectors(n, dim)
+    rng = np.random.default_rng(1)
+    q = x[rng.integers(0, n, queries)] + 0.3 * rng.standard_normal((queries, dim), dtype=np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    shots = pa.table({"title_id": ["t"] * n, "shot_index": np.arange(n, dtype=np.int32), "start_s": np.zeros(n),
+                      "end_s": np.zeros(n), "keyframe": [None] * n}, schema=SHOTS_SCHEMA)  # fmt: skip
+    exact = faiss.IndexFlatIP(dim)
+    exact.add(x)
+    _, truth = exact.search(q, 10)
+    report: dict[str, Any] = {"vectors": n, "dim": dim, "faiss_threads": faiss.omp_get_max_threads()}
+    for kind, options in (("exact", IndexOptions(exact_max=n)), ("hnsw", IndexOptions(exact_max=0))):
+        t0 = time.perf_counter()
+        index = new_index(dim, n, options)
+        index.add(x)
+        build = time.perf_counter() - t0
+        shot_index = ShotIndex(index, shots, ModelInfo("bench", "0"), [], options)
+        latencies = []
+        found = []
+        for v in q:
+            t0 = time.perf_counter()
+            hits = shot_index.search(v, 10)
+            latencies.append(time.perf_counter() - t0)
+            found.append({h.shot.shot_index for h in hits})
+        recall = float(np.mean([len(f & set(t)) / 10 for f, t in zip(found, truth)]))
+        report[kind] = {
+            "build_s": round(build, 2),
+            "ms_per_query_p50": round(1000 * float(np.median(latencies)), 3),
+            "ms_per_query_p95": round(1000 * float(np.percentile(latencies, 95)), 3),
+            "recall_at_10": round(recall, 4),
+            "options": dataclasses.asdict(options),
+        }
+    return report
+
+
+def run(out_dir: str | Path, *, keyframes: int = 48, batch_size: int = 16, device: str = "cpu",
+        search_vectors: int = 200_000, dim: int = 512) -> dict[str, Any]:  # fmt: skip
+    """Both benchmarks; ``search_vectors=0`` skips search."""
+    out_dir = Path(out_dir)
+    result: dict[str, Any] = {"embed": bench_embed(out_dir, keyframes, batch_size, device)}
+    if search_vectors:
+        result["search"] = bench_search(search_vectors, dim)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keyframes", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--search-vectors", type=int, default=200_000, help="0 skips the search benchmark")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--out", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(args.out or Path(tmp), keyframes=args.keyframes, batch_size=args.batch_size, device=args.device,
+                     search_vectors=args.search_vectors, dim=args.dim)  # fmt: skip
+    e = result["embed"]
+    print(f"embed: {e['keyframes_per_s']} keyframes/s on {e['device']} ({e['dtype']}, {e['torch_threads']} threads), "
+          f"model {e['model']}, batch size {e['batch_size']}, {e['keyframes']} keyframes of 1280x720")  # fmt: skip
+    if "search" in result:
+        s = result["search"]
+        for kind in ("exact", "hnsw"):
+            r = s[kind]
+            print(f"search {kind}: {s['vectors']} x {s['dim']}-d, build {r['build_s']} s, "
+                  f"{r['ms_per_query_p50']} ms/query p50 ({r['ms_per_query_p95']} p95), recall@10 {r['recall_at_10']}")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
