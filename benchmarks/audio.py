@@ -111,7 +111,7 @@ def run(out_dir: str | Path, *, minutes: float = 1.5, batch_size: int = 0, devic
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench-out/audio")
+    parser.add_argument("--out", default=".bench/audio")  # .bench/ is git-ignored
     parser.add_argument("--minutes", type=float, default=1.5)
     parser.add_argument("--batch-size", type=int, default=0, help="0 = auto (1 on CPU, 16 on GPU)")
     parser.add_argument("--device", default="auto")

@@ -327,3 +327,21 @@ def test_cli_runs_audio_stage(media, tmp_path):
     manifest = json.loads((tmp_path / "titles" / "cli" / "manifest.json").read_text())
     assert manifest["stages"]["audio"]["status"] == "succeeded"
     assert set(manifest["stages"]["audio"]["outputs"]) >= {"transcript.json", "subtitles.vtt", "loudness.json"}
+
+
+def test_streaming_vad_matches_whole_track_across_blocks(dialogue):
+    """Spans found block by block (carrying open spans over) equal those over the whole track."""
+    from prism.audio.speech import SR, StreamingVad, VadConfig
+    from prism.media import decode_audio
+
+    truth, tdir = dialogue
+    pcm = decode_audio(tdir.parents[2] / "dialogue.mp4", 0, SR).samples
+    whole, _, _ = StreamingVad(VadConfig()).feed(pcm, last=True)
+    vad, streamed = StreamingVad(VadConfig()), []
+    step = 7 * SR  # blocks cut through the middle of sentences
+    for i in range(0, pcm.size, step):
+        found, _, _ = vad.feed(pcm[i : i + step], last=i + step >= pcm.size)
+        streamed += found
+    assert len(streamed) == len(whole)
+    for a, b in zip(whole, streamed):
+        assert abs(a.start_s - b.start_s) <= 0.1 and abs(a.end_s - b.end_s) <= 0.1, (a, b)
