@@ -25,6 +25,9 @@ SOURCES = {
     "colorchart": "colorchart=rate={r}:patch_size=64x64,scale={w}:{h}",
     "orange": "color=c=0xd2691e:size={w}x{h}:rate={r},drawgrid=w=80:h=80:t=6:c=white",
     "blue": "color=c=0x1e3cd2:size={w}x{h}:rate={r},drawbox=x=t*60:y=100:w=160:h=160:c=yellow:t=fill",
+    # hard negatives: continuous shots that change a lot from frame to frame
+    "pan": "testsrc2=size={w4}x{h}:rate={r},crop={w}:{h}:x='min(t*{w}*1.5,3*{w})':y=0",
+    "fastmotion": "cellauto=size={w}x{h}:rate={r}:rule=30:scroll=1,drawbox=x='mod(t*{w}*2,{w})':y=0:w={w8}:h={h}:c=white:t=fill",
 }
 
 
@@ -35,6 +38,7 @@ class Shot:
     transition_in: str = "cut"  # cut | dissolve | fadeblack (ignored for the first shot)
     transition_s: float = 0.0
     freeze_tail_s: float = 0.0  # hold the last frame this long (a frozen span)
+    flashes_s: tuple[float, ...] = ()  # camera flashes: 2 near-white frames at these times into the shot
 
 
 @dataclass
@@ -84,7 +88,9 @@ def build_title(title: Title, out: str | Path, *, codec_args: list[str] | None =
             src = "color=c=black:size={w}x{h}:rate={r}"
         else:  # temporal grain, as real footage has: only a frozen frame repeats exactly
             src = SOURCES[piece.source] + ",noise=alls=8:allf=t+u"
-        inputs += ["-f", "lavfi", "-i", src.format(w=w, h=h, r=r)]
+        for at in piece.flashes_s:
+            src += f",drawbox=c=white@0.85:t=fill:enable='between(t,{at},{at + 1.5 / r})'"
+        inputs += ["-f", "lavfi", "-i", src.format(w=w, h=h, r=r, w4=4 * w, w8=max(8, w // 8))]
         chain = f"[{i}:v]trim=end_frame={frames},setpts=N/({r}*TB),settb=AVTB,format=yuv420p,setsar=1"
         freeze = round(piece.freeze_tail_s * r)
         if freeze:

@@ -1,0 +1,146 @@
+"""One command for every benchmark: generates its inputs, runs Prism and its peers, writes JSON + Markdown.
+
+    python -m benchmarks                 # full run (minutes), writes .bench/results.json and docs/benchmarks.md
+    python -m benchmarks --quick         # tiny inputs, seconds: checks the code, numbers mean nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks import e2e, shots
+from benchmarks.core import ensure_input
+
+
+def machine() -> dict:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def run_all(out: Path, *, quick: bool, device: str) -> dict:
+    from benchmarks import audio, embeddings
+
+    out.mkdir(parents=True, exist_ok=True)
+    size = (160, 90) if quick else (640, 360)
+    results: dict = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "quick": quick}
+    results["shots_quality"] = shots.run_quality(out / "shots", width=size[0], height=size[1], device=device, quick=quick)
+    speed_size, speed_s = ((320, 180), 8.0) if quick else ((1920, 1080), 60.0)
+    path, frames = ensure_input(out / "inputs", speed_s, *speed_size)
+    results["shots_speed"] = {"size": f"{speed_size[0]}x{speed_size[1]}", **shots.run_speed(path, frames, out / "shots-speed", device)}
+    results["audio"] = audio.run(out / "audio", minutes=0.2 if quick else 2.0, device=device)
+    results["embeddings"] = embeddings.run(out / "embeddings", keyframes=8 if quick else 64, device="cpu" if device == "auto" else device, search_vectors=2_000 if quick else 200_000)
+    e2e_size, e2e_s = ((320, 180), 8.0) if quick else ((1920, 1080), 600.0)
+    results["end_to_end"] = e2e.run(out / "e2e", duration_s=e2e_s, width=e2e_size[0], height=e2e_size[1])
+    return results
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        f"Measured {r['when']} on {m['cores']} CPU cores ({m['cpu']}), {m['memory_gib']} GiB, GPU: {m['gpu'] or 'none'}; "
+        f"torch {m['torch']} with {m['torch_threads']} threads." + (" QUICK MODE: tiny inputs, not meaningful." if r["quick"] else ""),
+        "",
+        f"### Shot detection quality ({r['shots_quality']['size']}, ±{r['shots_quality']['tolerance_frames']} frames, 1-to-1 matching)",
+        "",
+        "| method | precision | recall | F1 | recall (cuts) | recall (gradual) | false positives | misses |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, s in r["shots_quality"]["overall"].items():
+        lines.append(f"| {method} | {s['precision']} | {s['recall']} | {s['f1']} | {s['recall_cut']} | {s['recall_gradual']} | {s['false_positives']} | {s['misses']} |")
+    lines += ["", "Per generated title (F1 / false positives):", "", "| title | transitions | " + " | ".join(shots.METHODS) + " |", "|---" * (2 + len(shots.METHODS)) + "|"]
+    for name, t in r["shots_quality"]["per_title"].items():
+        lines.append(f"| {name} | {t['transitions']} | " + " | ".join(f"{t[m]['f1']} / {t[m]['false_positives']}" for m in shots.METHODS) + " |")
+    sp = r["shots_speed"]
+    lines += [
+        "",
+        f"### Shot detection speed ({sp['size']}, {sp['frames']} frames)",
+        "",
+        "| what | frames/s |",
+        "|---|---|",
+        f"| ffmpeg decode-only to 48x27 (the floor) | {sp['decode_only_fps']} |",
+    ]
+    lines += [f"| {m} | {sp[f'{m}_fps']} |" for m in shots.METHODS]
+    a = r["audio"]
+    lines += ["", "### Audio", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in a.items() if not isinstance(v, (dict, list))]
+    em = r["embeddings"]
+    lines += ["", "### Embeddings", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in _flatten(em).items()]
+    e = r["end_to_end"]
+    lines += [
+        "",
+        f"### End to end: `prism run` on a generated {e['input']['duration_s'] / 60:.0f}-minute {e['input']['size']} title",
+        "",
+        "| stage | status | seconds |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {s['status']} | {s['seconds']} |" for name, s in e["stages"].items()]
+    lines += [
+        "",
+        f"Wall time {e['wall_s']} s; decode-only {e['decode_only_s']} s; ratio {e['end_to_end_vs_decode_only']}x; "
+        f"peak RSS {e['peak_rss_mib']} MiB (largest child process {e['peak_child_rss_mib']} MiB); "
+        f"projected 2-hour title on this machine: {e['projected_2h_s'] / 60:.0f} min.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        elif not isinstance(v, list):
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+DOC_HEADER = """# Benchmarks
+
+Generated by `python -m benchmarks` (inputs are generated, nothing is downloaded). Reproduce:
+
+```bash
+bash scripts/setup.sh && .venv/bin/python -m benchmarks --doc docs/benchmarks.md
+```
+
+PySceneDetect runs with its defaults (`AdaptiveDetector()`, `ContentDetector()`, OpenCV backend)
+on the same files in the same run. GPU numbers: run the same command on a GPU machine; the
+`device` column of each section says where it ran.
+
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Prism benchmarks")
+    parser.add_argument("--quick", action="store_true", help="tiny inputs: checks the code, numbers mean nothing")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path(".bench"))
+    parser.add_argument("--doc", type=Path, help="also write the Markdown results document here")
+    args = parser.parse_args(argv)
+    results = run_all(args.out, quick=args.quick, device=args.device)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    table = markdown(results)
+    (args.out / "results.md").write_text(table)
+    if args.doc:
+        args.doc.write_text(DOC_HEADER + table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
