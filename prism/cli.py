@@ -91,6 +91,7 @@ def run(
     force: bool = typer.Option(False, "--force", help="Rerun stages even if their outputs are up to date."),
     param: list[str] = typer.Option([], "--param", "-p", help="Stage parameter, STAGE.NAME=VALUE (repeatable)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    report: bool = typer.Option(False, "--report", help="Also write each title's HTML report (see `prism report`)."),
 ) -> None:
     """Process VIDEOS into OUT/titles/<title_id>/ and print a summary."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -112,7 +113,32 @@ def run(
             console.print(f"[red]FAILED[/] {title.reason}", soft_wrap=True, highlight=False)
     ok = sum(t.status == "succeeded" for t in outcomes)
     out_console.print(f"{ok}/{len(outcomes)} titles succeeded; artifacts in {out / 'titles'}", soft_wrap=True)
+    if report and not all(_write_report(t.title_dir, None) for t in outcomes):
+        raise typer.Exit(EXIT_FAILED)
     raise typer.Exit(EXIT_OK if ok == len(outcomes) else EXIT_FAILED)
+
+
+def _write_report(tdir: Path, output: Optional[Path]) -> bool:
+    from prism.report import ReportError, write_report
+
+    try:
+        out_console.print(f"report: {write_report(tdir, output)}", soft_wrap=True, highlight=False)
+        return True
+    except ReportError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        return False
+
+
+@app.command()
+def report(
+    title: str = typer.Argument(..., help="A processed title id."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory of the run."),
+    output: Optional[Path] = typer.Option(None, "--output", help="HTML file to write (default OUT/reports/TITLE.html)."),
+) -> None:
+    """Write a self-contained HTML page of a processed title: shots, keyframes, cues, speech, loudness, stages."""
+    from prism.artifacts import title_dir
+
+    raise typer.Exit(EXIT_OK if _write_report(title_dir(out, title), output) else EXIT_FAILED)
 
 
 @app.command()

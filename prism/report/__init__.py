@@ -100,12 +100,19 @@ def load_title(title_dir: str | Path) -> TitleData:
         for name in ("shots", "keyframes", "cues", "audio", "embeddings")
     }
 
-    def artifact(stage: str, name: str) -> Path | None:
-        entry = stages.get(stage)
-        if entry and entry["status"] == "succeeded" and name in entry.get("outputs", []) and (tdir / name).exists():
-            return tdir / name
-        return None
+    listed = {name: set(e.get("outputs") or []) for name, e in stages.items() if e.get("status") == "succeeded"}
 
+    def artifact(stage: str, name: str) -> Path | None:
+        return tdir / name if name in listed.get(stage, ()) and (tdir / name).exists() else None
+
+    try:
+        return _load(tdir, manifest, artifact, parts)
+    except (OSError, ValueError, KeyError) as exc:  # a damaged artifact: say which title, not a traceback
+        raise ReportError(f"{tdir}: cannot read artifacts: {type(exc).__name__}: {exc}") from exc
+
+
+def _load(tdir: Path, manifest: dict[str, Any], artifact: Any, parts: dict[str, Part]) -> TitleData:
+    stages = manifest.get("stages", {})
     probe = (manifest.get("source") or {}).get("probe") or {}
     data = TitleData(manifest.get("title_id", tdir.name), tdir, manifest, float(probe.get("duration_s") or 0.0), parts)
     if path := artifact("shots", "shots.parquet"):
