@@ -201,7 +201,14 @@ class Runner:
         if blocked:
             reason = f"upstream stage(s) {blocked} did not succeed"
             return self._record(title_id, manifest, stage, "skipped", reason, None, [], {}, None, None, 0.0)
-        fp = fingerprint(manifest["source"]["sha256"], stage, [fingerprints[d] for d in stage.requires])
+        if stage.needs_audio and not info.audio_tracks:
+            reason = f"{source}: no audio track"
+            return self._record(title_id, manifest, stage, "skipped", reason, None, [], {}, None, None, 0.0)
+        try:
+            fp = fingerprint(manifest["source"]["sha256"], stage, [fingerprints[d] for d in stage.requires])
+        except Exception as exc:  # model() could not say what it is: the stage cannot run
+            log.exception("stage %s: model identity failed", name)
+            return self._record_failure(title_id, manifest, name, f"{source}: stage {name}: {type(exc).__name__}: {exc}", None)
         previous = self.catalog.get_stage(title_id, name)
         if (
             not self.force

@@ -143,8 +143,7 @@ class Stage(ABC):
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
     Params: ClassVar[type] = NoParams
-    needs_video: ClassVar[bool] = False  # skipped with a reason on audio-only input
-    needs_audio: ClassVar[bool] = False  # skipped with a reason on video without audio
+    needs_audio: ClassVar[bool] = False  # the runner skips it, with a reason, on a source without audio
 
     def __init__(self, params: dict[str, Any] | None = None):
         self.params = make_params(self.Params, params or {}, self.name)
