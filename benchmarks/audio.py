@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
+
 import subprocess
 import sys
 import time
@@ -26,25 +26,11 @@ if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
 
-def _words(text: str) -> list[str]:
-    numbers = {"7": "seven"}
-    return [numbers.get(w, w) for w in re.sub(r"[^a-z0-9' ]+", " ", text.lower()).replace("'", "").split()]
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = _words(reference), _words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(len(ref), 1)
-
-
 def run(out_dir: str | Path, *, minutes: float = 1.5, batch_size: int = 0, device: str = "auto",
         model: str = "") -> dict:  # fmt: skip
     import pyarrow.parquet as pq
 
+    from prism.audio.scoring import word_error_rate
     from prism.audio.synth import DEFAULT_LINES, build_dialogue
     from prism.media.tools import ffmpeg_exe
     from prism.runner import Runner
@@ -97,7 +83,7 @@ def run(out_dir: str | Path, *, minutes: float = 1.5, batch_size: int = 0, devic
         "compute_type": metrics["asr_compute_type"],
         "batch_size": metrics["asr_batch_size"],
         "cpu_count": os.cpu_count(),
-        "wer": round(wer(truth.text, " ".join(s["text"] for s in transcript["segments"])), 4),
+        "wer": round(word_error_rate(truth.text, " ".join(s["text"] for s in transcript["segments"])), 4),
         "speakers_found": len({t["speaker"] for t in turns}),
         "speakers_true": 2,
         "turns_found": len(turns),

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from prism.audio.synth import build_dialogue, espeak_available
-from prism.media.tools import ffmpeg_exe
+from prism.audio.scoring import word_error_rate
 from prism.runner import Runner
+from prism.synth import ffmpeg
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (see the setup script)")
 
@@ -29,29 +29,6 @@ WER_BOUND = 0.15
 SPAN_TOL_S = 0.3
 TURN_TOL_S = 0.5
 TONE_DBFS = -23.0
-NUMBERS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six", "7": "seven",
-           "8": "eight", "9": "nine", "10": "ten"}  # fmt: skip
-
-
-def ffmpeg(*args: str) -> None:
-    subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
-
-
-def words(text: str) -> list[str]:
-    text = re.sub(r"[^a-z0-9' ]+", " ", text.lower()).replace("'", "")
-    return [NUMBERS.get(w, w) for w in text.split()]
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(len(ref), 1)
-
-
 def run_audio(out: Path, video: Path, params: dict | None = None):
     title = Runner(out, params={"audio": params} if params else None).run([video], ["audio"])[0]
     stage = title.stages[0]
@@ -73,7 +50,7 @@ def test_transcript_wer_language_and_model(dialogue):
     truth, tdir = dialogue
     transcript = json.loads((tdir / "transcript.json").read_text())
     hypothesis = " ".join(seg["text"] for seg in transcript["segments"])
-    assert wer(truth.text, hypothesis) <= WER_BOUND, hypothesis
+    assert word_error_rate(truth.text, hypothesis) <= WER_BOUND, hypothesis
     assert transcript["language"] == "en" and transcript["language_probability"] > 0.5
     assert transcript["model"]["name"] == "faster-whisper-tiny.en" and len(transcript["model"]["version"]) == 12
     manifest = json.loads((tdir / "manifest.json").read_text())
@@ -160,7 +137,7 @@ def test_subtitles_well_formed(dialogue):
         assert 0.99 <= end - start <= 7.0, (start, end, lines)
         if i:
             assert start >= cues[i - 1][1], "cues overlap"
-    assert wer(truth.text, " ".join(" ".join(c[2]) for c in cues)) <= WER_BOUND
+    assert word_error_rate(truth.text, " ".join(" ".join(c[2]) for c in cues)) <= WER_BOUND
 
 
 def test_loudness_series_of_dialogue(dialogue):
