@@ -201,9 +201,6 @@ class Runner:
         if blocked:
             reason = f"upstream stage(s) {blocked} did not succeed"
             return self._record(title_id, manifest, stage, "skipped", reason, None, [], {}, None, None, 0.0)
-        if stage.needs_audio and not info.audio_tracks:
-            reason = f"{source}: no audio track"
-            return self._record(title_id, manifest, stage, "skipped", reason, None, [], {}, None, None, 0.0)
         try:
             fp = fingerprint(manifest["source"]["sha256"], stage, [fingerprints[d] for d in stage.requires])
         except Exception as exc:  # model() could not say what it is: the stage cannot run

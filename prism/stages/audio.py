@@ -123,7 +123,6 @@ SHORT_TERM_SCHEMA = pa.schema(
 class AudioStage(Stage):
     name = "audio"
     Params = AudioParams
-    needs_audio = True
 
     def model(self) -> ModelInfo:
         try:

@@ -143,7 +143,6 @@ class Stage(ABC):
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
     Params: ClassVar[type] = NoParams
-    needs_audio: ClassVar[bool] = False  # the runner skips it, with a reason, on a source without audio
 
     def __init__(self, params: dict[str, Any] | None = None):
         self.params = make_params(self.Params, params or {}, self.name)
