@@ -10,6 +10,7 @@ Frame times come from the same pass (``showinfo``), so variable frame rate needs
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import threading
@@ -98,7 +99,9 @@ def _visual_pass_command(path: Path) -> list[str]:
     """ffmpeg command line of the visual pass: one decode split into the two stacked sizes."""
     import ffmpeg
 
-    frames = ffmpeg.input(str(path), nostdin=None).video.filter("showinfo").split()
+    hwaccel = os.environ.get("PRISM_HWACCEL")  # e.g. "cuda" in the GPU workers: NVDEC decodes, frames come back to RAM
+    options = {"hwaccel": hwaccel} if hwaccel else {}
+    frames = ffmpeg.input(str(path), nostdin=None, **options).video.filter("showinfo").split()
     analysis = frames[0].filter("scale", ANALYSIS_W, ANALYSIS_H, flags="area").filter("format", "rgb24")
     small = (
         frames[1]

@@ -129,3 +129,12 @@ def test_ffmpeg_falls_back_to_imageio_binary(monkeypatch):
         assert tools.ffmpeg_exe() == imageio_ffmpeg.get_ffmpeg_exe()
     finally:
         tools.ffmpeg_exe.cache_clear()
+
+
+def test_hardware_decode_is_opt_in(monkeypatch, tmp_path):
+    decode = importlib.import_module("prism.media.decode")
+    monkeypatch.delenv("PRISM_HWACCEL", raising=False)
+    assert "-hwaccel" not in decode._visual_pass_command(tmp_path / "x.mp4")
+    monkeypatch.setenv("PRISM_HWACCEL", "cuda")
+    cmd = decode._visual_pass_command(tmp_path / "x.mp4")
+    assert cmd[cmd.index("-hwaccel") + 1] == "cuda" and cmd.index("-hwaccel") < cmd.index("-i")
