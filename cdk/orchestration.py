@@ -28,7 +28,12 @@ from cdk.config import StageSpec
 from cdk.lambda_bundle import lambda_bundle
 
 BATCH_API_ERRORS = ["Batch.AWSBatchException", "Batch.TooManyRequestsException", "Batch.ServerException"]
-HANDLERS = {"Discover": "discover.handler", "Finalize": "finalize.handler", "RecordFailure": "record_failure.handler"}
+HANDLERS = {
+    "Discover": "discover.handler",
+    "Finalize": "finalize.handler",
+    "RecordFailure": "record_failure.handler",
+    "Summarise": "summarise.handler",
+}
 
 
 def stage_chains(stages: tuple[StageSpec, ...]) -> list[list[StageSpec]]:
@@ -92,13 +97,14 @@ class Orchestration(Construct):
             )  # fmt: skip
 
         run_request = sfn.TaskInput.from_object(
-            {"request": sfn.JsonPath.entire_payload, "execution": sfn.JsonPath.string_at("$$.Execution.Name")}
+            {"request": sfn.JsonPath.entire_payload, "execution": sfn.JsonPath.string_at("$$.Execution.Name"),
+             "started_at": sfn.JsonPath.string_at("$$.Execution.StartTime")}
         )
         discover = tasks.LambdaInvoke(
             self, "Discover titles", lambda_function=self.functions["Discover"], payload=run_request,
             result_selector={"mode.$": "$.Payload.mode", "items_key.$": "$.Payload.items_key",
                              "count.$": "$.Payload.count", "skipped.$": "$.Payload.skipped",
-                             "not_found.$": "$.Payload.not_found"},
+                             "not_found.$": "$.Payload.not_found", "started_at.$": "$.Payload.started_at"},
             result_path="$.discovery",
         )  # fmt: skip
 
@@ -108,21 +114,20 @@ class Orchestration(Construct):
             item_selector={"title.$": "$$.Map.Item.Value", "execution.$": "$$.Execution.Name",
                            "execution_started_at.$": "$$.Execution.StartTime"},
             max_concurrency=max_concurrent_titles,
-            tolerated_failure_percentage=100,
+            # No ToleratedFailurePercentage: every title's stage/finalize failure is caught and recorded
+            # inside its child execution, so a failed child means the failure path itself broke, which
+            # should fail the run (and alarm) rather than be tolerated.
             result_path="$.results",
         )  # fmt: skip
         titles.item_processor(self._title_flow(stages, job_definitions))
 
-        summary = sfn.Pass(
+        summary = tasks.LambdaInvoke(
             self, "Summarise",
-            parameters={
-                "mode.$": "$.discovery.mode",
-                "pipeline_version": pipeline_version,
-                "succeeded.$": "$.results[?(@.status == 'succeeded')].title_id",
-                "failed.$": "$.results[?(@.status == 'failed')]",
-                "skipped.$": "$.discovery.skipped",
-                "not_found.$": "$.discovery.not_found",
-            },
+            lambda_function=self.functions["Summarise"],
+            payload=sfn.TaskInput.from_object({"discovery.$": "$.discovery", "results.$": "$.results",
+                                               "pipeline_version": pipeline_version}),
+            result_selector={"summary.$": "$.Payload"},
+            result_path="$.outcome",
         )  # fmt: skip
         nothing = sfn.Pass(self, "Nothing to do", result=sfn.Result.from_array([]), result_path="$.results")
         save_watermark = tasks.DynamoPutItem(
@@ -131,15 +136,15 @@ class Orchestration(Construct):
             item={
                 "title_id": tasks.DynamoAttributeValue.from_string("#RUN"),
                 "record": tasks.DynamoAttributeValue.from_string("scheduled"),
-                "started_at": tasks.DynamoAttributeValue.from_string(sfn.JsonPath.string_at("$$.Execution.StartTime")),
+                "started_at": tasks.DynamoAttributeValue.from_string(sfn.JsonPath.string_at("$.discovery.started_at")),
                 "execution": tasks.DynamoAttributeValue.from_string(sfn.JsonPath.string_at("$$.Execution.Name")),
                 "pipeline_version": tasks.DynamoAttributeValue.from_string(pipeline_version),
             },
             result_path=sfn.JsonPath.DISCARD,
         )  # fmt: skip
-        done = sfn.Succeed(self, "Done")
+        done = sfn.Succeed(self, "Done", output_path="$.outcome.summary")
         summary.next(sfn.Choice(self, "Scheduled run?")
-                     .when(sfn.Condition.string_equals("$.mode", "scheduled"), save_watermark.next(done))
+                     .when(sfn.Condition.string_equals("$.discovery.mode", "scheduled"), save_watermark.next(done))
                      .otherwise(done))  # fmt: skip
         definition = discover.next(
             sfn.Choice(self, "Any titles?")

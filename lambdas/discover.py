@@ -53,6 +53,7 @@ class RunRequest(BaseModel):
 class DiscoverEvent(BaseModel):
     request: RunRequest
     execution: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    started_at: str = ""  # the execution's start time, stored as the watermark when the run completes
 
 
 @logger.inject_lambda_context(log_event=True)
@@ -81,6 +82,7 @@ def handler(event: DiscoverEvent, context: LambdaContext) -> dict:
         "count": len(items),
         "skipped": skipped,
         "not_found": not_found,
+        "started_at": event.started_at,
     }
 
 

@@ -181,8 +181,8 @@ def test_schedule_events_and_alarms(synthesized, env):
 @pytest.mark.parametrize("env", ENVS)
 def test_lambdas_use_powertools_layer_and_no_docker_bundling(synthesized, env):
     _, t = synthesized[env]
-    t.resource_count_is("AWS::Lambda::Function", 3)
-    for handler in ("discover.handler", "finalize.handler", "record_failure.handler"):
+    t.resource_count_is("AWS::Lambda::Function", 4)
+    for handler in ("discover.handler", "finalize.handler", "record_failure.handler", "summarise.handler"):
         t.has_resource_properties("AWS::Lambda::Function", {
             "Handler": handler, "Runtime": "python3.13",
             "Layers": [Match.string_like_regexp(r"arn:aws:lambda:.*:017000801446:layer:AWSLambdaPowertoolsPythonV3")],

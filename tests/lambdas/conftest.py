@@ -1,0 +1,291 @@
+"""Run the synthesized stack in moto: its resources, its state machine, its Lambda code, the real worker.
+
+What is real: the state machine definition, table keys, Lambda environment and job definitions
+come from the synthesized CloudFormation template (references resolved to moto resources);
+moto's Step Functions interpreter executes the ASL; the Lambda handlers in ``lambdas/`` run
+in-process for each ``lambda:invoke``; each Batch job runs ``prism.worker.run_job`` in-process
+with the environment Batch would give the container.
+
+What is patched, and why:
+- moto's simple Lambda backend returns its input instead of running code: ``invoke`` is
+  replaced to call the handler module named by the function's ``Handler``.
+- moto's simple Batch backend marks jobs succeeded without running them: finishing a job is
+  replaced to run the worker and mark the job succeeded or failed by its exit code.
+- moto 5.2's Step Functions port has empty request/response normalisation for the Batch
+  integration (ASL ``JobName`` is passed to boto as is, so ``submitJob`` fails with
+  ``'JobName'``); the upstream (LocalStack) normalisation through botocore's shapes is restored.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+for path in (ROOT, ROOT / "lambdas"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+
+ACCOUNT, REGION = "123456789012", "us-east-1"
+MOTO_CONFIG = {
+    "stepfunctions": {"execute_state_machine": True},
+    "batch": {"use_docker": False},
+    "lambda": {"use_docker": False},
+}
+
+
+class FakeContext:
+    """The few LambdaContext fields Powertools reads."""
+
+    function_name = "prism-test"
+    memory_limit_in_mb = 512
+    invoked_function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:prism-test"
+    aws_request_id = "00000000-0000-0000-0000-000000000000"
+
+
+class Resolver:
+    """Evaluates the CloudFormation intrinsics the template uses, against moto's resources."""
+
+    def __init__(self, template: dict):
+        self.template = template
+        self.refs: dict[str, str] = {
+            "AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::URLSuffix": "amazonaws.com",
+        }  # fmt: skip
+        self.arns: dict[str, str] = {}
+
+    def __call__(self, node):
+        if isinstance(node, list):
+            return [self(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        if "Ref" in node:
+            return self.refs[node["Ref"]]
+        if "Fn::GetAtt" in node:
+            logical, attribute = node["Fn::GetAtt"]
+            if attribute.endswith("Arn"):
+                return self.arns[logical]
+            raise KeyError(f"unsupported GetAtt {logical}.{attribute}")
+        if "Fn::Join" in node:
+            sep, parts = node["Fn::Join"]
+            return sep.join(str(self(p)) for p in parts)
+        return {k: self(v) for k, v in node.items()}
+
+    def of_type(self, kind: str) -> dict[str, dict]:
+        return {k: v for k, v in self.template["Resources"].items() if v["Type"] == kind}
+
+
+def _restore_batch_normalisation() -> None:
+    import botocore.session
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_batch import (
+        StateTaskServiceBatch,
+    )
+
+    model = botocore.session.get_session().get_service_model("batch")
+
+    def operation(self, action):
+        name = action or self.resource.api_action
+        return model.operation_model("".join(p[:1].upper() + p[1:] for p in name.split("_")))
+
+    def normalise_parameters(self, parameters, boto_service_name=None, service_action_name=None):
+        self._to_boto_request(parameters, operation(self, service_action_name).input_shape)
+
+    def normalise_response(self, response, boto_service_name=None, service_action_name=None):
+        self._from_boto_response(response, operation(self, service_action_name).output_shape)
+
+    StateTaskServiceBatch._normalise_parameters = normalise_parameters
+    StateTaskServiceBatch._normalise_response = normalise_response
+
+
+class Deployment:
+    """The synthesized stack, created in moto."""
+
+    def __init__(self, template: dict, work_dir: Path, monkeypatch):
+        self.resolve = Resolver(template)
+        self.work_dir = work_dir
+        self.s3 = boto3.client("s3", region_name=REGION)
+        self.ddb = boto3.client("dynamodb", region_name=REGION)
+        self.sfn = boto3.client("stepfunctions", region_name=REGION)
+        self.batch = boto3.client("batch", region_name=REGION)
+        self.worker_runs: list[tuple[str, str, str]] = []  # (title_id, stage, status)
+        self._lock = threading.Lock()
+        role = boto3.client("iam", region_name=REGION).create_role(
+            RoleName="prism-test", AssumeRolePolicyDocument="{}")["Role"]["Arn"]  # fmt: skip
+        self._buckets()
+        self._table()
+        self._bus()
+        self._batch(role)
+        self.handlers = self._lambdas(role, monkeypatch)
+        (machine,) = self.resolve.of_type("AWS::StepFunctions::StateMachine").values()
+        self.definition = self.resolve(machine["Properties"]["DefinitionString"])
+        self.machine_arn = self.sfn.create_state_machine(
+            name="prism-test", definition=self.definition, roleArn=role)["stateMachineArn"]  # fmt: skip
+
+    def _buckets(self) -> None:
+        for logical in self.resolve.of_type("AWS::S3::Bucket"):
+            name = f"prism-{logical.lower()[:40]}"
+            self.s3.create_bucket(Bucket=name)
+            self.resolve.refs[logical] = name
+            self.resolve.arns[logical] = f"arn:aws:s3:::{name}"
+            if logical.startswith("StorageArtifacts"):
+                self.artifacts = name
+
+    def _table(self) -> None:
+        ((logical, table),) = self.resolve.of_type("AWS::DynamoDB::GlobalTable").items()
+        props = table["Properties"]
+        self.table = "prism-catalog"
+        self.ddb.create_table(
+            TableName=self.table, BillingMode="PAY_PER_REQUEST", KeySchema=props["KeySchema"],
+            AttributeDefinitions=props["AttributeDefinitions"],
+            GlobalSecondaryIndexes=[{k: v for k, v in g.items() if k in ("IndexName", "KeySchema", "Projection")}
+                                    for g in props["GlobalSecondaryIndexes"]],
+        )  # fmt: skip
+        self.resolve.refs[logical] = self.table
+        self.resolve.arns[logical] = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{self.table}"
+
+    def _bus(self) -> None:
+        events = boto3.client("events", region_name=REGION)
+        for logical, bus in self.resolve.of_type("AWS::Events::EventBus").items():
+            name = bus["Properties"]["Name"]
+            arn = events.create_event_bus(Name=name)["EventBusArn"]
+            self.resolve.refs[logical], self.resolve.arns[logical] = name, arn
+            self.bus = name
+
+    def _batch(self, role: str) -> None:
+        ce = self.batch.create_compute_environment(
+            computeEnvironmentName="prism-test", type="UNMANAGED", serviceRole=role)["computeEnvironmentArn"]  # fmt: skip
+        for logical in self.resolve.of_type("AWS::Batch::JobQueue"):
+            arn = self.batch.create_job_queue(
+                jobQueueName=logical[:100], state="ENABLED", priority=1,
+                computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}])["jobQueueArn"]  # fmt: skip
+            self.resolve.refs[logical] = self.resolve.arns[logical] = arn
+        for logical, jd in self.resolve.of_type("AWS::Batch::JobDefinition").items():
+            container = jd["Properties"]["ContainerProperties"]
+            environment = [{"name": e["Name"], "value": str(self.resolve(e["Value"]))} for e in container["Environment"]]
+            arn = self.batch.register_job_definition(
+                jobDefinitionName=logical[:100], type="container",
+                containerProperties={"image": "prism-worker:test", "command": container["Command"],
+                                     "environment": environment,
+                                     "resourceRequirements": [{"type": r["Type"], "value": r["Value"]}
+                                                              for r in container["ResourceRequirements"]]},
+            )["jobDefinitionArn"]  # fmt: skip
+            self.resolve.refs[logical] = arn
+
+    def _lambdas(self, role: str, monkeypatch) -> dict[str, str]:
+        import io
+        import zipfile
+
+        client = boto3.client("lambda", region_name=REGION)
+        zipped = io.BytesIO()
+        with zipfile.ZipFile(zipped, "w") as zf:
+            zf.writestr("placeholder.py", "")
+        handlers, common_env = {}, {}
+        for logical, fn in self.resolve.of_type("AWS::Lambda::Function").items():
+            props = fn["Properties"]
+            env = {k: str(self.resolve(v)) for k, v in props["Environment"]["Variables"].items()}
+            arn = client.create_function(
+                FunctionName=logical[:64], Runtime=props["Runtime"], Role=role, Handler=props["Handler"],
+                Code={"ZipFile": zipped.getvalue()})["FunctionArn"]  # fmt: skip
+            self.resolve.arns[logical] = arn
+            handlers[logical[:64]] = props["Handler"]
+            env.pop("POWERTOOLS_SERVICE_NAME", None)
+            for key, value in env.items():
+                assert common_env.setdefault(key, value) == value, f"{key} differs between functions"
+        for key, value in common_env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Prism")
+        self.lambda_env = common_env
+        return handlers
+
+    # -- in-process execution hooks -----------------------------------------------------------
+    def invoke(self, backend, function_name, qualifier, body, headers, response_headers):
+        name = function_name.rsplit(":", 1)[-1] if function_name.startswith("arn:") else function_name
+        module_name, _, attr = self.handlers[name].rpartition(".")
+        handler = getattr(importlib.import_module(module_name), attr)
+        try:
+            result = handler(json.loads(body), FakeContext())
+        except Exception as exc:  # what the Lambda runtime reports for an unhandled error
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
+        return json.dumps(result).encode()
+
+    def finish_job(self, backend, include_start_attempt, job):
+        from prism.worker import Job, run_job
+
+        backend.backend._jobs[job.job_id] = job
+        job.job_started_at = __import__("datetime").datetime.now()
+        job.log_stream_name = job._stream_name
+        if include_start_attempt:
+            job._start_attempt()
+        env = {e["name"]: e["value"] for e in job._get_container_property("environment", [])}
+        result = run_job(
+            Job(stage=env["PRISM_STAGE"], title_id=env["PRISM_TITLE_ID"], source_uri=env["PRISM_SOURCE_URI"],
+                artifacts_bucket=env["PRISM_ARTIFACTS_BUCKET"], catalog_table=env["PRISM_CATALOG_TABLE"],
+                force=env.get("PRISM_FORCE") == "true", pipeline_version=env["PRISM_PIPELINE_VERSION"]),
+            s3=self.s3, dynamodb=self.ddb, work_dir=self.work_dir,
+        )  # fmt: skip
+        with self._lock:
+            self.worker_runs.append((env["PRISM_TITLE_ID"], env["PRISM_STAGE"], result.status))
+        job._mark_stopped(success=result.exit_code == 0)
+
+    # -- driving it -------------------------------------------------------------------------
+    def start(self, run_input: dict, timeout_s: float = 240) -> dict:
+        import uuid
+
+        arn = self.sfn.start_execution(
+            stateMachineArn=self.machine_arn, name=f"run-{uuid.uuid4().hex[:12]}", input=json.dumps(run_input)
+        )["executionArn"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            described = self.sfn.describe_execution(executionArn=arn)
+            if described["status"] != "RUNNING":
+                break
+            time.sleep(0.3)
+        else:
+            raise TimeoutError(f"execution still running after {timeout_s}s")
+        assert described["status"] == "SUCCEEDED", described
+        return json.loads(described["output"])
+
+
+@pytest.fixture(scope="session")
+def test_template():
+    """The dev stack synthesized with only the cheap ``cues`` stage, so jobs run real stage code fast."""
+    from aws_cdk import App, Environment
+    from aws_cdk.assertions import Template
+
+    from cdk.config import StageSpec, load
+    from cdk.stack import PrismStack
+
+    config = load("dev", account=ACCOUNT, region=REGION, availability_zones=("us-east-1a", "us-east-1b"),
+                  stages=(StageSpec("cues", vcpus=2, memory_mib=4000, gpus=0, timeout_minutes=10),))  # fmt: skip
+    app = App()
+    stack = PrismStack(app, "Prism-test", config=config, env=Environment(account=ACCOUNT, region=REGION))
+    return Template.from_stack(stack).to_json()
+
+
+@pytest.fixture
+def deployment(test_template, tmp_path, monkeypatch):
+    from moto import mock_aws
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+    from moto.batch_simple.models import BatchSimpleBackend
+
+    _restore_batch_normalisation()
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    with mock_aws(config=MOTO_CONFIG):
+        holder: dict[str, Deployment] = {}
+        monkeypatch.setattr(LambdaSimpleBackend, "invoke",
+                            lambda self, *a, **k: holder["d"].invoke(self, *a, **k))  # fmt: skip
+        monkeypatch.setattr(BatchSimpleBackend, "_mark_job_as_finished",
+                            lambda self, *a, **k: holder["d"].finish_job(self, *a, **k))  # fmt: skip
+        holder["d"] = Deployment(test_template, tmp_path, monkeypatch)
+        yield holder["d"]
