@@ -146,15 +146,21 @@ def status(
     title: Optional[str] = typer.Argument(None, help="A title id; omit to list all titles."),
     out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory holding catalog.sqlite."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    env: Optional[str] = typer.Option(None, "--env", help="Read a deployed environment's DynamoDB catalog instead."),
 ) -> None:
     """Show what the catalog knows: every title, or the stages of one."""
     from prism.catalog import SQLiteCatalog
 
     path = out / "catalog.sqlite"
-    if not path.exists():
+    if env:
+        from prism.cloud.ops import cloud_catalog
+
+        catalog, path = cloud_catalog(env), f"the {env} catalog"
+    elif not path.exists():
         console.print(f"[red]error:[/] no catalog at {path} (run `prism run` first or pass --out)")
         raise typer.Exit(EXIT_USAGE)
-    catalog = SQLiteCatalog(path)
+    else:
+        catalog = SQLiteCatalog(path)
     if title is None:
         rows = [vars(t) for t in catalog.list_titles()]
         columns = ("title_id", "status", "reason", "updated_at", "source_uri")
@@ -176,6 +182,27 @@ def status(
             cells[columns.index("status")] = f"[{STATUS_STYLE[row['status']]}]{row['status']}[/]"
         table.add_row(*cells)
     out_console.print(table)
+
+
+@app.command()
+def reprocess(
+    env: str = typer.Option(..., "--env", help="Deployed environment (dev, staging, prod)."),
+    titles: str = typer.Option(..., "--titles", help="Comma-separated title ids."),
+    stages: Optional[str] = typer.Option(None, "--stages", "-s", help="Comma-separated stages (default: all)."),
+    force: bool = typer.Option(False, "--force", help="Rerun the stages even if their outputs are up to date."),
+) -> None:
+    """Start a manual Step Functions run of the deployed pipeline for TITLES (see docs/deploy.md)."""
+    from prism.cloud.ops import start_manual_run
+
+    wanted = [t.strip() for t in titles.split(",") if t.strip()]
+    chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else []
+    try:
+        arn = start_manual_run(env, wanted, chosen, force)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE)
+    out_console.print(f"started {arn}")
+    out_console.print(f"follow it with: aws stepfunctions describe-execution --execution-arn {arn}")
 
 
 @app.command()
