@@ -437,6 +437,22 @@ def _stage_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _facts(data: TitleData, shots: int) -> list[str]:
+    """The header line: length, picture, sound, counts, provenance; whatever the probe recorded."""
+    m = data.manifest
+    probe = (m.get("source") or {}).get("probe") or {}
+    video = probe.get("video") or {}
+    facts = [clock(data.duration_s)]
+    if video:
+        vfr = " (VFR)" if video.get("variable_frame_rate") else ""
+        facts.append(f"{video.get('codec', '?')} {video.get('width', '?')}×{video.get('height', '?')} @ {_num(video.get('fps'), 3)} fps{vfr}")
+    if "audio_tracks" in probe:
+        facts.append(f"{len(probe['audio_tracks'] or [])} audio track(s)")
+    facts += [f"{shots} shots", f"{len(data.cues)} cues"]
+    facts += [f"updated {m.get('updated_at') or '?'}", f"prism {m.get('prism_version') or '?'}"]
+    return facts
+
+
 def _loudness_rows(loudness: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not loudness:
         return []
@@ -493,7 +509,7 @@ def render_report(title_dir: str | Path) -> str:
         data=data,
         parts=data.parts,
         source=source,
-        probe=source.get("probe") or {},
+        facts=_facts(data, len(cards)),
         sections=sections,
         shot_count=len(cards),
         keyframed=sum(1 for c in cards if c["thumb"]),
