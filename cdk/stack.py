@@ -89,6 +89,11 @@ class PrismStack(Stack):
         self._outputs()
         self._suppress()
 
+    @property
+    def availability_zones(self) -> list[str]:
+        """The configured zones: no context lookup, so ``cdk synth`` needs no credentials."""
+        return list(self.config.availability_zones)
+
     def _grant(self) -> None:
         storage, fns = self.storage, self.orchestration.functions
         job_role = self.compute.job_role

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from aws_cdk.assertions import Annotations, Match
@@ -218,3 +219,13 @@ def test_every_suppression_names_a_rule_and_a_reason(synthesized):
             found += 1
             assert rule["id"].startswith(("AwsSolutions-", "CdkNagValidationFailure")) and len(rule["reason"]) > 20
     assert found > 0
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_synthesis_needs_no_context_lookups(synthesized, env):
+    """No AZ/VPC lookups: ``cdk synth`` works without AWS credentials (and without Docker)."""
+    stack, _ = synthesized[env]
+    assembly = stack.node.root.synth()
+    manifest = json.loads((Path(assembly.directory) / "manifest.json").read_text())
+    assert not manifest.get("missing")
+    assert stack.availability_zones == list(ENVIRONMENTS[env].availability_zones)
