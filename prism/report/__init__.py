@@ -277,7 +277,8 @@ def timeline_svg(data: TitleData) -> Markup:
     for t in ticks:
         x = scale.x(t)
         el.append(f'<line class="grid" x1="{x:.1f}" x2="{x:.1f}" y1="16" y2="100%"/>')
-        el.append(f'<text class="tick" x="{x:.1f}" y="12" text-anchor="middle">{clock(t)[:-2] if step >= 1 else clock(t)}</text>')
+        anchor = "end" if x > PLOT_X1 - 30 else "middle"
+        el.append(f'<text class="tick" x="{x:.1f}" y="12" text-anchor="{anchor}">{clock(t)[:-2] if step >= 1 else clock(t)}</text>')
 
     def lane(label: str) -> float:
         nonlocal y
@@ -309,10 +310,7 @@ def timeline_svg(data: TitleData) -> Markup:
             if s.get("transition_in") == "gradual" and s.get("transition_start_frame") is not None
         ]
         el += _merged_rects(gradual, scale, top, lane_h, "#f4b942", "gradual")
-        columns = sorted({round(scale.x(s["start_s"]) * 2) / 2 for s in data.shots[1:]})
-        if columns:
-            ticks_path = " ".join(f"M{x:.1f},{top:.1f}v{lane_h}" for x in columns)
-            el.append(f'<path d="{ticks_path}" class="cut"/>')
+        el.append(_boundaries(data.shots[1:], scale, top, lane_h, dense))
 
     for cue_type in ("black", "frozen", "silence"):
         top = lane(f"{cue_type}")
@@ -376,6 +374,27 @@ def timeline_svg(data: TitleData) -> Markup:
         + "".join(el)
         + "</svg>"
     )
+
+
+def _boundaries(shots: list[dict[str, Any]], scale: _Scale, top: float, h: float, dense: bool) -> str:
+    """Shot starts as ticks; when shots are denser than the drawing, as bars of cuts per 3-unit column."""
+    if not shots:
+        return ""
+    if not dense:
+        columns = sorted({round(scale.x(s["start_s"]) * 2) / 2 for s in shots})
+        return '<path class="cut" d="' + " ".join(f"M{x:.1f},{top:.1f}v{h}" for x in columns) + '"/>'
+    width = 3.0
+    counts: dict[int, int] = {}
+    for s in shots:
+        col = int((scale.x(s["start_s"]) - PLOT_X0) // width)
+        counts[col] = counts.get(col, 0) + 1
+    peak = max(counts.values())
+    per = scale.duration * width / (PLOT_X1 - PLOT_X0)
+    bars = " ".join(
+        f"M{PLOT_X0 + col * width + width / 2:.1f},{top + h:.1f}v-{max(h * n / peak, 1.5):.1f}" for col, n in sorted(counts.items())
+    )
+    tip = f"{len(shots) + 1} shots: bar height = shot boundaries per {per:.0f} s (at most {peak})"
+    return f'<path class="cut-density" d="{bars}" stroke-width="{width - 0.6:.1f}"><title>{escape(tip)}</title></path>'
 
 
 def _fps(data: TitleData) -> float:
@@ -443,7 +462,7 @@ def _facts(data: TitleData, shots: int) -> list[str]:
     probe = (m.get("source") or {}).get("probe") or {}
     video = probe.get("video") or {}
     facts = [clock(data.duration_s)]
-    if video:
+    if video.get("codec"):
         vfr = " (VFR)" if video.get("variable_frame_rate") else ""
         facts.append(f"{video.get('codec', '?')} {video.get('width', '?')}×{video.get('height', '?')} @ {_num(video.get('fps'), 3)} fps{vfr}")
     if "audio_tracks" in probe:
