@@ -150,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         s = result["search"]
         for kind in ("exact", "hnsw"):
             r = s[kind]
-            print(f"search {kind}: {s['vectors']} x {s['dim']}-d, build {r['build_s']} s, "
-                  f"{r['ms_per_query_p50']} ms/query p50 ({r['ms_per_query_p95']} p95), recall@10 {r['recall_at_10']}")
+            print(
+                f"search {kind}: {s['vectors']} x {s['dim']}-d, build {r['build_s']} s, "
+                f"{r['ms_per_query_p50']} ms/query p50 ({r['ms_per_query_p95']} p95), recall@10 {r['recall_at_10']}"
+            )
     print(json.dumps(result, indent=2))
     return 0
 

@@ -4,9 +4,10 @@ The index covers the shot vectors (``kind == "shot"``) of every title whose ``em
 stage succeeded in ``<out>/catalog.sqlite``, for one model (vectors of different models are not
 comparable). It is a faiss index kept in ``<out>/index/embeddings/<model>/``: exact inner
 product (= cosine, the vectors are normalized) up to ``exact_max`` shots, HNSW above, so a query
-stays around a millisecond at hundreds of thousands of shots. Opening it syncs with the
-catalog: new titles are appended; a title that was rerun, removed or re-embedded with another
-model makes it rebuild from the titles' ``embeddings.parquet``.
+stays within milliseconds at hundreds of thousands of shots. Opening it syncs with the
+catalog: new titles are appended; the rows of a title that was rerun or removed are retired in
+place (excluded from every search) and its new rows appended, and the index is rebuilt from the
+titles' ``embeddings.parquet`` only once ``max_stale`` of its rows are retired.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 INDEX_DIR = Path("index") / "embeddings"
 STAGE = "embeddings"
-STATE_VERSION = 1
+STATE_VERSION = 2
 SHOTS_SCHEMA = pa.schema(
     [
         ("title_id", pa.string()),
@@ -63,10 +64,13 @@ class IndexOptions:
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 128
+    max_stale: float = 0.25  # rebuild once this fraction of rows belongs to rerun or removed titles
 
     def __post_init__(self) -> None:
         if self.exact_max < 0 or self.hnsw_m < 4 or self.ef_construction < 1 or self.ef_search < 1:
             raise ValueError("exact_max >= 0, hnsw_m >= 4, ef_construction >= 1 and ef_search >= 1")
+        if not 0.0 <= self.max_stale <= 1.0:
+            raise ValueError("max_stale must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -141,18 +145,26 @@ class ShotIndex:
         model: ModelInfo,
         titles: list[_TitleSpan],
         options: IndexOptions,
-        excluded: dict[str, int] | None = None,
+        stale: list[tuple[int, int]] | None = None,
     ):
         self.index = index
         self.shots = shots
         self.model = model
         self.options = options
-        self.excluded = excluded or {}  # other models' revision -> number of titles not searchable here
+        self.stale = stale or []  # (first, count) row ranges of rerun or removed titles, never returned
+        self.excluded: dict[str, int] = {}  # other models' revision -> number of titles not searchable here
         self._titles = {t.title_id: t for t in titles}
         self._cols = shots.to_pydict()
+        stale_ids = np.concatenate([np.arange(a, a + n) for a, n in self.stale] or [np.zeros(0)]).astype(np.int64)
+        self._live = int(index.ntotal) - len(stale_ids)
+        self._selector = None
+        if len(stale_ids):  # faiss does not own these: keep them alive as long as the index
+            self._stale_batch = _faiss().IDSelectorBatch(stale_ids)
+            self._selector = _faiss().IDSelectorNot(self._stale_batch)
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        """Live shots (rows of rerun or removed titles not counted)."""
+        return self._live
 
     @property
     def titles(self) -> list[str]:
@@ -186,7 +198,9 @@ class ShotIndex:
             else:
                 excluded[version] = len(titles)
         if excluded:
-            log.warning("%d title(s) embedded with other models are not searchable with %s", sum(excluded.values()), model.name)
+            log.warning(
+                "%d title(s) embedded with other models are not searchable with %s", sum(excluded.values()), model.name
+            )
         store = _Store(out_dir / INDEX_DIR / _model_key(model))
         built = store.sync(model, wanted, out_dir, options)
         built.excluded = excluded
@@ -203,7 +217,8 @@ class ShotIndex:
         return span
 
     def vectors(self, first: int = 0, count: int | None = None) -> np.ndarray:
-        count = len(self) - first if count is None else count
+        """Stored vectors of rows ``[first, first + count)`` (stale rows included)."""
+        count = int(self.index.ntotal) - first if count is None else count
         return self.index.reconstruct_n(first, count) if count else np.zeros((0, self.dim), np.float32)
 
     def search(self, query: np.ndarray, top_k: int = 10, title: str | None = None) -> list[Hit]:
@@ -222,9 +237,14 @@ class ShotIndex:
         return [Hit(self._ref(int(i)), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
 
     def _knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        faiss = _faiss()
         if hasattr(self.index, "hnsw"):
-            self.index.hnsw.efSearch = max(self.options.ef_search, k)
-        return self.index.search(queries, k)
+            params = faiss.SearchParametersHNSW(efSearch=max(self.options.ef_search, k))
+            if self._selector is not None:
+                params.sel = self._selector
+        else:
+            params = faiss.SearchParameters(sel=self._selector) if self._selector is not None else None
+        return self.index.search(queries, k, params=params)
 
     def duplicates(
         self,
@@ -242,13 +262,15 @@ class ShotIndex:
         """
         if not -1.0 <= threshold <= 1.0 or neighbours < 1:
             raise ConfigError("threshold must be in [-1, 1] and neighbours >= 1")
-        first, count = (0, len(self)) if title is None else (self._span(title).first, self._span(title).count)
+        spans = list(self._titles.values()) if title is None else [self._span(title)]
         k = min(neighbours + 1, len(self))
         if k < 2:
             return []
         best: dict[tuple[int, int], float] = {}
-        for lo in range(first, first + count, 4096):
-            n = min(4096, first + count - lo)
+        chunks = [
+            (lo, min(4096, s.first + s.count - lo)) for s in spans for lo in range(s.first, s.first + s.count, 4096)
+        ]
+        for lo, n in chunks:
             scores, ids = self._knn(self.vectors(lo, n), k)
             for r, (row_scores, row_ids) in enumerate(zip(scores, ids)):
                 i = lo + r
@@ -265,6 +287,12 @@ class ShotIndex:
         pairs = [DuplicatePair(self._ref(i), self._ref(j), s, groups[i]) for (i, j), s in best.items()]
         pairs.sort(key=lambda p: (-p.score, p.a.title_id, p.a.shot_index, p.b.title_id, p.b.shot_index))
         return pairs
+
+
+def _faiss():
+    import faiss
+
+    return faiss
 
 
 def _groups(pairs: dict[tuple[int, int], float]) -> dict[int, int]:
@@ -349,48 +377,41 @@ class _Store:
         return state
 
     def sync(self, model: ModelInfo, wanted: dict[str, str], out_dir: Path, options: IndexOptions) -> ShotIndex:
+        """Reuse the stored index, appending new titles and retiring rerun or removed ones; rebuild
+        when there is none, it is for other options, it outgrew exact search or is too stale."""
         import faiss
 
         state = self._read_state()
-        have = {t["title_id"]: t["fingerprint"] for t in state["titles"]} if state else {}
-        reusable = (
-            state is not None
-            and state["model"]["version"] == model.version
-            and state["options"] == asdict(options)
-            and all(wanted.get(tid) == fp for tid, fp in have.items())
-        )
-        if reusable:
-            new = sorted(set(wanted) - set(have))
-            index = faiss.read_index(str(self.dir / "index.faiss"))
-            shots = pq.read_table(self.dir / "shots.parquet")
-            spans = [_TitleSpan(**t) for t in state["titles"]]
-            if not new:
-                return ShotIndex(index, shots, model, spans, options)
-            return self._append(index, shots, spans, model, wanted, new, out_dir, options)
-        log.info("building the shot index for %s over %d title(s)", model.name, len(wanted))
-        return self._build(model, wanted, out_dir, options)
-
-    def _append(self, index, shots, spans, model, wanted, new, out_dir, options) -> ShotIndex:
-        tables, vectors = [shots], []
-        total = len(shots)
+        if state is None or state["model"]["version"] != model.version or state["options"] != asdict(options):
+            return self._build(model, wanted, out_dir, options)
+        spans = [_TitleSpan(**t) for t in state["titles"]]
+        stale = [tuple(r) for r in state["stale"]]
+        live = [s for s in spans if wanted.get(s.title_id) == s.fingerprint]
+        stale += [(s.first, s.count) for s in spans if wanted.get(s.title_id) != s.fingerprint and s.count]
+        new = sorted(set(wanted) - {s.title_id for s in live})
+        index = faiss.read_index(str(self.dir / "index.faiss"))
+        shots = pq.read_table(self.dir / "shots.parquet")
+        if len(live) == len(spans) and not new:
+            return ShotIndex(index, shots, model, live, options, stale)
+        tables, vectors, total = [shots], [], len(shots)
         for tid in new:
             table, vecs = load_title_shots(out_dir, tid, model)
-            spans.append(_TitleSpan(tid, wanted[tid], total, len(table)))
+            live.append(_TitleSpan(tid, wanted[tid], total, len(table)))
             total += len(table)
             tables.append(table)
             vectors.append(vecs)
-        if not hasattr(index, "hnsw") and total > options.exact_max:
-            return self._build(model, wanted, out_dir, options)  # grew past exact search: rebuild as HNSW
+        n_stale = sum(n for _, n in stale)
+        if (not hasattr(index, "hnsw") and total - n_stale > options.exact_max) or n_stale > options.max_stale * total:
+            return self._build(model, wanted, out_dir, options)
         for vecs in vectors:
             if len(vecs):
                 index.add(vecs)
         shots = pa.concat_tables(tables)
-        self._save(index, shots, spans, model, options)
-        return ShotIndex(index, shots, model, spans, options)
+        self._save(index, shots, live, stale, model, options)
+        return ShotIndex(index, shots, model, live, options, stale)
 
-    def _build(self, model, wanted, out_dir, options) -> ShotIndex:
-        import faiss
-
+    def _build(self, model: ModelInfo, wanted: dict[str, str], out_dir: Path, options: IndexOptions) -> ShotIndex:
+        log.info("building the shot index for %s over %d title(s)", model.name, len(wanted))
         tables, vectors, spans, total = [], [], [], 0
         for tid in sorted(wanted):
             table, vecs = load_title_shots(out_dir, tid, model)
@@ -401,16 +422,23 @@ class _Store:
         dims = {v.shape[1] for v in vectors if len(v)}
         if len(dims) > 1:
             raise NoEmbeddings(f"titles embedded with {model.name} have vectors of different sizes {sorted(dims)}")
-        dim = dims.pop() if dims else 1
-        index = new_index(dim, total, options)
+        index = new_index(dims.pop() if dims else 1, total, options)
         for vecs in vectors:
             if len(vecs):
                 index.add(vecs)
         shots = pa.concat_tables(tables) if tables else SHOTS_SCHEMA.empty_table()
-        self._save(index, shots, spans, model, options)
+        self._save(index, shots, spans, [], model, options)
         return ShotIndex(index, shots, model, spans, options)
 
-    def _save(self, index, shots: pa.Table, spans: list[_TitleSpan], model: ModelInfo, options: IndexOptions) -> None:
+    def _save(
+        self,
+        index: faiss.Index,
+        shots: pa.Table,
+        spans: list[_TitleSpan],
+        stale: list[tuple[int, int]],
+        model: ModelInfo,
+        options: IndexOptions,
+    ) -> None:
         import faiss
 
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -428,6 +456,7 @@ class _Store:
             "kind": "hnsw" if hasattr(index, "hnsw") else "exact",
             "options": asdict(options),
             "titles": [asdict(s) for s in spans],
+            "stale": [list(r) for r in stale],
         }
         write_json(self.dir / "state.json", state)
 
@@ -444,7 +473,9 @@ def new_index(dim: int, expected: int, options: IndexOptions) -> faiss.Index:
     return index
 
 
-def search_text(index: ShotIndex, encoder: ImageTextEncoder, text: str, top_k: int = 10, title: str | None = None) -> list[Hit]:
+def search_text(
+    index: ShotIndex, encoder: ImageTextEncoder, text: str, top_k: int = 10, title: str | None = None
+) -> list[Hit]:
     """Shots matching a text query, encoded by the same model as the shots."""
     _check_model(index, encoder)
     return index.search(encoder.encode_texts([text])[0], top_k, title)

@@ -52,7 +52,9 @@ def publish(out: Path, title_id: str, keyframe_vectors: np.ndarray, model: Model
     )
     shots = pa.table({"shot_index": pa.array(range(n), pa.int32()), "start_s": [2.0 * i for i in range(n)],
                       "end_s": [2.0 * i + 2.0 for i in range(n)]})  # fmt: skip
-    write_parquet(title_dir(out, title_id) / "embeddings.parquet", embeddings_table(keyframes, shots, keyframe_vectors, model))
+    write_parquet(
+        title_dir(out, title_id) / "embeddings.parquet", embeddings_table(keyframes, shots, keyframe_vectors, model)
+    )
     catalog = SQLiteCatalog(out / "catalog.sqlite")
     catalog.put_title(TitleRecord(title_id, f"file:///{title_id}.mp4", 1, "sha", "succeeded", None, "0", "now"))
     catalog.put_stage(
@@ -93,27 +95,45 @@ def test_search_ranks_known_neighbours_first(library, options):
     np.testing.assert_allclose([h.score for h in hits], np.sort(exact)[::-1], atol=1e-5)
 
 
-def test_index_appends_new_titles_and_rebuilds_when_one_changes(library, monkeypatch):
+def retire(out: Path, title_id: str) -> None:
+    """The title's embeddings stage no longer succeeded (as after a failed rerun)."""
+    catalog = SQLiteCatalog(out / "catalog.sqlite")
+    catalog.put_stage(StageRecord(title_id, "embeddings", "failed", "gone", None, None, None, None, None,
+                                  None, "now", 0.0, "0", []))  # fmt: skip
+    catalog.close()
+
+
+@pytest.mark.parametrize("options", [IndexOptions(max_stale=0.3), IndexOptions(exact_max=0, max_stale=0.3)],
+                         ids=["exact", "hnsw"])  # fmt: skip
+def test_index_follows_the_catalog_without_rebuilding_until_too_stale(library, monkeypatch, options):
     out, vectors = library
-    first = ShotIndex.open(out)
+    first = ShotIndex.open(out, options=options)
     builds = []
     real_build = _Store._build
     monkeypatch.setattr(_Store, "_build", lambda self, *a: builds.append(1) or real_build(self, *a))
-    assert len(ShotIndex.open(out)) == 30 and not builds  # nothing changed: loaded as is
+    assert len(ShotIndex.open(out, options=options)) == 30 and not builds  # nothing changed: loaded as is
 
     rng = np.random.default_rng(3)
     publish(out, "ep4", unit(rng, 5))
-    grown = ShotIndex.open(out)
+    grown = ShotIndex.open(out, options=options)
     assert len(grown) == 35 and not builds  # appended
     np.testing.assert_array_equal(grown.vectors(0, 30), first.vectors())
-    assert grown.search(vectors["ep2"][6])[0].shot.title_id == "ep2"
 
     replaced = unit(rng, 4)
-    publish(out, "ep2", replaced, fingerprint="fp2")  # ep2 was rerun
-    rebuilt = ShotIndex.open(out)
-    assert builds == [1] and len(rebuilt) == 29
-    hit = rebuilt.search(replaced[2])[0]
+    publish(out, "ep2", replaced, fingerprint="fp2")  # ep2 was rerun: old rows retired, new ones appended
+    rerun = ShotIndex.open(out, options=options)
+    assert not builds and len(rerun) == 29 and rerun.stale == [(12, 10)]
+    hit = rerun.search(replaced[2])[0]
     assert (hit.shot.title_id, hit.shot.shot_index) == ("ep2", 2) and hit.score == pytest.approx(1.0, abs=1e-5)
+    old = rerun.search(vectors["ep2"][6], top_k=29)
+    assert len(old) == 29 and all(h.score < 0.9 for h in old)  # the retired vector is never returned
+    assert {(p.a.title_id, p.b.title_id) for p in rerun.duplicates(0.95)} == {("ep1", "ep1")}
+    assert rerun.search(replaced[1], top_k=10, title="ep2")[0].shot.shot_index == 1
+
+    retire(out, "ep1")  # 22 of 39 rows retired: past max_stale, rebuilt
+    rebuilt = ShotIndex.open(out, options=options)
+    assert builds == [1] and len(rebuilt) == rebuilt.index.ntotal == 17 and rebuilt.stale == []
+    assert sorted(rebuilt.titles) == ["ep2", "ep3", "ep4"]
 
 
 def test_index_switches_to_hnsw_past_exact_max(library):

@@ -295,9 +295,7 @@ def embeddings_schema(dim: int, model: ModelInfo) -> pa.Schema:
     )
 
 
-def embeddings_table(
-    keyframes: pa.Table, shots: pa.Table, vectors: np.ndarray, model: ModelInfo
-) -> pa.Table:
+def embeddings_table(keyframes: pa.Table, shots: pa.Table, vectors: np.ndarray, model: ModelInfo) -> pa.Table:
     """Rows for every keyframe and every shot with a keyframe, shot row first, in shot order."""
     kf = keyframes.to_pydict()
     spans = dict(zip(shots["shot_index"].to_pylist(), zip(shots["start_s"].to_pylist(), shots["end_s"].to_pylist())))
@@ -305,7 +303,9 @@ def embeddings_table(
     rows: list[dict[str, Any]] = []
     for s, vec, count in zip(shot_ids.tolist(), shot_vecs, counts.tolist()):
         start, end = spans.get(s, (None, None))
-        rows.append({"shot_index": s, "kind": "shot", "start_s": start, "end_s": end, "keyframes": count, "vector": vec})
+        rows.append(
+            {"shot_index": s, "kind": "shot", "start_s": start, "end_s": end, "keyframes": count, "vector": vec}
+        )
     for i, s in enumerate(kf["shot_index"]):
         start, end = spans.get(s, (None, None))
         rows.append(
@@ -387,7 +387,6 @@ class EmbeddingsStage(Stage):
             },
             summary=f"{len(files)} keyframe and {n_shots} shot vectors ({vectors.shape[1]}-d, {encoder.info.name})",
         )
-
 
 
 # CLIP shapes with random weights, for tests and the CPU benchmark (no weights can be downloaded).

@@ -136,7 +136,9 @@ def test_parquet_round_trip_pandas_and_duckdb_random_weights(tmp_path, jpegs, ra
     vectors = encoder.embed_files(jpegs[:4], batch_size=4)
     keyframes = pa.table({"shot_index": pa.array([0, 0, 1, 2], pa.int32()), "frame": pa.array([3, 40, 80, 130], pa.int64()),
                           "time_s": [0.12, 1.6, 3.2, 5.2], "path": [p.name for p in jpegs[:4]]})  # fmt: skip
-    shots = pa.table({"shot_index": pa.array([0, 1, 2], pa.int32()), "start_s": [0.0, 3.0, 5.0], "end_s": [3.0, 5.0, 6.0]})
+    shots = pa.table(
+        {"shot_index": pa.array([0, 1, 2], pa.int32()), "start_s": [0.0, 3.0, 5.0], "end_s": [3.0, 5.0, 6.0]}
+    )
     path = tmp_path / "embeddings.parquet"
     write_parquet(path, embeddings_table(keyframes, shots, vectors, encoder.info))
 
@@ -153,7 +155,9 @@ def test_parquet_round_trip_pandas_and_duckdb_random_weights(tmp_path, jpegs, ra
     assert df["frame"].isna().tolist() == [True, False, False, True, False, True, False]
 
     duckdb = pytest.importorskip("duckdb")
-    rows = duckdb.sql(f"SELECT shot_index, len(vector), vector[1] FROM '{path}' WHERE kind = 'shot' ORDER BY 1").fetchall()
+    rows = duckdb.sql(
+        f"SELECT shot_index, len(vector), vector[1] FROM '{path}' WHERE kind = 'shot' ORDER BY 1"
+    ).fetchall()
     assert [(r[0], r[1]) for r in rows] == [(0, DIM), (1, DIM), (2, DIM)]
     assert rows[0][2] == pytest.approx(float(expected_shots[0, 0]), abs=1e-6)
 
