@@ -54,8 +54,22 @@ def full_run(tmp_path_factory):
     if espeak_available():
         build_title(short_title(audio=False), root / "pictures.mp4")
         lines = ((0, "Good morning. The weather today is cold."), (1, "Thank you. I will take the early train."))
-        build_dialogue(root / "voices.mp4", lines=lines, lead_silence_s=1.0, music_intro_s=1.0, gap_s=0.5, tail_silence_s=0.5)
-        ffmpeg("-i", str(root / "pictures.mp4"), "-i", str(root / "voices.mp4"), "-map", "0:v", "-map", "1:a", "-c", "copy", str(video))
+        build_dialogue(
+            root / "voices.mp4", lines=lines, lead_silence_s=1.0, music_intro_s=1.0, gap_s=0.5, tail_silence_s=0.5
+        )
+        ffmpeg(
+            "-i",
+            str(root / "pictures.mp4"),
+            "-i",
+            str(root / "voices.mp4"),
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-c",
+            "copy",
+            str(video),
+        )
     else:  # still a real audio track (a tone): loudness and spans, no transcript
         build_title(short_title(audio=True), video)
     out = root / "out"
@@ -69,14 +83,24 @@ def silent_run(tmp_path_factory):
     """A title without any audio track: the audio stage is skipped with that reason."""
     root = tmp_path_factory.mktemp("report-noaudio")
     video = root / "mute.mp4"
-    build_title(Title(shots=[Shot("gradients", 2.0), Shot("blue", 2.0), Shot("sierpinski", 2.0)], width=160, height=90, audio=False), video)
+    build_title(
+        Title(
+            shots=[Shot("gradients", 2.0), Shot("blue", 2.0), Shot("sierpinski", 2.0)],
+            width=160,
+            height=90,
+            audio=False,
+        ),
+        video,
+    )
     [outcome] = Runner(root / "out").run([video], STAGES)
     audio = next(s for s in outcome.stages if s.stage == "audio")
     assert audio.status == "skipped" and audio.reason.endswith("no audio track")
     return outcome.title_dir
 
 
-def chromium(page: Path, tmp_path: Path, *, fragment: str = "", width: int = 1400, height: int = 1800) -> tuple[str, str]:
+def chromium(
+    page: Path, tmp_path: Path, *, fragment: str = "", width: int = 1400, height: int = 1800
+) -> tuple[str, str]:
     """Load ``page`` in headless Chromium: a screenshot next to it, and the DOM after its scripts ran."""
     common = [
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -88,7 +112,7 @@ def chromium(page: Path, tmp_path: Path, *, fragment: str = "", width: int = 140
     for i, action in enumerate((f"--screenshot={page.with_suffix('.png')}", "--dump-dom")):
         profile = tmp_path / f"chromium-profile-{page.stem}-{i}"
         proc = subprocess.run(
-            [*common, f"--user-data-dir={profile}", action, url], capture_output=True, text=True, timeout=120
+            [*common, f"--user-data-dir={profile}", action, url], check=False, capture_output=True, text=True, timeout=120
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
         logs.append(proc.stderr)
@@ -218,7 +242,13 @@ def fabricate_title(root: Path, shots: int, fps: float = 25.0) -> Path:
     cues = [{"cue_type": ("black", "frozen", "silence")[i % 3], "start_s": i * 29.0, "end_s": i * 29.0 + 1.5,
              "duration_s": 1.5, "value": 1.0, "value_unit": "x"} for i in range(200)]  # fmt: skip
     pq.write_table(pa.Table.from_pylist(cues), tdir / "cues.parquet")
-    entry = {"status": "succeeded", "reason": None, "model": {"name": "fixture", "version": "1"}, "duration_s": 1.0, "metrics": {}}
+    entry = {
+        "status": "succeeded",
+        "reason": None,
+        "model": {"name": "fixture", "version": "1"},
+        "duration_s": 1.0,
+        "metrics": {},
+    }
     write_json(tdir / "manifest.json", {
         "title_id": "long", "source": {"uri": "file:///long.mp4", "probe": {"duration_s": rows[-1]["end_s"], "video": {"fps": fps}}},
         "stages": {

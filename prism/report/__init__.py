@@ -96,7 +96,9 @@ def load_title(title_dir: str | Path) -> TitleData:
         raise ReportError(f"{tdir}: no manifest.json (run `prism run` first or pass --out)")
     stages = manifest.get("stages", {})
     parts = {
-        name: Part(name, stages[name]["status"], stages[name].get("reason")) if name in stages else Part(name, "not run")
+        name: Part(name, stages[name]["status"], stages[name].get("reason"))
+        if name in stages
+        else Part(name, "not run")
         for name in ("shots", "keyframes", "cues", "audio", "embeddings")
     }
 
@@ -187,7 +189,9 @@ class _Scale:
         return PLOT_X0 + (PLOT_X1 - PLOT_X0) * min(max(t, 0.0), self.duration) / self.duration
 
 
-def _merged_rects(spans: list[tuple[float, float, str]], scale: _Scale, y: float, h: float, fill: str, label: str) -> list[str]:
+def _merged_rects(
+    spans: list[tuple[float, float, str]], scale: _Scale, y: float, h: float, fill: str, label: str
+) -> list[str]:
     """One rect per run of spans that touch at drawing resolution (min width visible), with a tooltip."""
     out: list[str] = []
     group: list[tuple[float, float, str]] = []
@@ -196,7 +200,9 @@ def _merged_rects(spans: list[tuple[float, float, str]], scale: _Scale, y: float
         if not group:
             return
         x0, x1 = scale.x(group[0][0]), max(scale.x(group[-1][1]), scale.x(group[0][0]) + 1.0)
-        tip = group[0][2] if len(group) == 1 else f"{len(group)} {label} spans {clock(group[0][0])}–{clock(group[-1][1])}"
+        tip = (
+            group[0][2] if len(group) == 1 else f"{len(group)} {label} spans {clock(group[0][0])}–{clock(group[-1][1])}"
+        )
         out.append(
             f'<rect x="{x0:.1f}" y="{y:.1f}" width="{x1 - x0:.1f}" height="{h:.1f}" fill="{fill}" '
             f'data-t="{group[0][0]:.3f}"><title>{escape(tip)}</title></rect>'
@@ -278,7 +284,9 @@ def timeline_svg(data: TitleData) -> Markup:
         x = scale.x(t)
         el.append(f'<line class="grid" x1="{x:.1f}" x2="{x:.1f}" y1="16" y2="100%"/>')
         anchor = "end" if x > PLOT_X1 - 30 else "middle"
-        el.append(f'<text class="tick" x="{x:.1f}" y="12" text-anchor="{anchor}">{clock(t)[:-2] if step >= 1 else clock(t)}</text>')
+        el.append(
+            f'<text class="tick" x="{x:.1f}" y="12" text-anchor="{anchor}">{clock(t)[:-2] if step >= 1 else clock(t)}</text>'
+        )
 
     def lane(label: str) -> float:
         nonlocal y
@@ -305,7 +313,11 @@ def timeline_svg(data: TitleData) -> Markup:
             el.append(f'<rect x="{PLOT_X0}" y="{top}" width="{PLOT_X1 - PLOT_X0}" height="{lane_h}" fill="#dbe7f3"/>')
         fps = _fps(data)
         gradual = [
-            (s["transition_start_frame"] / fps, s["transition_end_frame"] / fps, f"gradual transition into shot {s['shot_index']}")
+            (
+                s["transition_start_frame"] / fps,
+                s["transition_end_frame"] / fps,
+                f"gradual transition into shot {s['shot_index']}",
+            )
             for s in data.shots
             if s.get("transition_in") == "gradual" and s.get("transition_start_frame") is not None
         ]
@@ -318,7 +330,11 @@ def timeline_svg(data: TitleData) -> Markup:
             el.append(_absent(top, lane_h, f"cues {parts['cues'].note}"))
             continue
         spans = [
-            (c["start_s"], c["end_s"], f"{cue_type} {clock(c['start_s'])}–{clock(c['end_s'])} ({c['duration_s']:.1f} s)")
+            (
+                c["start_s"],
+                c["end_s"],
+                f"{cue_type} {clock(c['start_s'])}–{clock(c['end_s'])} ({c['duration_s']:.1f} s)",
+            )
             for c in data.cues
             if c["cue_type"] == cue_type
         ]
@@ -331,7 +347,11 @@ def timeline_svg(data: TitleData) -> Markup:
     else:
         for label, color in SEGMENT_COLORS.items():
             spans = [
-                (s["start_s"], s["end_s"], f"{label} {clock(s['start_s'])}–{clock(s['end_s'])} ({s['level_dbfs']:.0f} dBFS)")
+                (
+                    s["start_s"],
+                    s["end_s"],
+                    f"{label} {clock(s['start_s'])}–{clock(s['end_s'])} ({s['level_dbfs']:.0f} dBFS)",
+                )
                 for s in data.segments
                 if s["label"] == label
             ]
@@ -344,7 +364,11 @@ def timeline_svg(data: TitleData) -> Markup:
     elif not speakers:
         el.append(_absent(top, lane_h, "no speech turns"))
     for i, spk in enumerate(speakers):
-        spans = [(t["start_s"], t["end_s"], f"{spk} {clock(t['start_s'])}–{clock(t['end_s'])}") for t in data.turns if t["speaker"] == spk]
+        spans = [
+            (t["start_s"], t["end_s"], f"{spk} {clock(t['start_s'])}–{clock(t['end_s'])}")
+            for t in data.turns
+            if t["speaker"] == spk
+        ]
         el += _merged_rects(spans, scale, top, lane_h, SPEAKER_COLORS[i % len(SPEAKER_COLORS)], spk)
 
     loud_h = 90.0
@@ -364,7 +388,9 @@ def timeline_svg(data: TitleData) -> Markup:
         target = (data.loudness or {}).get("target_lufs", TARGET_LUFS)
         ty = top + loud_h * (LUFS_CEIL - target) / (LUFS_CEIL - LUFS_FLOOR)
         el.append(f'<line x1="{PLOT_X0}" x2="{PLOT_X1}" y1="{ty:.1f}" y2="{ty:.1f}" class="target"/>')
-        el.append(f'<text class="target-label" x="{PLOT_X1 - 4}" y="{ty - 3:.1f}" text-anchor="end">target {target:g} LUFS</text>')
+        el.append(
+            f'<text class="target-label" x="{PLOT_X1 - 4}" y="{ty - 3:.1f}" text-anchor="end">target {target:g} LUFS</text>'
+        )
     y = top + loud_h + 8
     el.append(f'<line id="cursor" x1="-10" x2="-10" y1="16" y2="{y:.0f}"/>')
     return Markup(
@@ -391,7 +417,8 @@ def _boundaries(shots: list[dict[str, Any]], scale: _Scale, top: float, h: float
     peak = max(counts.values())
     per = scale.duration * width / (PLOT_X1 - PLOT_X0)
     bars = " ".join(
-        f"M{PLOT_X0 + col * width + width / 2:.1f},{top + h:.1f}v-{max(h * n / peak, 1.5):.1f}" for col, n in sorted(counts.items())
+        f"M{PLOT_X0 + col * width + width / 2:.1f},{top + h:.1f}v-{max(h * n / peak, 1.5):.1f}"
+        for col, n in sorted(counts.items())
     )
     tip = f"{len(shots) + 1} shots: bar height = shot boundaries per {per:.0f} s (at most {peak})"
     return f'<path class="cut-density" d="{bars}" stroke-width="{width - 0.6:.1f}"><title>{escape(tip)}</title></path>'
@@ -464,7 +491,9 @@ def _facts(data: TitleData, shots: int) -> list[str]:
     facts = [clock(data.duration_s)]
     if video.get("codec"):
         vfr = " (VFR)" if video.get("variable_frame_rate") else ""
-        facts.append(f"{video.get('codec', '?')} {video.get('width', '?')}×{video.get('height', '?')} @ {_num(video.get('fps'), 3)} fps{vfr}")
+        facts.append(
+            f"{video.get('codec', '?')} {video.get('width', '?')}×{video.get('height', '?')} @ {_num(video.get('fps'), 3)} fps{vfr}"
+        )
     if "audio_tracks" in probe:
         facts.append(f"{len(probe['audio_tracks'] or [])} audio track(s)")
     facts += [f"{shots} shots", f"{len(data.cues)} cues"]
