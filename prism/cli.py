@@ -113,7 +113,7 @@ def run(
             console.print(f"[red]FAILED[/] {title.reason}", soft_wrap=True, highlight=False)
     ok = sum(t.status == "succeeded" for t in outcomes)
     out_console.print(f"{ok}/{len(outcomes)} titles succeeded; artifacts in {out / 'titles'}", soft_wrap=True)
-    if report and not all(_write_report(t.title_dir, None) for t in outcomes):
+    if report and not all([_write_report(t.title_dir, None) for t in outcomes]):  # every title, even after a failure
         raise typer.Exit(EXIT_FAILED)
     raise typer.Exit(EXIT_OK if ok == len(outcomes) else EXIT_FAILED)
 
