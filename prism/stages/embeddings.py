@@ -155,6 +155,8 @@ class ImageTextEncoder:
         # SigLIP was trained on texts padded to the full length; CLIP pools at the EOS token.
         self._text_padding = "max_length" if "siglip" in model.config.model_type else True
         self._draft_side = 2 * _input_side(model.config)
+        text_config = getattr(model.config, "text_config", None)
+        self._max_text = int(getattr(text_config, "max_position_embeddings", 0) or 64)
 
     @classmethod
     def load(cls, path: Path, device: str = "cpu", dtype: str = "float32") -> ImageTextEncoder:
@@ -195,7 +197,13 @@ class ImageTextEncoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
-        inputs = self.processor(text=list(texts), padding=self._text_padding, truncation=True, return_tensors="pt")
+        inputs = self.processor(
+            text=list(texts),
+            padding=self._text_padding,
+            truncation=True,
+            max_length=self._max_text,
+            return_tensors="pt",
+        )
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         with torch.inference_mode():
             features = self.model.get_text_features(**inputs)

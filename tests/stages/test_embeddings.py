@@ -200,6 +200,7 @@ def test_text_vectors_random_weights(random_clip_dir):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(encoder.encode_texts(texts[:1]), vectors[:1], atol=1e-5)  # padding does not leak
     assert not np.allclose(vectors[0], vectors[1])
+    assert encoder.encode_texts(["a very long query " * 40]).shape == (1, DIM)  # truncated to the model's length
 
 
 def test_in_memory_random_clip_has_a_distinct_identity():
