@@ -47,6 +47,7 @@ class Compute(Construct):
         root_volume_gib: int,
         image_repository: str,
         image_tag: str,
+        image_repository_arn: str | None = None,
         stages: tuple[StageSpec, ...],
         environment: dict[str, str],
         log_retention: logs.RetentionDays,
@@ -115,7 +116,10 @@ class Compute(Construct):
         self.job_role = iam.Role(self, "JobRole", assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
                                  description="Prism worker: read input, write artifacts and catalog")  # fmt: skip
         self.execution_role = iam.Role(self, "ExecutionRole", assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"))
-        repository = ecr.Repository.from_repository_name(self, "Repository", image_repository)
+        # The pipeline's repository lives in the tooling account (its policy lets this account pull);
+        # a laptop deploy uses a repository of that name in this account.
+        repository = (ecr.Repository.from_repository_arn(self, "Repository", image_repository_arn) if image_repository_arn
+                      else ecr.Repository.from_repository_name(self, "Repository", image_repository))  # fmt: skip
         repository.grant_pull(self.execution_role)
         self.log_group.grant_write(self.execution_role)
         image = ecs.ContainerImage.from_ecr_repository(repository, image_tag)

@@ -68,7 +68,9 @@ class EnvironmentConfig:
     vpc_cidr: str = "10.40.0.0/16"
     # worker image, built and pushed by the pipeline (see containers/)
     image_repository: str = "prism-worker"
-    image_tag: str = "latest"  # also the pipeline version discover compares against
+    image_tag: str = "latest"  # also the pipeline version discover compares against, unless `version` is set
+    image_repository_arn: str | None = None  # another account's repository (the pipeline's); None: image_repository here
+    version: str | None = None  # the pipeline version discover compares; None: image_tag
     model_location: str | None = None  # s3://bucket/prefix; None = weights baked into the image
     stages: tuple[StageSpec, ...] = DEFAULT_STAGES
     # orchestration
@@ -83,6 +85,8 @@ class EnvironmentConfig:
     retain_data: bool = False  # RETAIN the bucket, table and key on stack deletion
     alarm_emails: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
+    # the tooling account whose pipeline runs the post-deploy smoke test (a role it may assume); None: no role
+    smoke_test_account: str | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]
@@ -107,7 +111,11 @@ class EnvironmentConfig:
 
     @property
     def pipeline_version(self) -> str:
-        return self.image_tag
+        return self.version or self.image_tag
+
+    @property
+    def smoke_test_role_name(self) -> str:
+        return f"prism-{self.name}-smoke-test"
 
     @property
     def powertools_layer_arn(self) -> str:
@@ -174,3 +182,84 @@ def load(name: str, **overrides: object) -> EnvironmentConfig:
         raise KeyError(f"unknown environment {name!r}; choose one of {sorted(ENVIRONMENTS)}")
     base = ENVIRONMENTS[name]
     return replace(base, **overrides) if overrides else base
+
+
+# -- the CI/CD pipeline (cdk/pipeline.py, `cdk synth --app "python -m cdk.pipeline_app"`) ---------------------
+
+
+@dataclass(frozen=True)
+class PromotionStage:
+    """One environment the pipeline deploys, in order."""
+
+    env: str  # a key of ENVIRONMENTS
+    account: str | None = None  # overrides the environment's account (dev's is None for laptop deploys)
+    approval: bool = False  # a manual approval before this environment is deployed
+    smoke_test: bool = False  # after deploying, run a manual execution on the smoke title and require success
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The tooling account's pipeline: source, build images, and the environments it promotes through."""
+
+    account: str
+    region: str
+    connection_arn: str  # a CodeConnections (CodeStar) connection, created and authorised once in the console
+    repository: str  # owner/name on the connected provider
+    branch: str
+    stages: tuple[PromotionStage, ...]
+    pipeline_name: str = "prism"
+    stack_name: str = "Prism-pipeline"
+    image_repository: str = "prism-worker"  # ECR, in the tooling account; every environment pulls from it
+    images_to_keep: int = 50  # ECR lifecycle: older commit tags expire (keep enough to roll back)
+    # The test + synth step runs .ci/run (scripts/setup.sh targets Debian), so a Debian image with Node for the CLI.
+    synth_image: str = "public.ecr.aws/docker/library/node:22-bookworm"
+    cdk_cli: str = "aws-cdk@2"
+    smoke_title: str = "prism-smoke-sample"  # a short video under the dev input prefix (docs/deploy.md)
+    smoke_stages: tuple[str, ...] = ()  # () = every stage: the new image must run them all
+    smoke_timeout_minutes: int = 50  # GPU instances start from zero and pull the image first
+    approval_topic_name: str | None = "prism-pipeline-approvals"  # SNS topic for approval requests; None: no topic
+    approval_emails: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [s.env for s in self.stages]
+        if not names or len(set(names)) != len(names) or not set(names) <= set(ENVIRONMENTS):
+            raise ValueError(f"pipeline stages must name distinct environments of {sorted(ENVIRONMENTS)}: {names}")
+        for stage in self.stages:
+            if not (stage.account or ENVIRONMENTS[stage.env].account):
+                raise ValueError(f"pipeline stage {stage.env}: the pipeline needs its account in config")
+            if ENVIRONMENTS[stage.env].region != self.region:
+                raise ValueError(f"pipeline stage {stage.env}: workers pull the image from {self.region}; "
+                                 "add a replicated repository before deploying to another region")  # fmt: skip
+        if not 5 <= self.smoke_timeout_minutes <= 480:
+            raise ValueError("smoke_timeout_minutes must fit a CodeBuild build (5..480)")
+        if not self.connection_arn.startswith("arn:") or self.repository.count("/") != 1:
+            raise ValueError("connection_arn must be an ARN and repository owner/name")
+
+    @property
+    def image_repository_arn(self) -> str:
+        return f"arn:aws:ecr:{self.region}:{self.account}:repository/{self.image_repository}"
+
+    def environment(self, stage: PromotionStage, *, image_tag: str, version: str) -> EnvironmentConfig:
+        """The stage's environment as the pipeline deploys it: its account, this pipeline's image and version."""
+        base = ENVIRONMENTS[stage.env]
+        return replace(
+            base, account=stage.account or base.account, image_repository=self.image_repository,
+            image_repository_arn=self.image_repository_arn, image_tag=image_tag, version=version,
+            smoke_test_account=self.account if stage.smoke_test else None,
+        )  # fmt: skip
+
+
+PIPELINE = PipelineConfig(
+    account="444444444444",  # tooling (placeholder: yours)
+    region="ap-northeast-2",
+    connection_arn="arn:aws:codeconnections:ap-northeast-2:444444444444:connection/00000000-0000-0000-0000-000000000000",
+    repository="example-org/prism",
+    branch="main",
+    stages=(
+        PromotionStage("dev", account="111111111111", smoke_test=True),
+        PromotionStage("staging", approval=True),
+        PromotionStage("prod", approval=True),
+    ),
+    approval_emails=("prism-leads@example.com",),
+)

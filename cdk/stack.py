@@ -14,6 +14,7 @@ from cdk.config import EnvironmentConfig
 from cdk.monitoring import Monitoring
 from cdk.orchestration import Orchestration
 from cdk.schedule import DailySchedule, EventBus
+from cdk.smoke import SmokeTestAccess
 from cdk.storage import RUNS_PREFIX, TITLES_PREFIX, Storage
 
 RETENTION = {
@@ -54,7 +55,7 @@ class PrismStack(Stack):
             availability_zones=config.availability_zones, vpc_cidr=config.vpc_cidr,
             instance_types=config.gpu_instance_types, max_vcpus=config.max_vcpus, spot=config.spot,
             root_volume_gib=config.root_volume_gib, image_repository=config.image_repository,
-            image_tag=config.image_tag, stages=config.stages, environment=worker_env, log_retention=retention,
+            image_tag=config.image_tag, image_repository_arn=config.image_repository_arn, stages=config.stages, environment=worker_env, log_retention=retention,
         )  # fmt: skip
         self.orchestration = orchestration = Orchestration(
             self, "Orchestration",
@@ -85,8 +86,13 @@ class PrismStack(Stack):
             stage_names=[s.name for s in config.stages], key=storage.key, emails=config.alarm_emails,
             dashboard_name=f"prism-{config.name}",
         )  # fmt: skip
+        self.smoke_test = (
+            SmokeTestAccess(self, "SmokeTest", trusted_account=config.smoke_test_account,
+                            role_name=config.smoke_test_role_name, state_machine=orchestration.state_machine)
+            if config.smoke_test_account else None
+        )  # fmt: skip
         self._grant()
-        self._outputs()
+        self.outputs = self._outputs()
         self._suppress()
 
     @property
@@ -124,13 +130,19 @@ class PrismStack(Stack):
                 principals=[iam.ServicePrincipal(service)], actions=["kms:GenerateDataKey", "kms:Decrypt"],
                 resources=["*"]))  # fmt: skip
 
-    def _outputs(self) -> None:
+    def _outputs(self) -> dict[str, CfnOutput]:
         """What the operator CLI (``prism reprocess|status --env``) and the pipeline's smoke test read."""
-        CfnOutput(self, "StateMachineArn", value=self.orchestration.state_machine.state_machine_arn)
-        CfnOutput(self, "CatalogTableName", value=self.storage.catalog.table_name)
-        CfnOutput(self, "ArtifactsBucketName", value=self.storage.artifacts.bucket_name)
-        CfnOutput(self, "EventBusName", value=self.events.bus.event_bus_name)
-        CfnOutput(self, "AlarmTopicArn", value=self.monitoring.topic.topic_arn)
+        values = {
+            "StateMachineArn": self.orchestration.state_machine.state_machine_arn,
+            "CatalogTableName": self.storage.catalog.table_name,
+            "ArtifactsBucketName": self.storage.artifacts.bucket_name,
+            "EventBusName": self.events.bus.event_bus_name,
+            "AlarmTopicArn": self.monitoring.topic.topic_arn,
+            "ImageTag": self.config.image_tag,
+        }
+        if self.smoke_test:
+            values["SmokeTestRoleArn"] = self.smoke_test.role.role_arn
+        return {name: CfnOutput(self, name, value=value) for name, value in values.items()}
 
     def _suppress(self) -> None:
         """Every suppression names its rule and why; each is scoped to the findings it covers."""

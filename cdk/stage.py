@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from aws_cdk import Environment, Stage
+from aws_cdk import Aspects, Environment, Stage
+from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
 from cdk.config import EnvironmentConfig
@@ -10,7 +11,12 @@ from cdk.stack import PrismStack
 
 
 class PrismStage(Stage):
-    def __init__(self, scope: Construct, id: str, *, config: EnvironmentConfig, **kwargs) -> None:
+    """cdk-nag runs inside the stage: aspects applied to the App stop at Stage boundaries."""
+
+    def __init__(self, scope: Construct, id: str, *, config: EnvironmentConfig, nag: bool = True, **kwargs) -> None:
         super().__init__(scope, id, env=Environment(account=config.account, region=config.region), **kwargs)
-        self.stack = PrismStack(self, "Prism", config=config, stack_name=config.stack_name)
-        self.state_machine_arn_output = self.stack.orchestration.state_machine.state_machine_arn
+        self.stack = PrismStack(self, "Prism", config=config, stack_name=config.stack_name,
+                                description=f"Prism video preprocessing ({config.name})")
+        if nag:
+            Aspects.of(self).add(AwsSolutionsChecks(verbose=True))
+        self.outputs = self.stack.outputs  # CfnOutputs, for a pipeline step's ``env_from_cfn_outputs``
