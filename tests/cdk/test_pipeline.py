@@ -24,7 +24,8 @@ def pipeline():
 
     from cdk.pipeline_app import build
 
-    app = App(context={"image_tag": COMMIT})
+    flags = json.loads((ROOT / "cdk.json").read_text())["context"]  # the feature flags `cdk synth` applies
+    app = App(context={**flags, "image_tag": COMMIT})
     stack = build(app)
     template = Template.from_stack(stack)
     (resource,) = template.find_resources("AWS::CodePipeline::Pipeline").values()
