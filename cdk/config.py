@@ -69,7 +69,7 @@ class EnvironmentConfig:
     # worker image, built and pushed by the pipeline (see containers/)
     image_repository: str = "prism-worker"
     image_tag: str = "latest"  # also the pipeline version discover compares against, unless `version` is set
-    image_repository_arn: str | None = None  # another account's repository (the pipeline's); None: image_repository here
+    image_repository_arn: str | None = None  # the pipeline's, in the tooling account; None: image_repository here
     version: str | None = None  # the pipeline version discover compares; None: image_tag
     model_location: str | None = None  # s3://bucket/prefix; None = weights baked into the image
     stages: tuple[StageSpec, ...] = DEFAULT_STAGES

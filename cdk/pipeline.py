@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shlex
 
-from aws_cdk import Duration, RemovalPolicy, Stack, Tags
+from aws_cdk import Duration, RemovalPolicy, Stack, Tags, pipelines
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_codepipeline as codepipeline
 from aws_cdk import aws_codestarnotifications as notifications
@@ -20,7 +20,6 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
-from aws_cdk import pipelines
 from cdk_nag import NagSuppressions
 from constructs import Construct
 
@@ -50,7 +49,8 @@ class PrismPipelineStack(Stack):
             Tags.of(self).add(key, value)
 
         self.source = source = pipelines.CodePipelineSource.connection(
-            config.repository, config.branch, connection_arn=config.connection_arn, trigger_on_push=True)
+            config.repository, config.branch, connection_arn=config.connection_arn, trigger_on_push=True
+        )
         commit = source.source_attribute("CommitId")
         self.images = self._image_repository([s.account for s in self._environments(image_tag, version)])
 

@@ -15,8 +15,10 @@ class PrismStage(Stage):
 
     def __init__(self, scope: Construct, id: str, *, config: EnvironmentConfig, nag: bool = True, **kwargs) -> None:
         super().__init__(scope, id, env=Environment(account=config.account, region=config.region), **kwargs)
-        self.stack = PrismStack(self, "Prism", config=config, stack_name=config.stack_name,
-                                description=f"Prism video preprocessing ({config.name})")
+        self.stack = PrismStack(
+            self, "Prism", config=config, stack_name=config.stack_name,
+            description=f"Prism video preprocessing ({config.name})",
+        )  # fmt: skip
         if nag:
             Aspects.of(self).add(AwsSolutionsChecks(verbose=True))
         self.outputs = self.stack.outputs  # CfnOutputs, for a pipeline step's ``env_from_cfn_outputs``

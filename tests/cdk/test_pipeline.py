@@ -46,7 +46,16 @@ def buildspec(template, project_id_prefix: str) -> dict:
 
 def test_stages_in_order(pipeline):
     _, _, stages = pipeline
-    assert [s["Name"] for s in stages] == ["Source", "Build", "UpdatePipeline", "Assets", "Image", "dev", "staging", "prod"]
+    assert [s["Name"] for s in stages] == [
+        "Source",
+        "Build",
+        "UpdatePipeline",
+        "Assets",
+        "Image",
+        "dev",
+        "staging",
+        "prod",
+    ]
     (source,) = actions(stages, "Source")
     assert source["ActionTypeId"]["Provider"] == "CodeStarSourceConnection"
     assert source["Configuration"] == {"ConnectionArn": PIPELINE.connection_arn, "FullRepositoryId": PIPELINE.repository,
@@ -90,7 +99,9 @@ def test_worker_image_is_built_privileged_and_tagged_with_the_commit(pipeline):
     (image,) = actions(stages, "Image")
     env = json.loads(image["Configuration"]["EnvironmentVariables"])
     assert {"name": "IMAGE_TAG", "type": "PLAINTEXT", "value": "#{Source@example-org_prism.CommitId}"} in env
-    assert buildspec(template, "PipelineImageBuildWorkerImage")["phases"]["build"]["commands"] == ["bash containers/publish.sh"]
+    assert buildspec(template, "PipelineImageBuildWorkerImage")["phases"]["build"]["commands"] == [
+        "bash containers/publish.sh"
+    ]
     template.has_resource_properties("AWS::CodeBuild::Project", {"Environment": Match.object_like({
         "PrivilegedMode": True,
         "EnvironmentVariables": Match.array_with([Match.object_like({"Name": "IMAGE_REPOSITORY_URI"})])})})  # fmt: skip
@@ -152,14 +163,23 @@ def test_smoke_test_after_dev_uses_the_state_machine_output_through_the_dev_role
     assert actions_granted == {"states:StartExecution", "states:DescribeExecution", "states:StopExecution"}
     for env in ("staging", "prod"):
         Template.from_stack(stack.stages[env].stack).resource_properties_count_is(
-            "AWS::IAM::Role", {"RoleName": Match.string_like_regexp("smoke")}, 0)
+            "AWS::IAM::Role", {"RoleName": Match.string_like_regexp("smoke")}, 0
+        )
 
 
 def test_cross_account_deployment_through_bootstrap_roles(pipeline):
     _, template, stages = pipeline
     template.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True, "KeyPolicy": Match.any_value()})
-    template.has_resource_properties("AWS::S3::Bucket", {"BucketEncryption": {"ServerSideEncryptionConfiguration": [
-        {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": Match.any_value()}}]}})
+    template.has_resource_properties(
+        "AWS::S3::Bucket",
+        {
+            "BucketEncryption": {
+                "ServerSideEncryptionConfiguration": [
+                    {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": Match.any_value()}}
+                ]
+            }
+        },
+    )
     for env, account in (("dev", "111111111111"), ("staging", "222222222222"), ("prod", "333333333333")):
         for action in actions(stages, env):
             if action["ActionTypeId"]["Provider"] == "CloudFormation":
@@ -182,7 +202,7 @@ def test_notifications_for_approvals_and_failures(pipeline):
 
 def test_pipeline_stack_does_not_change_with_the_commit(pipeline):
     """Nothing per commit in the pipeline's own template, or self-mutation would restart every execution."""
-    stack, template, _ = pipeline
+    _, template, _ = pipeline
     assert COMMIT not in json.dumps(template.to_json())
 
 
