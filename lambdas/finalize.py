@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from aws_lambda_powertools.utilities.validation import validate
 from pydantic import Field
 
-from prism.artifacts import manifest_schema, new_manifest, now_iso
+from prism.artifacts import is_blocked, manifest_schema, new_manifest, now_iso
 from prism.catalog import TitleRecord
 from prism.cloud.s3 import artifact_key, manifest_key, object_exists
 
@@ -69,7 +69,7 @@ def handler(event: FinalizeEvent, context: LambdaContext) -> dict:
 
     this_run = {name: manifest["stages"][name] for name in event.stages}
     failed = [(n, e) for n, e in this_run.items() if e["status"] == "failed"]
-    blocked = [(n, e) for n, e in this_run.items() if e["status"] == "skipped" and "upstream" in (e["reason"] or "")]
+    blocked = [(n, e) for n, e in this_run.items() if is_blocked(e)]
     status = "failed" if failed or blocked else "succeeded"
     reason = (failed or blocked)[0][1]["reason"] if status == "failed" else None
     aws.catalog.put_title(

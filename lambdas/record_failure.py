@@ -18,7 +18,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
 
 from prism import __version__
-from prism.artifacts import now_iso
+from prism.artifacts import blocked_reason, now_iso
 from prism.catalog import StageRecord, TitleRecord
 
 logger = Logger(service="prism-record-failure")
@@ -57,7 +57,7 @@ def handler(event: FailureEvent, context: LambdaContext) -> dict:
         reason = f"{event.title_id}: stage {event.stage} failed: {_batch_reason(event.error)}"
         catalog.put_stage(_record(event.title_id, event.stage, "failed", reason, previous))
     for blocked in downstream_of(event.stage, settings.stage_graph):
-        why = f"upstream stage(s) ['{event.stage}'] did not succeed"
+        why = blocked_reason([event.stage])
         catalog.put_stage(_record(event.title_id, blocked, "skipped", why, catalog.get_stage(event.title_id, blocked)))
 
     known = catalog.get_title(event.title_id)

@@ -25,6 +25,19 @@ STAGING_DIR = ".staging"
 STATUSES = ("succeeded", "failed", "skipped")
 
 
+BLOCKED_PREFIX = "upstream stage(s) "
+
+
+def blocked_reason(stages: list[str]) -> str:
+    """The reason of a stage skipped because stages it requires did not succeed (the title fails)."""
+    return f"{BLOCKED_PREFIX}{stages} did not succeed"
+
+
+def is_blocked(entry: dict[str, Any]) -> bool:
+    """Whether a manifest stage entry is a skip caused by a failed upstream stage."""
+    return entry.get("status") == "skipped" and (entry.get("reason") or "").startswith(BLOCKED_PREFIX)
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from prism import __version__
 from prism.artifacts import (
     STAGING_DIR,
+    blocked_reason,
     new_manifest,
     now_iso,
     publish,
@@ -46,6 +47,7 @@ class StageOutcome:
     summary: str = ""
     outputs: list[str] = field(default_factory=list)
     reused: bool = False  # skipped because its outputs were already up to date
+    blocked: bool = False  # skipped because a stage it requires did not succeed (fails the title)
 
 
 @dataclass
@@ -199,8 +201,10 @@ class Runner:
         stage = self.build_stages([name])[name]
         blocked = [dep for dep in stage.requires if dep not in fingerprints]
         if blocked:
-            reason = f"upstream stage(s) {blocked} did not succeed"
-            return self._record(title_id, manifest, stage, "skipped", reason, None, [], {}, None, None, 0.0)
+            reason = blocked_reason(blocked)
+            outcome = self._record(title_id, manifest, stage, "skipped", reason, None, [], {}, None, None, 0.0)
+            outcome.blocked = True
+            return outcome
         try:
             fp = fingerprint(manifest["source"]["sha256"], stage, [fingerprints[d] for d in stage.requires])
         except Exception as exc:  # model() could not say what it is: the stage cannot run
@@ -350,7 +354,7 @@ class Runner:
         self, title_id: str, source: Path, tdir: Path, manifest: dict[str, Any], outcomes: list[StageOutcome]
     ) -> TitleOutcome:
         failed = [o for o in outcomes if o.status == "failed"]
-        blocked = [o for o in outcomes if o.status == "skipped" and not o.reused and o.reason and "upstream" in o.reason]
+        blocked = [o for o in outcomes if o.blocked]
         status = "failed" if failed or blocked else "succeeded"
         reason = failed[0].reason if failed else (blocked[0].reason if blocked else None)
         write_json(tdir / "manifest.json", manifest)

@@ -232,3 +232,19 @@ def test_failed_title_does_not_touch_other_titles(bad_inputs, tmp_path):
 def test_media_error_message_names_file_and_cause(tmp_path):
     err = MediaError(tmp_path / "x.mp4", "file not found")
     assert str(err) == f"{tmp_path / 'x.mp4'}: file not found"
+
+
+def test_execution_params_do_not_force_a_rerun(make_video, tmp_path):
+    path, _ = make_video("rerun.mp4", Title([Shot("testsrc2", 1.0), Shot("life", 1.0)], width=160, height=90))
+    Runner(tmp_path).run([path], ["keyframes"])
+    [again] = Runner(tmp_path, params={"shots": {"batch_windows": 3}, "keyframes": {"workers": 1}}).run([path], ["keyframes"])
+    assert [(s.stage, s.reused) for s in again.stages] == [("shots", True), ("keyframes", True)]
+    manifest = read_manifest(again.title_dir)
+    assert manifest["stages"]["shots"]["params"]["batch_windows"] == 0  # untouched: the stage did not rerun
+
+
+def test_blocked_stage_fails_the_title_whatever_its_reason_says(extra_stages, make_video, tmp_path):
+    path, _ = make_video("rerun.mp4", Title([Shot("testsrc2", 1.0), Shot("life", 1.0)], width=160, height=90))
+    [outcome] = Runner(tmp_path, params={"shots": {"device": "cuda:7"}}).run([path], ["shot_luma"])
+    luma = {s.stage: s for s in outcome.stages}["shot_luma"]
+    assert luma.status == "skipped" and luma.blocked and outcome.status == "failed"

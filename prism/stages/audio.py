@@ -123,6 +123,7 @@ SHORT_TERM_SCHEMA = pa.schema(
 class AudioStage(Stage):
     name = "audio"
     Params = AudioParams
+    execution_params = frozenset({"device", "cpu_threads", "batch_size"})
 
     def model(self) -> ModelInfo:
         try:

@@ -143,6 +143,9 @@ class Stage(ABC):
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
     Params: ClassVar[type] = NoParams
+    # Parameters that change how fast a stage runs, not what it outputs (device, batch size,
+    # threads): recorded in the manifest but left out of the fingerprint, so they never force a rerun.
+    execution_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: dict[str, Any] | None = None):
         self.params = make_params(self.Params, params or {}, self.name)
@@ -159,7 +162,9 @@ class Stage(ABC):
         return dataclasses.asdict(self.params)
 
     def params_hash(self) -> str:
-        text = json.dumps(self.params_dict(), sort_keys=True, default=str)
+        """Hash of the parameters that shape the output (``execution_params`` left out)."""
+        shaping = {k: v for k, v in self.params_dict().items() if k not in self.execution_params}
+        text = json.dumps(shaping, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -355,6 +355,7 @@ class EmbeddingsStage(Stage):
     name = "embeddings"
     requires = ("keyframes",)
     Params = EmbeddingsParams
+    execution_params = frozenset({"device", "batch_size", "workers"})
 
     def _model_dir(self) -> Path:
         return resolve_model_dir(model_location(self.params.model))

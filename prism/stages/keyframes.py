@@ -99,6 +99,7 @@ class KeyframesStage(Stage):
     name = "keyframes"
     requires = ("shots",)
     Params = KeyframesParams
+    execution_params = frozenset({"workers"})
 
     def model(self) -> ModelInfo:
         return ModelInfo("prism-keyframe-scorer", "1")

