@@ -17,7 +17,7 @@ from aws_cdk import aws_logs as logs
 from cdk_nag import NagSuppressions
 from constructs import Construct
 
-from cdk.config import StageSpec
+from cdk.config import JobSpec
 
 EXIT_TRANSIENT = "75"  # prism.worker: transient AWS error, worth a retry
 
@@ -32,7 +32,7 @@ INTERFACE_ENDPOINTS = {
 
 
 class Compute(Construct):
-    """Exposes ``vpc``, ``queues`` (run mode -> JobQueue), ``job_definitions`` (stage -> def), ``job_role``."""
+    """Exposes ``vpc``, ``queues`` (run mode -> JobQueue), ``job_definitions`` (job -> def), ``job_role``."""
 
     def __init__(
         self,
@@ -48,7 +48,7 @@ class Compute(Construct):
         image_repository: str,
         image_tag: str,
         image_repository_arn: str | None = None,
-        stages: tuple[StageSpec, ...],
+        jobs: tuple[JobSpec, ...],
         environment: dict[str, str],
         log_retention: logs.RetentionDays,
     ) -> None:
@@ -124,7 +124,8 @@ class Compute(Construct):
         self.log_group.grant_write(self.execution_role)
         image = ecs.ContainerImage.from_ecr_repository(repository, image_tag)
         self.job_definitions: dict[str, batch.EcsJobDefinition] = {}
-        for spec in stages:
+        for spec in jobs:
+            # PRISM_STAGES here is the whole group; Step Functions overrides it with the stages a run asks for.
             self.job_definitions[spec.name] = batch.EcsJobDefinition(
                 self, f"{spec.name.title()}Job",
                 container=batch.EcsEc2ContainerDefinition(
@@ -134,7 +135,8 @@ class Compute(Construct):
                     memory=Size.mebibytes(spec.memory_mib),
                     gpu=spec.gpus or None,
                     command=["python", "-m", "prism.worker"],
-                    environment={**environment, "PRISM_STAGE": spec.name},
+                    environment={**environment, **spec.environment, "PRISM_JOB": spec.name,
+                                 "PRISM_STAGES": ",".join(spec.stages)},
                     job_role=self.job_role,
                     execution_role=self.execution_role,
                     logging=ecs.LogDriver.aws_logs(stream_prefix=spec.name, log_group=self.log_group),

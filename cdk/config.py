@@ -10,39 +10,100 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 POWERTOOLS_LAYER_ACCOUNT = "017000801446"
+# vCPUs, MiB and GPUs of the instance types configs name: a job must fit one of its environment's types.
+INSTANCE_SIZES = {
+    "g6.xlarge": (4, 16_384, 1), "g6.2xlarge": (8, 32_768, 1), "g6.4xlarge": (16, 65_536, 1),
+    "g5.xlarge": (4, 16_384, 1), "g5.2xlarge": (8, 32_768, 1), "g5.4xlarge": (16, 65_536, 1),
+}  # fmt: skip
 LOG_RETENTION_DAYS = (1, 7, 14, 30, 60, 90, 180, 365, 731)  # AWS's public Powertools for AWS Lambda layers
 
 
 @dataclass(frozen=True)
-class StageSpec:
-    """One stage as a Batch job: resources, time limit, and the stages it needs first."""
+class JobSpec:
+    """One Batch job definition: a group of stages that one worker runs in one ``Runner`` call.
+
+    The stages of a job share one download of the source and one decode of each stream
+    (``SharedMedia``), so stages that read the same stream belong in the same job. ``requires``
+    names the jobs that must finish first; ``environment`` is added to the job definition's.
+    """
 
     name: str
+    stages: tuple[str, ...]
     requires: tuple[str, ...] = ()
     vcpus: float = 4
     memory_mib: int = 15_000
     gpus: int = 1
     timeout_minutes: int = 30
     attempts: int = 3
+    environment: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.stages or len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"job {self.name}: list its stages, each once")
         if self.vcpus <= 0 or self.memory_mib < 512 or self.gpus < 0:
-            raise ValueError(f"stage {self.name}: vcpus > 0, memory >= 512 MiB and gpus >= 0 required")
+            raise ValueError(f"job {self.name}: vcpus > 0, memory >= 512 MiB and gpus >= 0 required")
         if not 1 <= self.attempts <= 10:
-            raise ValueError(f"stage {self.name}: Batch allows 1..10 attempts")
+            raise ValueError(f"job {self.name}: Batch allows 1..10 attempts")
         if not 1 <= self.timeout_minutes <= 40:
-            raise ValueError(f"stage {self.name}: timeout must fit the 40 minute per-title target")
+            raise ValueError(f"job {self.name}: timeout must fit the 40 minute per-title target")
+        if self.environment.get("PRISM_HWACCEL") and not self.gpus:
+            # ffmpeg exits with "Device setup failed" when the hwaccel device cannot be created
+            # (it falls back to software only when the device exists but cannot decode the codec).
+            raise ValueError(f"job {self.name}: PRISM_HWACCEL needs a GPU (gpus >= 1)")
 
 
-# The stage graph mirrors prism/stages (tests/cdk checks the names and requires agree).
-# Sized for a g6.xlarge (4 vCPU, 16 GiB, 1 NVIDIA L4); cues and keyframes need no GPU.
-DEFAULT_STAGES: tuple[StageSpec, ...] = (
-    StageSpec("shots", vcpus=4, memory_mib=14_000, gpus=1, timeout_minutes=25),
-    StageSpec("keyframes", requires=("shots",), vcpus=2, memory_mib=7_000, gpus=0, timeout_minutes=10),
-    StageSpec("embeddings", requires=("keyframes",), vcpus=4, memory_mib=14_000, gpus=1, timeout_minutes=5),
-    StageSpec("cues", vcpus=2, memory_mib=4_000, gpus=0, timeout_minutes=25),
-    StageSpec("audio", vcpus=4, memory_mib=14_000, gpus=1, timeout_minutes=35),
-)
+def registered_stage_graph() -> dict[str, list[str]]:
+    """Stage -> stages it requires, from the stage registry (the worker image's code)."""
+    from prism.stages.base import registry
+
+    return {name: list(cls.requires) for name, cls in registry().items()}
+
+
+def check_jobs(jobs: tuple[JobSpec, ...], graph: dict[str, list[str]]) -> None:
+    """Raise ValueError unless ``jobs`` deploy every stage of ``graph`` exactly once, with job
+    dependencies that follow the stages' ``requires`` (a required stage runs earlier in the same
+    job or in a job this one requires, directly or not), and each job after the jobs it requires."""
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"job names repeat: {names}")
+    home: dict[str, str] = {}
+    for job in jobs:
+        for stage in job.stages:
+            if stage not in graph:
+                raise ValueError(f"job {job.name}: unknown stage {stage!r}; registered: {list(graph)}")
+            if stage in home:
+                raise ValueError(f"stage {stage} is in jobs {home[stage]} and {job.name}")
+            home[stage] = job.name
+    if missing := [s for s in graph if s not in home]:
+        raise ValueError(f"registered stage(s) {missing} are in no job")
+    before: dict[str, set[str]] = {}  # job -> jobs that finish before it (transitively)
+    for job in jobs:
+        unknown = [r for r in job.requires if r not in before]
+        if unknown:
+            raise ValueError(f"job {job.name} must come after {unknown} (and they must exist)")
+        before[job.name] = set(job.requires).union(*(before[r] for r in job.requires))
+        order = list(job.stages)
+        for stage in job.stages:
+            for dep in graph[stage]:
+                if home[dep] == job.name:
+                    if order.index(dep) > order.index(stage):
+                        raise ValueError(f"job {job.name}: list {dep} before {stage}")
+                elif home[dep] not in before[job.name]:
+                    raise ValueError(f"job {job.name}: stage {stage} requires {dep}, so require job {home[dep]}")
+
+
+# One Batch job per group of stages that read the same decoded stream. ``visual`` downloads the
+# source once and decodes the video once (NVDEC, PRISM_HWACCEL=cuda) for shots, keyframes and the
+# black/freeze cues; embeddings runs after it on the keyframes; audio runs beside it.
+# Sized for g6/g5 instances: visual on a 2xlarge (8 vCPU: ffmpeg's scaling and the CPU-side
+# analysis of a 2-hour 1080p title), embeddings and audio on an xlarge (4 vCPU, 1 NVIDIA GPU).
+DEFAULT_JOBS: tuple[JobSpec, ...] = (
+    JobSpec("visual", stages=("shots", "keyframes", "cues"), vcpus=8, memory_mib=28_000, gpus=1,
+            timeout_minutes=35, environment={"PRISM_HWACCEL": "cuda"}),
+    JobSpec("embeddings", stages=("embeddings",), requires=("visual",), vcpus=4, memory_mib=14_000, gpus=1,
+            timeout_minutes=5),
+    JobSpec("audio", stages=("audio",), vcpus=4, memory_mib=14_000, gpus=1, timeout_minutes=35),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -72,7 +133,7 @@ class EnvironmentConfig:
     image_repository_arn: str | None = None  # the pipeline's, in the tooling account; None: image_repository here
     version: str | None = None  # the pipeline version discover compares; None: image_tag
     model_location: str | None = None  # s3://bucket/prefix; None = weights baked into the image
-    stages: tuple[StageSpec, ...] = DEFAULT_STAGES
+    jobs: tuple[JobSpec, ...] = DEFAULT_JOBS
     # orchestration
     max_concurrent_titles: int = 20
     watermark_overlap_s: int = 3600
@@ -89,17 +150,18 @@ class EnvironmentConfig:
     smoke_test_account: str | None = None
 
     def __post_init__(self) -> None:
-        names = [s.name for s in self.stages]
-        if len(set(names)) != len(names):
-            raise ValueError(f"{self.name}: stage names repeat: {names}")
-        for spec in self.stages:
-            early = set(names[: names.index(spec.name)])
-            if not set(spec.requires) <= early:
-                raise ValueError(f"{self.name}: stage {spec.name} must come after {sorted(set(spec.requires) - early)}")
+        try:
+            check_jobs(self.jobs, registered_stage_graph())
+        except ValueError as exc:
+            raise ValueError(f"{self.name}: {exc}") from exc
         if not self.availability_zones:
             raise ValueError(f"{self.name}: list at least one availability zone")
-        if self.max_vcpus < max(s.vcpus for s in self.stages):
-            raise ValueError(f"{self.name}: max_vcpus is below the largest stage")
+        if self.max_vcpus < max(j.vcpus for j in self.jobs):
+            raise ValueError(f"{self.name}: max_vcpus is below the largest job")
+        sizes = [INSTANCE_SIZES[t] for t in self.gpu_instance_types if t in INSTANCE_SIZES]
+        for job in self.jobs:  # ECS keeps some memory for itself, hence the 5% margin
+            if sizes and not any(job.vcpus <= c and job.memory_mib <= m * 0.95 and job.gpus <= g for c, m, g in sizes):
+                raise ValueError(f"{self.name}: job {job.name} fits none of {self.gpu_instance_types}")
         if self.log_retention_days not in LOG_RETENTION_DAYS:
             raise ValueError(f"{self.name}: log_retention_days must be one of {LOG_RETENTION_DAYS}")
         if self.model_location and not self.model_location.startswith("s3://"):
@@ -126,7 +188,13 @@ class EnvironmentConfig:
         )
 
     def stage_graph(self) -> dict[str, list[str]]:
-        return {s.name: list(s.requires) for s in self.stages}
+        """Stage -> stages it requires, in job order (so every stage comes after those it requires)."""
+        graph = registered_stage_graph()
+        return {stage: graph[stage] for job in self.jobs for stage in job.stages}
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self.stage_graph())
 
 
 ENVIRONMENTS: dict[str, EnvironmentConfig] = {
@@ -137,7 +205,7 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         availability_zones=("ap-northeast-2a", "ap-northeast-2c"),
         input_bucket_name="media-delivery-dev",
         input_prefix="transcoded/",
-        gpu_instance_types=("g6.xlarge", "g5.xlarge"),
+        gpu_instance_types=("g6.xlarge", "g6.2xlarge", "g5.xlarge", "g5.2xlarge"),
         max_vcpus=16,
         image_tag="dev",
         max_concurrent_titles=5,

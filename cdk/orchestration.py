@@ -2,11 +2,16 @@
 
 Input ``{"mode": "scheduled"}`` or ``{"mode": "manual", "titles": [...], "stages": [...],
 "force": true}`` → ``discover`` (writes the run's title list to S3) → a Distributed Map over
-titles with a concurrency limit → per title, the stages as ``batch:submitJob.sync`` jobs in a
-Parallel state with one branch per independent chain of the stage graph (audio and cues beside
-the visual chain), each job with retries and a catch that records the failure → ``finalize`` →
+titles with a concurrency limit → per title, the jobs (groups of stages, ``cdk/config.py``
+``JobSpec``) as ``batch:submitJob.sync`` tasks in a Parallel state with one branch per independent
+chain of jobs (visual → embeddings, and audio beside it), each job with retries and a catch that
+records the failure → ``finalize`` →
 a summary of succeeded / failed / skipped titles. A title's failure ends in a recorded
 ``failed`` result, never in a failed Map, so one title never stops the others.
+
+Per title, ``discover`` says which jobs run and which of their stages: ``$.title.jobs.<job>``
+is ``{"run": bool, "stages": "a,b"}``, and the job's ``PRISM_STAGES`` is overridden with that
+list, so a job never reruns a stage the run did not ask for.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
-from cdk.config import StageSpec
+from cdk.config import JobSpec
 from cdk.lambda_bundle import lambda_bundle
 
 BATCH_API_ERRORS = ["Batch.AWSBatchException", "Batch.TooManyRequestsException", "Batch.ServerException"]
@@ -36,11 +41,11 @@ HANDLERS = {
 }
 
 
-def stage_chains(stages: tuple[StageSpec, ...]) -> list[list[StageSpec]]:
-    """Split the stage graph into independent chains (connected components, in pipeline order)."""
-    chains: list[list[StageSpec]] = []
-    for spec in stages:
-        home = [c for c in chains if any(s.name in spec.requires for s in c)]
+def job_chains(jobs: tuple[JobSpec, ...]) -> list[list[JobSpec]]:
+    """Split the job graph into independent chains (connected components, in config order)."""
+    chains: list[list[JobSpec]] = []
+    for spec in jobs:
+        home = [c for c in chains if any(j.name in spec.requires for j in c)]
         if not home:
             chains.append([spec])
             continue
@@ -49,8 +54,8 @@ def stage_chains(stages: tuple[StageSpec, ...]) -> list[list[StageSpec]]:
             merged.extend(other)
             chains.remove(other)
         merged.append(spec)
-    order = {s.name: i for i, s in enumerate(stages)}
-    return [sorted(c, key=lambda s: order[s.name]) for c in chains]
+    order = {j.name: i for i, j in enumerate(jobs)}
+    return [sorted(c, key=lambda j: order[j.name]) for c in chains]
 
 
 class Orchestration(Construct):
@@ -61,7 +66,8 @@ class Orchestration(Construct):
         scope: Construct,
         id: str,
         *,
-        stages: tuple[StageSpec, ...],
+        jobs: tuple[JobSpec, ...],
+        stage_graph: dict[str, list[str]],
         job_definitions: dict[str, batch.IJobDefinition],
         job_queues: dict[str, batch.IJobQueue],
         artifacts: s3.IBucket,
@@ -79,7 +85,8 @@ class Orchestration(Construct):
         code = lambda_.Code.from_asset(lambda_bundle())
         env = {
             **environment,
-            "PRISM_STAGE_GRAPH": json.dumps({s.name: list(s.requires) for s in stages}),
+            "PRISM_STAGE_GRAPH": json.dumps(stage_graph),
+            "PRISM_JOBS": json.dumps({j.name: {"stages": list(j.stages), "requires": list(j.requires)} for j in jobs}),
             "PRISM_JOB_QUEUES": Stack.of(self).to_json_string({m: q.job_queue_arn for m, q in job_queues.items()}),
             "POWERTOOLS_METRICS_NAMESPACE": "Prism",
         }
@@ -119,7 +126,7 @@ class Orchestration(Construct):
             # should fail the run (and alarm) rather than be tolerated.
             result_path="$.results",
         )  # fmt: skip
-        titles.item_processor(self._title_flow(stages, job_definitions))
+        titles.item_processor(self._title_flow(jobs, job_definitions))
 
         summary = tasks.LambdaInvoke(
             self, "Summarise",
@@ -163,10 +170,10 @@ class Orchestration(Construct):
         self._grant_batch(job_definitions, job_queues)
 
     # -- per title --------------------------------------------------------------------------
-    def _title_flow(self, stages: tuple[StageSpec, ...], job_definitions: dict[str, batch.IJobDefinition]):
-        parallel = sfn.Parallel(self, "Stages", result_path=sfn.JsonPath.DISCARD)
-        for chain in stage_chains(stages):
-            parallel.branch(self._chain(chain, stages, job_definitions))
+    def _title_flow(self, jobs: tuple[JobSpec, ...], job_definitions: dict[str, batch.IJobDefinition]):
+        parallel = sfn.Parallel(self, "Jobs", result_path=sfn.JsonPath.DISCARD)
+        for chain in job_chains(jobs):
+            parallel.branch(self._chain(chain, job_definitions))
         finalize = tasks.LambdaInvoke(
             self, "Finalize title",
             lambda_function=self.functions["Finalize"],
@@ -184,7 +191,8 @@ class Orchestration(Construct):
         finalize.add_catch(finalize_failed, errors=["States.ALL"], result_path="$.error")
         return parallel.next(finalize)
 
-    def _chain(self, chain: list[StageSpec], stages, job_definitions) -> sfn.IChainable:
+    def _chain(self, chain: list[JobSpec], job_definitions) -> sfn.IChainable:
+        """Each job in turn, if the title's ``jobs.<job>.run``; a failed job is recorded and ends the chain."""
         start: sfn.IChainable | None = None
         previous_choice: sfn.Choice | None = None
         end = sfn.Pass(self, f"{chain[0].name} chain done", result_path=sfn.JsonPath.DISCARD)
@@ -200,12 +208,13 @@ class Orchestration(Construct):
                 sfn.Pass(self, f"{spec.name} failed", result_path=sfn.JsonPath.DISCARD))
             job.add_catch(failed, errors=["States.ALL"], result_path="$.error")
             job.next(following)
-            choice.when(sfn.Condition.boolean_equals(f"$.title.run.{spec.name}", True), job).otherwise(following)
+            choice.when(sfn.Condition.boolean_equals(f"$.title.jobs.{spec.name}.run", True), job).otherwise(following)
         return choices[0][1]
 
-    def _job(self, spec: StageSpec, job_definition: batch.IJobDefinition) -> sfn.CustomState:
+    def _job(self, spec: JobSpec, job_definition: batch.IJobDefinition) -> sfn.CustomState:
         """``batch:submitJob.sync`` as ASL: the queue is chosen per run mode at run time."""
         environment = [
+            {"Name": "PRISM_STAGES", "Value.$": f"$.title.jobs.{spec.name}.stages"},
             {"Name": "PRISM_TITLE_ID", "Value.$": "$.title.title_id"},
             {"Name": "PRISM_SOURCE_URI", "Value.$": "$.title.source_uri"},
             {"Name": "PRISM_FORCE", "Value.$": "$.title.force"},
@@ -224,12 +233,13 @@ class Orchestration(Construct):
             "TimeoutSeconds": 6 * 3600,  # queue wait included; the job definition bounds the run itself
         })  # fmt: skip
 
-    def _record_failure(self, stage: str, *, final: bool = False) -> tasks.LambdaInvoke:
+    def _record_failure(self, job: str, *, final: bool = False) -> tasks.LambdaInvoke:
         return tasks.LambdaInvoke(
-            self, f"Record {stage} failure",
+            self, f"Record {job} failure",
             lambda_function=self.functions["RecordFailure"],
             payload=sfn.TaskInput.from_object({
-                "title_id.$": "$.title.title_id", "stage": stage, "source_uri.$": "$.title.source_uri",
+                "title_id.$": "$.title.title_id", "job": job, "stages.$": "$.title.stages",
+                "source_uri.$": "$.title.source_uri",
                 "error.$": "$.error", "execution_started_at.$": "$.execution_started_at", "final": final,
             }),
             result_selector={"reason.$": "$.Payload.reason"},

@@ -55,11 +55,12 @@ class PrismStack(Stack):
             availability_zones=config.availability_zones, vpc_cidr=config.vpc_cidr,
             instance_types=config.gpu_instance_types, max_vcpus=config.max_vcpus, spot=config.spot,
             root_volume_gib=config.root_volume_gib, image_repository=config.image_repository,
-            image_tag=config.image_tag, image_repository_arn=config.image_repository_arn, stages=config.stages, environment=worker_env, log_retention=retention,
+            image_tag=config.image_tag, image_repository_arn=config.image_repository_arn, jobs=config.jobs, environment=worker_env,
+            log_retention=retention,
         )  # fmt: skip
         self.orchestration = orchestration = Orchestration(
             self, "Orchestration",
-            stages=config.stages, job_definitions=compute.job_definitions, job_queues=compute.queues,
+            jobs=config.jobs, stage_graph=config.stage_graph(), job_definitions=compute.job_definitions, job_queues=compute.queues,
             artifacts=storage.artifacts, catalog=storage.catalog,
             environment={
                 "PRISM_CATALOG_TABLE": storage.catalog.table_name,
@@ -83,7 +84,7 @@ class PrismStack(Stack):
         self.monitoring = Monitoring(
             self, "Monitoring", state_machine=orchestration.state_machine,
             job_queue_arns=[q.job_queue_arn for q in compute.queues.values()],
-            stage_names=[s.name for s in config.stages], key=storage.key, emails=config.alarm_emails,
+            stage_names=config.stage_names, key=storage.key, emails=config.alarm_emails,
             dashboard_name=f"prism-{config.name}",
         )  # fmt: skip
         self.smoke_test = (

@@ -1,4 +1,4 @@
-"""What the three handlers share: settings from the environment, clients, the stage graph."""
+"""What the handlers share: settings from the environment, clients, the stage and job graphs."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class Settings:
     event_bus: str
     pipeline_version: str
     stage_graph: dict[str, list[str]]  # stage -> stages it requires, in pipeline order
+    jobs: dict[str, dict[str, list[str]]]  # Batch job -> {"stages": [...], "requires": [jobs]}, in order
     job_queues: dict[str, str]  # run mode -> job queue ARN
     video_suffixes: tuple[str, ...]
     watermark_overlap_s: int
@@ -40,6 +41,7 @@ class Settings:
             event_bus=env.get("PRISM_EVENT_BUS", "default"),
             pipeline_version=env["PRISM_PIPELINE_VERSION"],
             stage_graph=json.loads(env.get("PRISM_STAGE_GRAPH", "{}")),
+            jobs=json.loads(env.get("PRISM_JOBS", "{}")),
             job_queues=json.loads(env.get("PRISM_JOB_QUEUES", "{}")),
             video_suffixes=tuple(s.strip().lower() for s in env.get("PRISM_VIDEO_SUFFIXES", ".mp4").split(",")),
             watermark_overlap_s=int(env.get("PRISM_WATERMARK_OVERLAP_S", "3600")),
@@ -65,13 +67,25 @@ class Aws:
         return DynamoCatalog(self.settings.catalog_table, client=boto3.client("dynamodb"))
 
 
-def downstream_of(stage: str, graph: dict[str, list[str]]) -> list[str]:
-    """Stages that (transitively) require ``stage``, in pipeline order."""
-    blocked: list[str] = []
-    for name, requires in graph.items():
-        if stage in requires or any(dep in blocked for dep in requires):
-            blocked.append(name)
-    return blocked
+def jobs_after(job: str, jobs: dict[str, dict[str, list[str]]]) -> list[str]:
+    """Jobs that (transitively) require ``job``, in order: a failed job stops them for that title."""
+    after: list[str] = []
+    for name, spec in jobs.items():
+        if job in spec["requires"] or any(dep in after for dep in spec["requires"]):
+            after.append(name)
+    return after
+
+
+def upstream_of(stage: str, graph: dict[str, list[str]]) -> set[str]:
+    """Stages ``stage`` (transitively) requires."""
+    found: set[str] = set()
+    pending = list(graph.get(stage, []))
+    while pending:
+        dep = pending.pop()
+        if dep not in found:
+            found.add(dep)
+            pending.extend(graph.get(dep, []))
+    return found
 
 
 def put_title_event(aws: Aws, detail_type: str, detail: dict) -> None:

@@ -8,7 +8,9 @@ delivered again, by a new pipeline version, or by a manual run. After a pipeline
 change the watermark is ignored and every delivered title is considered again.
 
 Manual runs take the given title ids and stages; a stage's upstream stages are added when the
-catalog has no succeeded record for them. ``force`` reruns the requested stages even when up to
+catalog has no succeeded record for them. Each item says, per Batch job, whether it runs and
+which of its stages (``jobs.<job>`` = ``{"run": bool, "stages": "a,b"}``, the job's
+``PRISM_STAGES``): a job runs only the stages of the run, never the rest of its group. ``force`` reruns the requested stages even when up to
 date (the worker decides "up to date" from fingerprints, so without ``force`` a requested stage
 that is current costs one short job).
 """
@@ -92,7 +94,8 @@ def _item(settings: Settings, mode: str, title_id: str, uri: str, etag: str, run
         "source_uri": uri,
         "source_etag": etag,
         "stages": [s for s in settings.stage_graph if s in run],
-        "run": {s: s in run for s in settings.stage_graph},
+        "jobs": {job: {"run": bool(chosen), "stages": ",".join(chosen)}
+                 for job, spec in settings.jobs.items() for chosen in [[s for s in spec["stages"] if s in run]]},
         "force": "true" if force else "false",
         "job_queue": settings.job_queues.get(mode, ""),
     }

@@ -1,9 +1,13 @@
-"""``record_failure``: a stage job (or finalize) failed; store which stage and why.
+"""``record_failure``: a Batch job (one group of stages) or finalize failed; store what and why.
 
-The worker records its own precise reason when a stage fails on bad input; Batch-level
-failures (timeouts, spot reclaims past the retry budget, image pull errors) leave no record,
-so the reason then comes from the Batch job description Step Functions passes in ``error``.
-Stages that required the failed one are recorded as skipped, as ``prism run`` does locally.
+The worker records each stage it runs, with its own precise reason when a stage fails on bad
+input, and then exits 1: those records (newer than the execution's start) are kept, and stages
+of the job it left alone were up to date. Batch-level failures (timeouts, spot reclaims past the
+retry budget, image pull errors, bad configuration) end the job before it recorded anything, so
+its stages of this run are recorded as failed with the reason from the Batch job description
+Step Functions passes in ``error``. A failed job ends its chain, so the stages of this run in
+the jobs after it are recorded as skipped, blocked by the failed stages (``blocked_reason``),
+as ``prism run`` does locally.
 """
 
 from __future__ import annotations
@@ -11,17 +15,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from _shared import TITLE_FAILED, Aws, Settings, downstream_of, put_title_event
+from _shared import TITLE_FAILED, Aws, Settings, jobs_after, put_title_event, upstream_of
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import BaseModel, event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
 
 from prism import __version__
-from prism.artifacts import blocked_reason, now_iso
+from prism.artifacts import blocked_reason, is_blocked, now_iso
 from prism.catalog import StageRecord, TitleRecord
 
 logger = Logger(service="prism-record-failure")
+
+EXIT_FAILED = 1  # prism.worker: the worker ran and recorded its stages, and one of them failed
 
 
 class TaskError(BaseModel):
@@ -31,7 +37,8 @@ class TaskError(BaseModel):
 
 class FailureEvent(BaseModel):
     title_id: str = Field(min_length=1)
-    stage: str = Field(min_length=1)
+    job: str = Field(min_length=1)  # a Batch job's name (cdk/config.py JobSpec), or "finalize"
+    stages: list[str] = Field(default_factory=list)  # the stages this run asked for; [] = all of the job's
     source_uri: str = ""
     error: TaskError
     execution_started_at: str = ""
@@ -44,21 +51,35 @@ def handler(event: FailureEvent, context: LambdaContext) -> dict:
     settings = Settings.from_env()
     aws = Aws(settings)
     catalog = aws.catalog
-    previous = catalog.get_stage(event.title_id, event.stage)
-    from_worker = (
-        previous is not None
-        and previous.status in ("failed", "skipped")
-        and previous.reason
-        and (previous.finished_at or "") >= _iso(event.execution_started_at)
-    )
-    if from_worker:
-        reason = previous.reason
+    cause, exit_code = _batch_job(event.error)
+    failed: dict[str, str] = {}  # stage -> reason, in job order
+    if event.final or event.job not in settings.jobs:
+        reason = f"{event.title_id}: {event.job} failed: {cause}"
     else:
-        reason = f"{event.title_id}: stage {event.stage} failed: {_batch_reason(event.error)}"
-        catalog.put_stage(_record(event.title_id, event.stage, "failed", reason, previous))
-    for blocked in downstream_of(event.stage, settings.stage_graph):
-        why = blocked_reason([event.stage])
-        catalog.put_stage(_record(event.title_id, blocked, "skipped", why, catalog.get_stage(event.title_id, blocked)))
+        ours = [s for s in settings.jobs[event.job]["stages"] if not event.stages or s in event.stages]
+        previous = {s: catalog.get_stage(event.title_id, s) for s in ours}
+        since = _iso(event.execution_started_at)
+        fresh = {s for s, r in previous.items() if r is not None and (r.finished_at or "") >= since}
+        worker_recorded = exit_code == EXIT_FAILED and bool(fresh)
+        for stage in ours:
+            record = previous[stage]
+            if stage in fresh:
+                if record.status == "failed" or is_blocked({"status": record.status, "reason": record.reason}):
+                    failed[stage] = record.reason or f"stage {stage} {record.status}"
+            elif not worker_recorded:
+                failed[stage] = f"{event.title_id}: stage {stage} failed: job {event.job}: {cause}"
+                catalog.put_stage(_record(event.title_id, stage, "failed", failed[stage], record))
+        reason = next(iter(failed.values()), f"{event.title_id}: job {event.job} failed: {cause}")
+        blockers = set(failed) or set(ours)  # the job failed yet no stage says so: blame all of it
+        for job in jobs_after(event.job, settings.jobs):
+            for stage in settings.jobs[job]["stages"]:
+                if event.stages and stage not in event.stages:
+                    continue
+                needs = upstream_of(stage, settings.stage_graph) & blockers
+                why = blocked_reason([s for s in ours if s in (needs or blockers)])
+                catalog.put_stage(
+                    _record(event.title_id, stage, "skipped", why, catalog.get_stage(event.title_id, stage))
+                )
 
     known = catalog.get_title(event.title_id)
     catalog.put_title(
@@ -70,10 +91,11 @@ def handler(event: FailureEvent, context: LambdaContext) -> dict:
         )
     )  # fmt: skip
     if event.final:
-        detail = {"title_id": event.title_id, "status": "failed", "reason": reason, "stages": {event.stage: "failed"}}
+        detail = {"title_id": event.title_id, "status": "failed", "reason": reason, "stages": {}}
         put_title_event(aws, TITLE_FAILED, detail)
-    logger.warning("stage failed", extra={"title_id": event.title_id, "stage": event.stage, "reason": reason})
-    return {"title_id": event.title_id, "stage": event.stage, "status": "failed", "reason": reason}
+    logger.warning("job failed", extra={"title_id": event.title_id, "job": event.job, "failed": list(failed),
+                                        "reason": reason})  # fmt: skip
+    return {"title_id": event.title_id, "job": event.job, "status": "failed", "reason": reason}
 
 
 def _iso(value: str) -> str:
@@ -81,20 +103,25 @@ def _iso(value: str) -> str:
     return value.replace("Z", "+00:00") if value else ""
 
 
-def _batch_reason(error: TaskError) -> str:
+def _batch_job(error: TaskError) -> tuple[str, int | None]:
+    """The Batch job description's reason, and the container's exit code when it has one."""
     try:
         job: dict[str, Any] = json.loads(error.Cause or "")
     except json.JSONDecodeError:
-        return f"{error.Error}: {error.Cause or 'no cause given'}"
+        return f"{error.Error}: {error.Cause or 'no cause given'}", None
     if not isinstance(job, dict):
-        return f"{error.Error}: {error.Cause}"
+        return f"{error.Error}: {error.Cause}", None
     lower = {k.lower(): v for k, v in job.items()}
     reason = lower.get("statusreason") or ""
     container = {k.lower(): v for k, v in (lower.get("container") or {}).items()}
     detail = container.get("reason") or ""
     exit_code = container.get("exitcode")
     parts = [p for p in (reason, detail, f"exit code {exit_code}" if exit_code is not None else "") if p]
-    return "; ".join(parts) or error.Error
+    try:
+        code = int(exit_code) if exit_code is not None else None
+    except (TypeError, ValueError):
+        code = None
+    return "; ".join(parts) or error.Error, code
 
 
 def _record(title_id: str, stage: str, status: str, reason: str, previous: StageRecord | None) -> StageRecord:

@@ -1,21 +1,29 @@
-"""The Batch worker: ``python -m prism.worker`` runs one stage of one title stored in S3.
+"""The Batch worker: ``python -m prism.worker`` runs a group of stages of one title stored in S3.
 
-It runs the same :class:`~prism.runner.Runner` and stage code as ``prism run`` in a local
-scratch directory, then publishes to the artifacts bucket:
+A Batch job is a group of stages (``cdk/config.py`` ``JobSpec``, e.g. ``visual`` = shots,
+keyframes, cues) that read the same decoded streams: the worker downloads the source once and
+runs the stages in one :meth:`~prism.runner.Runner.run_title` call, so the video is decoded once
+for all of them (``SharedMedia``). ``PRISM_STAGES`` (``--stages``) lists the stages to run: the
+job definition sets the whole group, and Step Functions overrides it with the stages of the
+group a run asked for, so a manual run of ``cues`` runs only ``cues``. In a local scratch
+directory it runs the same ``Runner`` and stage code as ``prism run``, then publishes to the
+artifacts bucket:
 
-1. Up to date? If the catalog holds a succeeded record for this stage with the fingerprint the
-   job would produce (same source, model, params, upstream) and its outputs are all in S3, the
-   job exits 0 without downloading anything. A retried or duplicated job is therefore a no-op.
-2. Otherwise: download the source (multipart ranged GETs) and the required upstream artifacts,
-   run the stage, upload its files under ``titles/<title_id>/`` (nested files first, indexes
-   last, each PUT atomic), then write the stage record to the catalog, then delete outputs a
-   previous run listed that this run no longer produces.
+1. Up to date? A stage whose catalog record has the fingerprint this job would produce (same
+   source, model, params, upstream) and whose outputs are all in S3 is not run; if that holds
+   for every stage, the job exits 0 without downloading anything. A retried or duplicated job is
+   therefore a no-op. ``force`` runs every listed stage.
+2. Otherwise: download the source (multipart ranged GETs) and the artifacts of the required
+   stages that do not run here, run the remaining stages, upload each succeeded stage's files
+   under ``titles/<title_id>/`` (nested files first, indexes last, each PUT atomic), then write
+   each stage record to the catalog, then delete outputs a previous run listed that this run no
+   longer produces.
 
-The worker never writes ``manifest.json``: stages of one title run as parallel Batch jobs, so
-each job writes only its own stage record (with its manifest entry) and the ``finalize`` Lambda
-assembles the manifest once all of them have finished. Exit codes: 0 succeeded or skipped,
-1 the stage failed (bad input: not retried), 2 bad configuration, 75 transient AWS error
-(the job definition's retry strategy retries it).
+The worker never writes ``manifest.json``: jobs of one title run in parallel, so each job writes
+only its stage records (each with its manifest entry) and the ``finalize`` Lambda assembles the
+manifest once all of them have finished. Exit codes: 0 every stage succeeded or was up to date,
+1 a stage failed or was blocked (bad input: not retried; every stage it ran is recorded),
+2 bad configuration, 75 transient AWS error (the job definition's retry strategy retries it).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,44 +46,72 @@ from prism.cloud.catalog import DynamoCatalog
 from prism.cloud.s3 import S3Uri, artifact_key, content_type, object_exists, upload_order
 from prism.errors import ConfigError, PrismError
 from prism.runner import Runner, StageOutcome, fingerprint
-from prism.stages.base import Stage, registry
+from prism.stages.base import Stage, registry, resolve_order
 
 log = logging.getLogger("prism.worker")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_TRANSIENT = 0, 1, 2, 75
+UP_TO_DATE = "up to date"
 
 
 @dataclass(frozen=True)
 class Job:
-    """One Batch job: which stage of which title, and where things live."""
+    """One Batch job: which stages of which title, and where things live."""
 
-    stage: str
+    stages: tuple[str, ...]
     title_id: str
     source_uri: str
     artifacts_bucket: str
     catalog_table: str
     force: bool = False
     pipeline_version: str = __version__
-    params: dict[str, Any] | None = None
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> its parameters
+    name: str = ""  # the job definition's group (PRISM_JOB), for logs
 
     def __post_init__(self) -> None:
+        if not self.stages:
+            raise ConfigError("no stages to run")
         if not self.title_id or "/" in self.title_id:
             raise ConfigError(f"invalid title id {self.title_id!r}")
         S3Uri.parse(self.source_uri)
         if not self.artifacts_bucket or not self.catalog_table:
             raise ConfigError("artifacts bucket and catalog table are required")
+        if stray := sorted(set(self.params) - set(self.stages)):
+            raise ConfigError(f"parameters given for stage(s) {stray} that this job does not run")
 
 
 @dataclass
 class JobResult:
-    status: str  # succeeded | failed | skipped
-    reason: str | None
-    reused: bool
-    outputs: list[str]
+    """Each listed stage's outcome, in run order (up-to-date ones are ``skipped`` and ``reused``)."""
+
+    stages: list[StageOutcome]
+
+    @property
+    def status(self) -> str:  # failed | succeeded | skipped (every stage was up to date)
+        if any(o.status == "failed" or o.blocked for o in self.stages):
+            return "failed"
+        return "skipped" if all(o.reused for o in self.stages) else "succeeded"
+
+    @property
+    def reason(self) -> str | None:
+        return next((o.reason for o in self.stages if o.status == "failed" or o.blocked), None)
 
     @property
     def exit_code(self) -> int:
         return EXIT_FAILED if self.status == "failed" else EXIT_OK
+
+    def summary(self) -> dict[str, Any]:
+        return {"status": self.status, "reason": self.reason,
+                "stages": {o.stage: {"status": o.status, "reused": o.reused, "reason": o.reason} for o in self.stages}}  # fmt: skip
+
+
+@dataclass
+class _Plan:
+    """What a job must do: stages to run, and the fingerprints of those it takes as they are."""
+
+    run: list[str]
+    reused: dict[str, StageOutcome]
+    upstream: dict[str, StageRecord]  # required stage that does not run here -> its succeeded record
 
 
 class _DeferredCatalog:
@@ -113,17 +149,17 @@ def run_job(job: Job, *, s3=None, dynamodb=None, work_dir: Path | None = None) -
 
     s3 = s3 or boto3.client("s3")
     catalog = DynamoCatalog(job.catalog_table, client=dynamodb)
-    stage = _make_stage(job)
+    stages = _make_stages(job)
     src = S3Uri.parse(job.source_uri)
     head = s3.head_object(Bucket=src.bucket, Key=src.key)
     etag = head["ETag"].strip('"')
 
-    upstream = _upstream(catalog, job, stage)
+    records = _records(catalog, job, stages)
     sha = catalog.source_hash(job.source_uri, etag)
-    if sha and (done := _up_to_date(s3, catalog, job, stage, sha, upstream)):
-        return done
+    if sha and not (plan := _plan(s3, job, stages, records, sha)).run:
+        return JobResult(list(plan.reused.values()))
 
-    scratch = Path(tempfile.mkdtemp(prefix=f"prism-{job.stage}-", dir=work_dir))
+    scratch = Path(tempfile.mkdtemp(prefix=f"prism-{job.name or 'job'}-", dir=work_dir))
     try:
         local_source = scratch / "source" / Path(src.key).name
         local_source.parent.mkdir(parents=True)
@@ -133,78 +169,99 @@ def run_job(job: Job, *, s3=None, dynamodb=None, work_dir: Path | None = None) -
             with open(local_source, "rb") as fh:
                 sha = hashlib.file_digest(fh, "sha256").hexdigest()
             catalog.store_source_hash(job.source_uri, etag, sha)
-            if done := _up_to_date(s3, catalog, job, stage, sha, upstream):
-                return done
+            if not (plan := _plan(s3, job, stages, records, sha)).run:
+                return JobResult(list(plan.reused.values()))
         out_dir = scratch / "out"
         tdir = out_dir / "titles" / job.title_id
-        for dep, record in upstream.items():
+        for record in plan.upstream.values():
             for rel in record.outputs:
                 target = tdir / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(job.artifacts_bucket, artifact_key(job.title_id, rel), str(target))
         deferred = _DeferredCatalog(catalog)
-        runner = Runner(out_dir, catalog=deferred, params={job.stage: job.params or {}}, force=True)
+        runner = Runner(out_dir, catalog=deferred, params={n: job.params.get(n, {}) for n in plan.run}, force=True)
         title = runner.run_title(
             local_source,
-            [job.stage],
+            plan.run,
             job.title_id,
             source_facts={"uri": job.source_uri, "etag": etag, "sha256": sha},
-            upstream={dep: rec.fingerprint for dep, rec in upstream.items()},
+            upstream={dep: rec.fingerprint for dep, rec in plan.upstream.items()},
         )
-        outcome: StageOutcome = title.stages[0]
+        outcomes = {o.stage: o for o in title.stages}
         manifest = json.loads((tdir / "manifest.json").read_text(encoding="utf-8"))
-        previous = catalog.get_stage(job.title_id, job.stage)
-        if outcome.status == "succeeded":
-            for rel in upload_order(outcome.outputs):
-                s3.upload_file(
-                    str(tdir / rel), job.artifacts_bucket, artifact_key(job.title_id, rel),
-                    ExtraArgs={"ContentType": content_type(rel)},
-                )  # fmt: skip
-        extra = {
-            "manifest_entry": json.dumps(manifest["stages"][job.stage], ensure_ascii=False, default=str),
-            "source": json.dumps(manifest["source"], ensure_ascii=False, default=str),
-            "source_etag": etag,
-            "pipeline_version": job.pipeline_version,
-        }
+        for outcome in title.stages:
+            if outcome.status == "succeeded":
+                for rel in upload_order(outcome.outputs):
+                    s3.upload_file(
+                        str(tdir / rel), job.artifacts_bucket, artifact_key(job.title_id, rel),
+                        ExtraArgs={"ContentType": content_type(rel)},
+                    )  # fmt: skip
         for record in deferred.stages:
-            catalog.put_stage(record, extra=extra)
-        if outcome.status == "succeeded" and previous is not None:
-            for stale in sorted(set(previous.outputs) - set(outcome.outputs)):
-                s3.delete_object(Bucket=job.artifacts_bucket, Key=artifact_key(job.title_id, stale))
-        status = "failed" if title.status == "failed" else outcome.status
-        return JobResult(status, outcome.reason or title.reason, False, outcome.outputs)
+            catalog.put_stage(record, extra={
+                "manifest_entry": json.dumps(manifest["stages"][record.stage], ensure_ascii=False, default=str),
+                "source": json.dumps(manifest["source"], ensure_ascii=False, default=str),
+                "source_etag": etag,
+                "pipeline_version": job.pipeline_version,
+            })  # fmt: skip
+        for name, outcome in outcomes.items():
+            previous = records.get(name)
+            if outcome.status == "succeeded" and previous is not None:
+                for stale in sorted(set(previous.outputs) - set(outcome.outputs)):
+                    s3.delete_object(Bucket=job.artifacts_bucket, Key=artifact_key(job.title_id, stale))
+        return JobResult([plan.reused.get(name) or outcomes[name] for name in stages])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _make_stage(job: Job) -> Stage:
-    stages = registry()
-    if job.stage not in stages:
-        raise ConfigError(f"unknown stage {job.stage!r}; available: {sorted(stages)}")
-    return stages[job.stage](job.params)
+def _make_stages(job: Job) -> dict[str, Stage]:
+    """The job's stages, constructed (so their params validated), in an order that respects ``requires``."""
+    known = registry()
+    unknown = [name for name in job.stages if name not in known]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; available: {sorted(known)}")
+    return {name: known[name](job.params.get(name)) for name in resolve_order(list(job.stages)) if name in job.stages}
 
 
-def _upstream(catalog: DynamoCatalog, job: Job, stage: Stage) -> dict[str, StageRecord]:
-    """Succeeded records of the stages ``stage`` requires (a missing one blocks the stage)."""
-    found = {}
-    for dep in stage.requires:
-        record = catalog.get_stage(job.title_id, dep)
-        if record is not None and record.status == "succeeded" and record.fingerprint:
-            found[dep] = record
-    return found
+def _records(catalog: DynamoCatalog, job: Job, stages: dict[str, Stage]) -> dict[str, StageRecord]:
+    """Current records of the job's stages and of the stages they require."""
+    names = dict.fromkeys([*stages, *(dep for stage in stages.values() for dep in stage.requires)])
+    return {name: record for name in names if (record := catalog.get_stage(job.title_id, name)) is not None}
 
 
-def _up_to_date(s3, catalog, job: Job, stage: Stage, sha: str, upstream: dict[str, StageRecord]) -> JobResult | None:
-    if job.force or set(upstream) != set(stage.requires):
-        return None
-    previous = catalog.get_stage(job.title_id, job.stage)
-    expected = fingerprint(sha, stage, [upstream[d].fingerprint for d in stage.requires])
-    if previous is None or previous.status != "succeeded" or previous.fingerprint != expected:
-        return None
-    if not all(object_exists(s3, job.artifacts_bucket, artifact_key(job.title_id, rel)) for rel in previous.outputs):
-        return None
-    log.info("%s/%s is up to date (fingerprint %s); nothing to do", job.title_id, job.stage, expected)
-    return JobResult("skipped", "up to date", True, previous.outputs)
+def _plan(s3, job: Job, stages: dict[str, Stage], records: dict[str, StageRecord], sha: str) -> _Plan:
+    """Which stages are up to date, by the fingerprints they would have now (no download needed)."""
+    expected: dict[str, str | None] = {}
+    for name, record in records.items():
+        if name not in stages and record.status == "succeeded" and record.fingerprint:
+            expected[name] = record.fingerprint
+    run: list[str] = []
+    reused: dict[str, StageOutcome] = {}
+    for name, stage in stages.items():
+        deps = [expected.get(d) for d in stage.requires]
+        expected[name] = fingerprint(sha, stage, deps) if all(deps) else None
+        previous = records.get(name)
+        current = (
+            not job.force
+            and expected[name] is not None
+            and previous is not None
+            and previous.status == "succeeded"
+            and previous.fingerprint == expected[name]
+            and all(object_exists(s3, job.artifacts_bucket, artifact_key(job.title_id, rel)) for rel in previous.outputs)
+        )
+        if current:
+            log.info("%s/%s is up to date (fingerprint %s); not running it", job.title_id, name, expected[name])
+            reused[name] = StageOutcome(name, "skipped", UP_TO_DATE, outputs=previous.outputs, reused=True)
+        else:
+            run.append(name)
+    needed = {dep for name in run for dep in stages[name].requires if dep not in run}
+    upstream = {}
+    for dep in needed:  # a required stage that neither runs here nor succeeded is left out: the runner blocks on it
+        record = records.get(dep)
+        if record is not None and record.status == "succeeded" and record.fingerprint and (
+            dep not in stages or dep in reused
+        ):
+            upstream[dep] = record
+    return _Plan(run, reused, upstream)
 
 
 def _sync_models(location: str, dest: Path, s3=None) -> None:
@@ -235,25 +292,30 @@ def parse_args(argv: list[str] | None = None) -> Job:
     """Arguments default to the ``PRISM_*`` environment the job definition and Step Functions set."""
     env = os.environ
     parser = argparse.ArgumentParser(prog="python -m prism.worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", default=env.get("PRISM_STAGE"))
+    parser.add_argument("--stages", default=env.get("PRISM_STAGES"), help="comma-separated stages of this job to run")
+    parser.add_argument("--job", default=env.get("PRISM_JOB", ""), help="the job definition's group name (logs)")
     parser.add_argument("--title-id", default=env.get("PRISM_TITLE_ID"))
     parser.add_argument("--source", default=env.get("PRISM_SOURCE_URI"), help="s3://bucket/key of the video")
     parser.add_argument("--artifacts-bucket", default=env.get("PRISM_ARTIFACTS_BUCKET"))
     parser.add_argument("--catalog-table", default=env.get("PRISM_CATALOG_TABLE"))
     parser.add_argument("--pipeline-version", default=env.get("PRISM_PIPELINE_VERSION", __version__))
-    parser.add_argument("--params", default=env.get("PRISM_PARAMS"), help="JSON object of stage parameters")
+    parser.add_argument("--params", default=env.get("PRISM_PARAMS"), help='JSON: {"<stage>": {parameters}}')
     parser.add_argument("--force", action="store_true", default=_truthy(env.get("PRISM_FORCE")))
     args = parser.parse_args(argv)
-    missing = [n for n in ("stage", "title_id", "source", "artifacts_bucket", "catalog_table") if not getattr(args, n)]
+    missing = [n for n in ("stages", "title_id", "source", "artifacts_bucket", "catalog_table") if not getattr(args, n)]
     if missing:
         raise ConfigError(f"missing {', '.join(missing)} (flags or PRISM_* environment)")
     try:
-        params = json.loads(args.params) if args.params else None
+        params = json.loads(args.params) if args.params else {}
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--params is not JSON: {exc}") from exc
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise ConfigError('--params must be a JSON object of stage -> parameters, e.g. {"shots": {"threshold": 0.4}}')
+    stages = tuple(dict.fromkeys(s.strip() for s in args.stages.split(",") if s.strip()))
     return Job(
-        stage=args.stage, title_id=args.title_id, source_uri=args.source, artifacts_bucket=args.artifacts_bucket,
+        stages=stages, title_id=args.title_id, source_uri=args.source, artifacts_bucket=args.artifacts_bucket,
         catalog_table=args.catalog_table, force=args.force, pipeline_version=args.pipeline_version, params=params,
+        name=args.job,
     )  # fmt: skip
 
 
@@ -277,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     except PrismError as exc:
         log.warning("stage failed: %s", exc)
         return EXIT_FAILED
-    log.info(json.dumps({"title_id": job.title_id, "stage": job.stage, **vars(result)}, ensure_ascii=False))
+    log.info(json.dumps({"title_id": job.title_id, "job": job.name, **result.summary()}, ensure_ascii=False))
     return result.exit_code
 
 

@@ -1,4 +1,5 @@
-"""The Batch worker against moto S3 + DynamoDB on a small real video (the cheap ``cues`` stage)."""
+"""The Batch worker against moto S3 + DynamoDB on a small real video: the ``cues`` stage alone, and the
+``visual`` group (shots, keyframes, cues) sharing one download and one decode."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def aws(monkeypatch):
 
 def _job(**overrides) -> Job:
     base = dict(
-        stage="cues", title_id="Episode-1", source_uri=f"s3://{INPUT}/delivered/Episode 1.mp4",
+        stages=("cues",), title_id="Episode-1", source_uri=f"s3://{INPUT}/delivered/Episode 1.mp4",
         artifacts_bucket=ARTIFACTS, catalog_table=TABLE, pipeline_version="test-1",
     )  # fmt: skip
     return Job(**{**base, **overrides})
@@ -113,13 +114,14 @@ def test_rerun_is_a_no_op_and_force_redoes_the_stage(aws, tiny_video, tmp_path):
 
     again = run_job(_job(), s3=s3, dynamodb=ddb, work_dir=tmp_path)
 
-    assert (again.status, again.reused, again.exit_code) == ("skipped", True, EXIT_OK)
+    assert (again.status, again.exit_code) == ("skipped", EXIT_OK)
+    assert [(o.stage, o.reused) for o in again.stages] == [("cues", True)]
     assert downloads == []  # decided from the catalog and S3 heads alone
     assert _keys(s3) == before
     assert catalog.get_stage("Episode-1", "cues") == first
 
     forced = run_job(_job(force=True), s3=s3, dynamodb=ddb, work_dir=tmp_path)
-    assert forced.status == "succeeded" and not forced.reused
+    assert forced.status == "succeeded" and not forced.stages[0].reused
     redone = catalog.get_stage("Episode-1", "cues")
     assert redone.fingerprint == first.fingerprint and redone.finished_at > first.finished_at
     assert set(_keys(s3)) == set(before)
@@ -134,7 +136,7 @@ def test_changed_source_reruns_the_stage(aws, tiny_video, tmp_path):
 
     result = run_job(_job(), s3=s3, dynamodb=ddb, work_dir=tmp_path)
 
-    assert result.status == "succeeded" and not result.reused
+    assert result.status == "succeeded" and not result.stages[0].reused
     assert DynamoCatalog(TABLE, client=ddb).get_stage("Episode-1", "cues").source_sha256 != first.source_sha256
 
 
@@ -155,7 +157,7 @@ def test_blocked_stage_fails_when_its_upstream_never_succeeded(aws, tiny_video):
     s3, ddb = aws
     s3.upload_file(str(tiny_video), INPUT, "delivered/Episode 1.mp4")
 
-    result = run_job(_job(stage="keyframes"), s3=s3, dynamodb=ddb)
+    result = run_job(_job(stages=("keyframes",)), s3=s3, dynamodb=ddb)
 
     assert result.status == "failed" and "shots" in result.reason
     assert _keys(s3) == {}
@@ -165,13 +167,96 @@ def test_main_reads_the_batch_environment(aws, tiny_video, monkeypatch, capsys):
     s3, _ = aws
     s3.upload_file(str(tiny_video), INPUT, "delivered/Episode 1.mp4")
     for name, value in {
-        "PRISM_STAGE": "cues", "PRISM_TITLE_ID": "Episode-1", "PRISM_SOURCE_URI": f"s3://{INPUT}/delivered/Episode 1.mp4",
+        "PRISM_STAGES": "cues", "PRISM_JOB": "visual", "PRISM_TITLE_ID": "Episode-1", "PRISM_SOURCE_URI": f"s3://{INPUT}/delivered/Episode 1.mp4",
         "PRISM_ARTIFACTS_BUCKET": ARTIFACTS, "PRISM_CATALOG_TABLE": TABLE, "PRISM_FORCE": "false",
     }.items():  # fmt: skip
         monkeypatch.setenv(name, value)
 
     assert main([]) == EXIT_OK
     assert main([]) == EXIT_OK  # second time: up to date
-    assert main(["--stage", "no-such-stage"]) == EXIT_CONFIG
+    assert main(["--stages", "no-such-stage"]) == EXIT_CONFIG
+    assert main(["--params", '{"shots": {}}']) == EXIT_CONFIG  # parameters for a stage the job does not run
     monkeypatch.delenv("PRISM_TITLE_ID")
     assert main([]) == EXIT_CONFIG
+
+
+VISUAL = ("shots", "keyframes", "cues")
+
+
+@pytest.fixture
+def counted(monkeypatch, aws):
+    """Counts source downloads and full visual decodes (SharedMedia calls ``prism.media.decode_visual``)."""
+    import prism.media
+
+    s3, _ = aws
+    calls = {"downloads": 0, "decodes": 0}
+    real_decode, real_download = prism.media.decode_visual, s3.download_file
+
+    def decode(*a, **k):
+        calls["decodes"] += 1
+        return real_decode(*a, **k)
+
+    def download(bucket, key, *a, **k):
+        calls["downloads"] += bucket == INPUT
+        return real_download(bucket, key, *a, **k)
+
+    monkeypatch.setattr(prism.media, "decode_visual", decode)
+    monkeypatch.setattr(s3, "download_file", download)
+    return calls
+
+
+def test_visual_group_downloads_and_decodes_the_source_once(aws, tiny_video, tmp_path, counted):
+    s3, ddb = aws
+    s3.upload_file(str(tiny_video), INPUT, "delivered/Episode 1.mp4")
+
+    result = run_job(_job(stages=("cues", "keyframes", "shots"), name="visual"), s3=s3, dynamodb=ddb, work_dir=tmp_path)
+
+    order = [o.stage for o in result.stages]
+    assert {o.stage: o.status for o in result.stages} == dict.fromkeys(VISUAL, "succeeded")
+    assert order.index("shots") < order.index("keyframes")  # dependency order, whatever order they were listed in
+    assert counted == {"downloads": 1, "decodes": 1}
+    catalog = DynamoCatalog(TABLE, client=ddb)
+    items = {i["stage"]: i for i in catalog.stage_items("Episode-1")}
+    assert set(items) == set(VISUAL)
+    for stage in VISUAL:  # one record and one manifest entry per stage, as a local run writes
+        assert (
+            items[stage]["status"] == "succeeded"
+            and items[stage]["manifest_entry"]["outputs"] == items[stage]["outputs"]
+        )
+    keys = set(_keys(s3))
+    assert {
+        "titles/Episode-1/shots.parquet",
+        "titles/Episode-1/keyframes.parquet",
+        "titles/Episode-1/cues.parquet",
+    } <= keys
+    decode_reports = [s for s in VISUAL if "shared_decode_s" in items[s]["manifest_entry"]["metrics"]]
+    assert len(decode_reports) == 1  # the one decode is reported on the stage that triggered it
+
+
+def test_a_group_runs_only_the_listed_stages_and_those_not_up_to_date(aws, tiny_video, tmp_path, counted):
+    s3, ddb = aws
+    s3.upload_file(str(tiny_video), INPUT, "delivered/Episode 1.mp4")
+    run_job(_job(stages=VISUAL), s3=s3, dynamodb=ddb, work_dir=tmp_path)
+    catalog = DynamoCatalog(TABLE, client=ddb)
+    first = {s: catalog.get_stage("Episode-1", s) for s in VISUAL}
+
+    forced = run_job(_job(stages=("cues",), force=True), s3=s3, dynamodb=ddb, work_dir=tmp_path)
+
+    assert [(o.stage, o.status) for o in forced.stages] == [("cues", "succeeded")]
+    assert catalog.get_stage("Episode-1", "cues").finished_at > first["cues"].finished_at
+    assert {s: catalog.get_stage("Episode-1", s) for s in ("shots", "keyframes")} == {
+        s: first[s] for s in ("shots", "keyframes")}  # fmt: skip
+
+    s3.delete_object(Bucket=ARTIFACTS, Key="titles/Episode-1/keyframes.parquet")
+    counted.update(downloads=0, decodes=0)
+    again = run_job(_job(stages=VISUAL), s3=s3, dynamodb=ddb, work_dir=tmp_path)
+
+    assert {o.stage: (o.status, o.reused) for o in again.stages} == {
+        "shots": ("skipped", True), "keyframes": ("succeeded", False), "cues": ("skipped", True)}  # fmt: skip
+    assert again.status == "succeeded" and counted["downloads"] == 1
+    assert catalog.get_stage("Episode-1", "shots") == first["shots"]
+    assert "titles/Episode-1/keyframes.parquet" in _keys(s3)
+
+    counted.update(downloads=0, decodes=0)
+    assert run_job(_job(stages=VISUAL), s3=s3, dynamodb=ddb, work_dir=tmp_path).status == "skipped"
+    assert counted == {"downloads": 0, "decodes": 0}

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from aws_cdk.assertions import Annotations, Match
 
-from cdk.config import ENVIRONMENTS, StageSpec, load
-from cdk.orchestration import stage_chains
+from cdk.config import ENVIRONMENTS, JobSpec, check_jobs, load, registered_stage_graph
+from cdk.orchestration import job_chains
 
 ENVS = ["dev", "staging", "prod"]
 
@@ -92,18 +92,19 @@ def test_gpu_batch_spot_first_with_on_demand_fallback_scaling_to_zero(synthesize
 
 
 @pytest.mark.parametrize("env", ENVS)
-def test_one_job_definition_per_stage_with_resources_timeout_and_retries(synthesized, env):
+def test_one_job_definition_per_job_with_its_stages_resources_timeout_and_retries(synthesized, env):
     config = ENVIRONMENTS[env]
     _, t = synthesized[env]
-    t.resource_count_is("AWS::Batch::JobDefinition", len(config.stages))
-    for spec in config.stages:
+    t.resource_count_is("AWS::Batch::JobDefinition", len(config.jobs))
+    for spec in config.jobs:
         requirements = [{"Type": "MEMORY", "Value": str(spec.memory_mib)}, {"Type": "VCPU", "Value": str(int(spec.vcpus))}]
         if spec.gpus:
             requirements.append({"Type": "GPU", "Value": str(spec.gpus)})
         t.has_resource_properties("AWS::Batch::JobDefinition", {
             "ContainerProperties": Match.object_like({
                 "Command": ["python", "-m", "prism.worker"],
-                "Environment": Match.array_with([{"Name": "PRISM_STAGE", "Value": spec.name}]),
+                "Environment": Match.array_with([{"Name": "PRISM_JOB", "Value": spec.name},
+                                                 {"Name": "PRISM_STAGES", "Value": ",".join(spec.stages)}]),
                 "Image": Match.any_value(),
                 "ResourceRequirements": Match.array_with(requirements),
             }),
@@ -118,7 +119,24 @@ def test_one_job_definition_per_stage_with_resources_timeout_and_retries(synthes
 
 
 @pytest.mark.parametrize("env", ENVS)
-def test_state_machine_maps_titles_and_runs_stage_chains_in_parallel(synthesized, env):
+def test_the_visual_stages_share_one_gpu_job_that_decodes_with_nvdec(synthesized, env):
+    """One download and one decode for shots, keyframes and cues; NVDEC only where there is a GPU."""
+    config = ENVIRONMENTS[env]
+    _, t = synthesized[env]
+    (visual,) = [j for j in config.jobs if "shots" in j.stages]
+    assert {"shots", "keyframes", "cues"} <= set(visual.stages) and visual.gpus >= 1 and visual.vcpus >= 8
+    for definition_ in t.find_resources("AWS::Batch::JobDefinition").values():
+        container = definition_["Properties"]["ContainerProperties"]
+        env_vars = {e["Name"]: e["Value"] for e in container["Environment"]}
+        gpus = [r for r in container["ResourceRequirements"] if r["Type"] == "GPU"]
+        if env_vars["PRISM_JOB"] == visual.name:
+            assert env_vars["PRISM_HWACCEL"] == "cuda"
+        if "PRISM_HWACCEL" in env_vars:
+            assert gpus, "ffmpeg fails (no software fallback) when the CUDA device cannot be created"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_state_machine_maps_titles_and_runs_job_chains_in_parallel(synthesized, env):
     config = ENVIRONMENTS[env]
     _, t = synthesized[env]
     t.has_resource_properties("AWS::StepFunctions::StateMachine", {
@@ -132,32 +150,71 @@ def test_state_machine_maps_titles_and_runs_stage_chains_in_parallel(synthesized
     assert titles["ItemReader"]["Resource"].endswith(":s3:getObject")
     states = all_states(asl["States"])
     (parallel,) = [s for s in states.values() if s["Type"] == "Parallel"]
-    assert len(parallel["Branches"]) == len(stage_chains(config.stages)) == 3  # visual chain, cues, audio
+    assert len(parallel["Branches"]) == len(job_chains(config.jobs)) == 2  # visual -> embeddings, and audio
     jobs = {n: s for n, s in states.items() if s.get("Resource", "").endswith(":batch:submitJob.sync")}
-    assert sorted(jobs) == sorted(f"{s.name} job" for s in config.stages)
-    for job in jobs.values():
+    assert sorted(jobs) == sorted(f"{j.name} job" for j in config.jobs)
+    for spec in config.jobs:
+        job = jobs[f"{spec.name} job"]
         assert job["Parameters"]["JobQueue.$"] == "$.title.job_queue"
+        overrides = job["Parameters"]["ContainerOverrides"]["Environment"]
+        assert {"Name": "PRISM_STAGES", "Value.$": f"$.title.jobs.{spec.name}.stages"} in overrides
         assert job["Catch"][0]["ErrorEquals"] == ["States.ALL"]
         assert job["Retry"][0]["ErrorEquals"][0].startswith("Batch.")
+        choice = states[f"Run {spec.name}?"]
+        assert choice["Choices"][0]["Variable"] == f"$.title.jobs.{spec.name}.run"
+    assert jobs["visual job"]["Next"] == "Run embeddings?"  # embeddings after visual, in its branch
     assert "Summarise" in asl["States"] and "Save watermark" in asl["States"]
     assert states["Finalize title"]["Catch"][0]["Next"] == "Record finalize failure"
 
 
-def test_stage_chains_follow_the_stage_graph():
-    chains = [[s.name for s in c] for c in stage_chains(load("dev").stages)]
-    assert chains == [["shots", "keyframes", "embeddings"], ["cues"], ["audio"]]
-    extra = (StageSpec("a"), StageSpec("b"), StageSpec("c", requires=("a", "b")))
-    assert [[s.name for s in c] for c in stage_chains(extra)] == [["a", "b", "c"]]
+def test_job_chains_follow_the_job_graph():
+    chains = [[j.name for j in c] for c in job_chains(load("dev").jobs)]
+    assert chains == [["visual", "embeddings"], ["audio"]]
+    extra = (JobSpec("a", ("x",)), JobSpec("b", ("y",)), JobSpec("c", ("z",), requires=("a", "b")))
+    assert [[j.name for j in c] for c in job_chains(extra)] == [["a", "b", "c"]]
 
 
-def test_config_stage_graph_agrees_with_the_stage_registry():
+def test_every_registered_stage_is_in_exactly_one_job():
     from prism.stages import registry
 
-    stages = registry()
-    config = {s.name: s for s in load("dev").stages}
-    for name, cls in stages.items():
-        assert name in config, f"stage {name} is registered but not deployed"
-        assert set(config[name].requires) == set(cls.requires)
+    for env in ENVS:
+        config = ENVIRONMENTS[env]
+        homes = [s for j in config.jobs for s in j.stages]
+        assert sorted(homes) == sorted(registry()), env
+        graph = config.stage_graph()
+        for i, stage in enumerate(graph):  # pipeline order: every stage after those it requires
+            assert set(graph[stage]) <= set(list(graph)[:i])
+
+
+@pytest.mark.parametrize(("jobs", "message"), [
+    ((JobSpec("v", ("shots", "keyframes", "cues", "embeddings")),), r"\['audio'\] are in no job"),
+    ((JobSpec("v", ("shots", "keyframes", "cues", "embeddings", "audio")), JobSpec("a", ("audio",))),
+     "audio is in jobs v and a"),
+    ((JobSpec("v", ("keyframes", "shots", "cues", "embeddings", "audio")),), "list shots before keyframes"),
+    ((JobSpec("v", ("shots", "keyframes", "cues")), JobSpec("e", ("embeddings",)), JobSpec("a", ("audio",))),
+     "stage embeddings requires keyframes, so require job v"),
+    ((JobSpec("e", ("embeddings",), requires=("v",)), JobSpec("v", ("shots", "keyframes", "cues", "audio"))),
+     "job e must come after"),
+    ((JobSpec("v", ("shots", "keyframes", "cues", "embeddings", "audio", "posters")),), "unknown stage 'posters'"),
+])  # fmt: skip
+def test_job_layouts_that_break_the_stage_graph_are_refused(jobs, message):
+    with pytest.raises(ValueError, match=message):
+        check_jobs(jobs, registered_stage_graph())
+    with pytest.raises(ValueError, match=message):
+        load("dev", jobs=jobs)
+
+
+def test_job_specs_validate_their_resources():
+    with pytest.raises(ValueError, match="PRISM_HWACCEL needs a GPU"):
+        JobSpec("v", ("cues",), gpus=0, environment={"PRISM_HWACCEL": "cuda"})
+    with pytest.raises(ValueError, match="40 minute"):
+        JobSpec("v", ("cues",), timeout_minutes=90)
+    with pytest.raises(ValueError, match="each once"):
+        JobSpec("v", ("cues", "cues"))
+    big = (JobSpec("visual", ("shots", "keyframes", "cues"), vcpus=16, memory_mib=60_000),
+           JobSpec("rest", ("embeddings", "audio"), requires=("visual",)))  # fmt: skip
+    with pytest.raises(ValueError, match="job visual fits none of"):
+        load("dev", jobs=big, max_vcpus=64)
 
 
 @pytest.mark.parametrize("env", ENVS)

@@ -115,7 +115,8 @@ class Deployment:
         self.ddb = boto3.client("dynamodb", region_name=REGION)
         self.sfn = boto3.client("stepfunctions", region_name=REGION)
         self.batch = boto3.client("batch", region_name=REGION)
-        self.worker_runs: list[tuple[str, str, str]] = []  # (title_id, stage, status)
+        self.worker_runs: list[tuple[str, str, str]] = []  # (title_id, stage, status), per stage of each job
+        self.jobs_run: list[tuple[str, str, str]] = []  # (title_id, job, PRISM_STAGES)
         self._lock = threading.Lock()
         role = boto3.client("iam", region_name=REGION).create_role(
             RoleName="prism-test", AssumeRolePolicyDocument="{}")["Role"]["Arn"]  # fmt: skip
@@ -227,13 +228,16 @@ class Deployment:
             job._start_attempt()
         env = {e["name"]: e["value"] for e in job._get_container_property("environment", [])}
         result = run_job(
-            Job(stage=env["PRISM_STAGE"], title_id=env["PRISM_TITLE_ID"], source_uri=env["PRISM_SOURCE_URI"],
-                artifacts_bucket=env["PRISM_ARTIFACTS_BUCKET"], catalog_table=env["PRISM_CATALOG_TABLE"],
-                force=env.get("PRISM_FORCE") == "true", pipeline_version=env["PRISM_PIPELINE_VERSION"]),
+            Job(stages=tuple(env["PRISM_STAGES"].split(",")), title_id=env["PRISM_TITLE_ID"],
+                source_uri=env["PRISM_SOURCE_URI"], artifacts_bucket=env["PRISM_ARTIFACTS_BUCKET"],
+                catalog_table=env["PRISM_CATALOG_TABLE"], force=env.get("PRISM_FORCE") == "true",
+                pipeline_version=env["PRISM_PIPELINE_VERSION"], name=env["PRISM_JOB"]),
             s3=self.s3, dynamodb=self.ddb, work_dir=self.work_dir,
         )  # fmt: skip
         with self._lock:
-            self.worker_runs.append((env["PRISM_TITLE_ID"], env["PRISM_STAGE"], result.status))
+            self.worker_runs.extend((env["PRISM_TITLE_ID"], o.stage, o.status) for o in result.stages)
+            self.jobs_run.append((env["PRISM_TITLE_ID"], env["PRISM_JOB"], env["PRISM_STAGES"]))
+        job.exit_code = result.exit_code  # what the container would exit with (record_failure reads it)
         job._mark_stopped(success=result.exit_code == 0)
 
     # -- driving it -------------------------------------------------------------------------
@@ -255,20 +259,29 @@ class Deployment:
         return json.loads(described["output"])
 
 
+VISUAL = ("shots", "keyframes", "cues")
+
+
 @pytest.fixture(scope="session")
 def test_template():
-    """The dev stack synthesized with only the cheap ``cues`` stage, so jobs run real stage code fast."""
+    """The dev stack synthesized with only the ``visual`` job (shots, keyframes, cues: no model weights
+    needed), so jobs run real stage code fast. The config's check against the stage registry is
+    narrowed to those stages: embeddings and audio need models the tests do not have."""
     from aws_cdk import App, Environment
     from aws_cdk.assertions import Template
 
-    from cdk.config import StageSpec, load
+    import cdk.config
+    from cdk.config import JobSpec, load
     from cdk.stack import PrismStack
 
-    config = load("dev", account=ACCOUNT, region=REGION, availability_zones=("us-east-1a", "us-east-1b"),
-                  stages=(StageSpec("cues", vcpus=2, memory_mib=4000, gpus=0, timeout_minutes=10),))  # fmt: skip
-    app = App()
-    stack = PrismStack(app, "Prism-test", config=config, env=Environment(account=ACCOUNT, region=REGION))
-    return Template.from_stack(stack).to_json()
+    graph = {name: deps for name, deps in cdk.config.registered_stage_graph().items() if name in VISUAL}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cdk.config, "registered_stage_graph", lambda: graph)
+        config = load("dev", account=ACCOUNT, region=REGION, availability_zones=("us-east-1a", "us-east-1b"),
+                      jobs=(JobSpec("visual", stages=VISUAL, vcpus=2, memory_mib=4000, gpus=0, timeout_minutes=10),))  # fmt: skip
+        app = App()
+        stack = PrismStack(app, "Prism-test", config=config, env=Environment(account=ACCOUNT, region=REGION))
+        return Template.from_stack(stack).to_json()
 
 
 @pytest.fixture

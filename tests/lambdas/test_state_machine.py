@@ -6,10 +6,12 @@ import json
 
 import pytest
 
+from prism.artifacts import blocked_reason
 from prism.cloud.catalog import DynamoCatalog
 from prism.synth import Shot, Title, build_title
 
 INPUT_BUCKET, PREFIX = "media-delivery-dev", "transcoded/"
+VISUAL = ("shots", "keyframes", "cues")  # the test deployment's one job (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -49,27 +51,32 @@ def test_scheduled_run_processes_new_titles_and_a_second_run_skips_them(deployme
     first = d.start({"mode": "scheduled"})
 
     assert sorted(first["succeeded"]) == ["Ep-1", "Ep-2"] and first["failed"] == [] and first["skipped"] == []
-    assert sorted(d.worker_runs) == [("Ep-1", "cues", "succeeded"), ("Ep-2", "cues", "succeeded")]
+    # one job per title runs the whole group: one download, one decode, a record per stage
+    assert sorted(d.jobs_run) == [("Ep-1", "visual", ",".join(VISUAL)), ("Ep-2", "visual", ",".join(VISUAL))]
+    assert sorted(d.worker_runs) == sorted((t, s, "succeeded") for t in ("Ep-1", "Ep-2") for s in VISUAL)
     catalog = DynamoCatalog(d.table, client=d.ddb)
     for title_id in ("Ep-1", "Ep-2"):
         doc = manifest(d, title_id)
-        assert doc["stages"]["cues"]["status"] == "succeeded"
+        assert {name: e["status"] for name, e in doc["stages"].items()} == dict.fromkeys(VISUAL, "succeeded")
         assert doc["source"]["uri"] == f"s3://{INPUT_BUCKET}/{PREFIX}{title_id.replace('-', ' ')}.mp4"
         from prism.artifacts import validate_manifest
 
         validate_manifest(doc)
         keys = {o["Key"] for o in d.s3.list_objects_v2(Bucket=d.artifacts, Prefix=f"titles/{title_id}/")["Contents"]}
-        assert keys == {f"titles/{title_id}/manifest.json", f"titles/{title_id}/cues.parquet"}
+        outputs = {f"titles/{title_id}/{rel}" for s in VISUAL for rel in catalog.get_stage(title_id, s).outputs}
+        assert {f"titles/{title_id}/{s}.parquet" for s in VISUAL} <= outputs
+        assert keys == {f"titles/{title_id}/manifest.json"} | outputs
         title = catalog.get_title(title_id)
         assert title.status == "succeeded" and title.reason is None
         assert catalog.get_item(title_id, "TITLE")["pipeline_version"] == "dev"
     assert catalog.run_watermark()["pipeline_version"] == "dev"
 
     d.worker_runs.clear()
+    d.jobs_run.clear()
     second = d.start({"mode": "scheduled"})
 
     assert sorted(second["skipped"]) == ["Ep-1", "Ep-2"] and second["succeeded"] == [] and second["failed"] == []
-    assert d.worker_runs == []
+    assert d.worker_runs == [] and d.jobs_run == []
 
 
 def test_manual_run_with_force_redoes_one_stage_of_one_title(deployment, videos):
@@ -78,22 +85,30 @@ def test_manual_run_with_force_redoes_one_stage_of_one_title(deployment, videos)
     d.start({"mode": "scheduled"})
     catalog = DynamoCatalog(d.table, client=d.ddb)
     before = {t: catalog.get_stage(t, "cues") for t in ("Ep-1", "Ep-2")}
+    visual_before = {s: catalog.get_stage("Ep-1", s) for s in ("shots", "keyframes")}
     d.worker_runs.clear()
+    d.jobs_run.clear()
 
     unforced = d.start({"mode": "manual", "titles": ["Ep-1"], "stages": ["cues"], "force": False})
     assert unforced["succeeded"] == ["Ep-1"]
+    assert d.jobs_run == [("Ep-1", "visual", "cues")]  # the visual job, asked for cues only
     assert d.worker_runs == [("Ep-1", "cues", "skipped")]  # up to date: the job is a no-op
     assert catalog.get_stage("Ep-1", "cues") == before["Ep-1"]
 
     d.worker_runs.clear()
+    d.jobs_run.clear()
     forced = d.start({"mode": "manual", "titles": ["Ep-1"], "stages": ["cues"], "force": True})
 
     assert forced["succeeded"] == ["Ep-1"] and forced["mode"] == "manual"
-    assert d.worker_runs == [("Ep-1", "cues", "succeeded")]
+    assert d.jobs_run == [("Ep-1", "visual", "cues")]
+    assert d.worker_runs == [("Ep-1", "cues", "succeeded")]  # shots and keyframes, same job, not rerun
+    assert {s: catalog.get_stage("Ep-1", s) for s in ("shots", "keyframes")} == visual_before
     redone = catalog.get_stage("Ep-1", "cues")
     assert redone.finished_at > before["Ep-1"].finished_at and redone.fingerprint == before["Ep-1"].fingerprint
     assert catalog.get_stage("Ep-2", "cues") == before["Ep-2"]  # the other title untouched
-    assert manifest(d, "Ep-1")["stages"]["cues"]["finished_at"] == redone.finished_at
+    doc = manifest(d, "Ep-1")
+    assert doc["stages"]["cues"]["finished_at"] == redone.finished_at
+    assert doc["stages"]["shots"]["finished_at"] == visual_before["shots"].finished_at
 
 
 def test_a_failing_title_is_recorded_with_its_reason_while_the_other_succeeds(deployment, videos):
@@ -107,12 +122,14 @@ def test_a_failing_title_is_recorded_with_its_reason_while_the_other_succeeds(de
     assert failed["title_id"] == "Broken" and out["counts"] == {"succeeded": 1, "failed": 1, "skipped": 0, "not_found": 0}
     assert "Broken.mp4" in failed["reason"]
     catalog = DynamoCatalog(d.table, client=d.ddb)
-    stage = catalog.get_stage("Broken", "cues")
-    assert stage.status == "failed" and stage.reason == failed["reason"]
+    for name in VISUAL:  # every stage of the failed job, with the worker's own reason
+        stage = catalog.get_stage("Broken", name)
+        assert stage.status == "failed" and stage.reason == failed["reason"]
     title = catalog.get_title("Broken")
     assert title.status == "failed" and title.reason == failed["reason"]
     doc = manifest(d, "Broken")
-    assert doc["stages"]["cues"]["status"] == "failed" and doc["stages"]["cues"]["outputs"] == []
+    for name in VISUAL:
+        assert doc["stages"][name]["status"] == "failed" and doc["stages"][name]["outputs"] == []
     assert catalog.get_title("Ep-1").status == "succeeded"
 
 
@@ -123,3 +140,63 @@ def test_manual_run_reports_unknown_titles(deployment, videos):
     out = d.start({"mode": "manual", "titles": ["No-Such-Title"], "stages": ["cues"]})
 
     assert out["not_found"] == ["No-Such-Title"] and out["succeeded"] == [] and out["failed"] == []
+
+
+FULL_JOBS = {"visual": {"stages": list(VISUAL), "requires": []},
+             "embeddings": {"stages": ["embeddings"], "requires": ["visual"]},
+             "audio": {"stages": ["audio"], "requires": []}}  # fmt: skip
+FULL_GRAPH = {"shots": [], "keyframes": ["shots"], "cues": [], "embeddings": ["keyframes"], "audio": []}
+
+
+def record_failure(d, monkeypatch, error: dict, stages=(), started="2000-01-01T00:00:00Z"):
+    """``record_failure`` for the visual job in the production job layout (the test stack deploys only visual)."""
+    import record_failure as handler_module
+
+    from tests.lambdas.conftest import FakeContext
+
+    monkeypatch.setenv("PRISM_JOBS", json.dumps(FULL_JOBS))
+    monkeypatch.setenv("PRISM_STAGE_GRAPH", json.dumps(FULL_GRAPH))
+    event = {"title_id": "Ep-1", "job": "visual", "stages": list(stages or FULL_GRAPH), "source_uri": "s3://b/Ep 1.mp4",
+             "error": {"Error": "States.TaskFailed", "Cause": json.dumps(error)}, "execution_started_at": started}  # fmt: skip
+    return handler_module.handler(event, FakeContext())
+
+
+def test_a_job_that_died_marks_its_stages_failed_and_later_jobs_blocked(deployment, monkeypatch):
+    d = deployment
+    timeout = {"StatusReason": "Job attempt duration exceeded timeout", "Container": {"ExitCode": 137}}
+
+    out = record_failure(d, monkeypatch, timeout)
+
+    catalog = DynamoCatalog(d.table, client=d.ddb)
+    for name in VISUAL:
+        record = catalog.get_stage("Ep-1", name)
+        assert record.status == "failed" and "exceeded timeout" in record.reason and "job visual" in record.reason
+    embeddings = catalog.get_stage("Ep-1", "embeddings")
+    assert embeddings.status == "skipped" and embeddings.reason == blocked_reason(["shots", "keyframes"])
+    assert catalog.get_stage("Ep-1", "audio") is None  # its own chain: not this job's business
+    assert out["reason"] == catalog.get_stage("Ep-1", "shots").reason
+    assert catalog.get_title("Ep-1").status == "failed"
+
+
+def test_a_job_whose_worker_recorded_a_failure_keeps_its_records(deployment, monkeypatch):
+    from prism.catalog import StageRecord
+
+    d = deployment
+    catalog = DynamoCatalog(d.table, client=d.ddb)
+    old, new = "2000-01-01T00:00:00+00:00", "2030-01-01T00:00:00+00:00"
+
+    def put(stage, status, reason, finished):
+        catalog.put_stage(StageRecord("Ep-1", stage, status, reason, None, None, None, "fp" if status == "succeeded"
+                                      else None, "sha", None, finished, 0.0, "test", []))  # fmt: skip
+
+    put("shots", "succeeded", None, old)  # up to date: the worker left it alone
+    put("keyframes", "succeeded", None, old)
+    put("cues", "failed", "Ep 1.mp4: cues broke", new)  # the worker's own record, newer than the run
+
+    out = record_failure(d, monkeypatch, {"StatusReason": "Essential container exited", "Container": {"ExitCode": 1}},
+                         stages=["cues", "embeddings"], started="2020-01-01T00:00:00Z")  # fmt: skip
+
+    assert out["reason"] == "Ep 1.mp4: cues broke"
+    assert [catalog.get_stage("Ep-1", s).status for s in ("shots", "keyframes")] == ["succeeded", "succeeded"]
+    assert catalog.get_stage("Ep-1", "cues").reason == "Ep 1.mp4: cues broke"
+    assert catalog.get_stage("Ep-1", "embeddings").reason == blocked_reason(["cues"])  # the job stopped its chain
