@@ -69,7 +69,7 @@ def markdown(r: dict) -> str:
     sp = r["shots_speed"]
     lines += [
         "",
-        f"### Shot detection speed ({sp['size']}, {sp['frames']} frames)",
+        f"### Shot detection speed ({sp['size']}, {sp['frames']} frames, Prism on {sp['device']})",
         "",
         "| what | frames/s |",
         "|---|---|",
@@ -87,10 +87,13 @@ def markdown(r: dict) -> str:
         "",
         f"### End to end: `prism run` on a generated {e['input']['duration_s'] / 60:.0f}-minute {e['input']['size']} title",
         "",
-        "| stage | status | seconds |",
-        "|---|---|---|",
+        "| stage | status | seconds | of which shared decode |",
+        "|---|---|---|---|",
     ]
-    lines += [f"| {name} | {s['status']} | {s['seconds']} |" for name, s in e["stages"].items()]
+    lines += [
+        f"| {name} | {s['status']} | {s['seconds']} | {', '.join(f'{k} {v} s' for k, v in s['shared_decode_s'].items())} |"
+        for name, s in e["stages"].items()
+    ]
     lines += [
         "",
         f"Wall time {e['wall_s']} s; decode-only {e['decode_only_s']} s; ratio {e['end_to_end_vs_decode_only']}x; "
@@ -119,8 +122,10 @@ bash scripts/setup.sh && .venv/bin/python -m benchmarks --doc docs/benchmarks.md
 ```
 
 PySceneDetect runs with its defaults (`AdaptiveDetector()`, `ContentDetector()`, OpenCV backend)
-on the same files in the same run. GPU numbers: run the same command on a GPU machine; the
-`device` column of each section says where it ran.
+on the same files in the same run. GPU numbers: run the same command on a GPU machine (the
+first line of the results names the GPU, if any). Inputs are generated with x264 `ultrafast`
+plus film grain, so they are high-bitrate (about 50 Mbit/s at 1080p) and slower to decode than
+typical delivered masters: the decode floor below is a conservative one.
 
 """
 

@@ -58,6 +58,16 @@ def decode_only_seconds(path: Path) -> float:
     return time.perf_counter() - t0
 
 
+def peak_rss_mib() -> float:
+    """This process's own peak resident memory (VmHWM). Unlike ``ru_maxrss`` it restarts at exec,
+    so a child started from a large parent does not inherit the parent's peak."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def run(out_dir: Path, duration_s: float = 180.0, width: int = 1920, height: int = 1080, device: str = "auto") -> dict:
     import torch
 
@@ -73,7 +83,7 @@ def run(out_dir: Path, duration_s: float = 180.0, width: int = 1920, height: int
     [outcome] = runner.run([path], ["shots", "keyframes", "cues"])
     stages = {s.stage: round(s.duration_s, 2) for s in outcome.stages}
     shots_s = stages["shots"]
-    peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_self = peak_rss_mib()
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {
         "input": {"path": str(path), "frames": frames, "size": f"{width}x{height}", "duration_s": info.duration_s},

@@ -12,23 +12,34 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.core import ensure_input
+from benchmarks.core import ensure_input, peak_rss_mib
 from benchmarks.shots import decode_only_seconds
 
 
 def _child(source: str, out: str) -> None:
+    from prism.artifacts import read_manifest
     from prism.runner import Runner
 
     t0 = time.perf_counter()
     [outcome] = Runner(out, force=True).run([Path(source)])
     wall = time.perf_counter() - t0
+    manifest = read_manifest(outcome.title_dir)
     print(
         json.dumps(
             {
                 "wall_s": round(wall, 2),
                 "status": outcome.status,
-                "stages": {s.stage: {"status": s.status, "seconds": round(s.duration_s, 2), "reason": s.reason} for s in outcome.stages},
-                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "stages": {
+                    s.stage: {
+                        "status": s.status,
+                        "seconds": round(s.duration_s, 2),
+                        "reason": s.reason,
+                        # the title's shared decode, counted in the stage that happened to trigger it
+                        "shared_decode_s": manifest["stages"][s.stage].get("metrics", {}).get("shared_decode_s", {}),
+                    }
+                    for s in outcome.stages
+                },
+                "peak_rss_mib": peak_rss_mib(),
                 "peak_child_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
             }
         )

@@ -177,8 +177,10 @@ def run_quality(out: Path, *, width: int, height: int, device: str, quick: bool)
 
 
 def run_speed(path: Path, frames: int, work: Path, device: str) -> dict:
+    from prism.stages.shots import resolve_device
+
     decode_s = decode_only_seconds(path)
-    result = {"frames": frames, "decode_only_fps": round(frames / decode_s, 1)}
+    result = {"frames": frames, "device": resolve_device(device), "decode_only_fps": round(frames / decode_s, 1)}
     for method in METHODS:
         _, elapsed = detect_with(method, path, work, device)
         result[f"{method}_fps"] = round(frames / elapsed, 1)
