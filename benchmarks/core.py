@@ -84,7 +84,6 @@ def run(out_dir: Path, duration_s: float = 180.0, width: int = 1920, height: int
     stages = {s.stage: round(s.duration_s, 2) for s in outcome.stages}
     shots_s = stages["shots"]
     peak_self = peak_rss_mib()
-    peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {
         "input": {"path": str(path), "frames": frames, "size": f"{width}x{height}", "duration_s": info.duration_s},
         "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() and device != "cpu" else f"cpu ({torch.get_num_threads()} threads)",
@@ -95,7 +94,6 @@ def run(out_dir: Path, duration_s: float = 180.0, width: int = 1920, height: int
         "end_to_end_s": round(sum(stages.values()), 2),
         "shots_vs_decode_only": round(shots_s / decode_s, 2),
         "peak_rss_mib": round(peak_self, 1),
-        "peak_child_rss_mib": round(peak_children, 1),
         "status": outcome.status,
     }
 

@@ -6,7 +6,6 @@ The run happens in a child process so its peak RSS (and its ffmpeg children's) i
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -40,7 +39,6 @@ def _child(source: str, out: str) -> None:
                     for s in outcome.stages
                 },
                 "peak_rss_mib": peak_rss_mib(),
-                "peak_child_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
             }
         )
     )
