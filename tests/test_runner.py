@@ -248,3 +248,21 @@ def test_blocked_stage_fails_the_title_whatever_its_reason_says(extra_stages, ma
     [outcome] = Runner(tmp_path, params={"shots": {"device": "cuda:7"}}).run([path], ["shot_luma"])
     luma = {s.stage: s for s in outcome.stages}["shot_luma"]
     assert luma.status == "skipped" and luma.blocked and outcome.status == "failed"
+
+
+def test_a_failed_decode_is_not_repeated_by_later_stages(bad_inputs, tmp_path, monkeypatch):
+    import prism.media
+
+    _, files = bad_inputs
+    calls = []
+    real = prism.media.decode_visual
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prism.media, "decode_visual", counting)
+    [outcome] = Runner(tmp_path).run([files["audio_only"]], ["shots", "cues"])
+    assert [s.status for s in outcome.stages] == ["failed", "failed"]
+    assert outcome.stages[0].reason == outcome.stages[1].reason
+    assert len(calls) == 1

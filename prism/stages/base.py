@@ -112,18 +112,27 @@ class SharedMedia:
     def __init__(self, work_dir: Path):
         self.work_dir = work_dir
         self._visual: VisualPass | None = None
+        self._visual_error: Exception | None = None
         self._audio: dict[tuple[int, int], AudioPCM] = {}
         self.decode_seconds: dict[str, float] = {}
 
     def visual(self, ctx: StageContext) -> VisualPass:
+        if self._visual_error is not None:  # a failed decode is not retried by the next stage
+            raise self._visual_error
         if self._visual is None:
+            from prism.errors import MediaError
             from prism.media import decode_visual
 
             t0 = time.perf_counter()
-            self._visual = decode_visual(
-                ctx.source, ctx.info, self.work_dir, lambda d, t: ctx.progress(d, t, "decode")
-            )
-            self.decode_seconds["visual"] = time.perf_counter() - t0
+            try:
+                self._visual = decode_visual(
+                    ctx.source, ctx.info, self.work_dir, lambda d, t: ctx.progress(d, t, "decode")
+                )
+            except MediaError as exc:
+                self._visual_error = exc
+                raise
+            finally:
+                self.decode_seconds["visual"] = time.perf_counter() - t0
         return self._visual
 
     def audio(self, source: Path, track: int, sample_rate: int) -> AudioPCM:
