@@ -60,12 +60,13 @@ def _near_duplicate(vp: VisualPass, a: int, b: int, threshold: float) -> bool:
     return bool(diff < threshold)
 
 
-def select_keyframes(vp: VisualPass, shots: pa.Table, p: KeyframesParams) -> list[tuple[int, int, int]]:
-    """(shot_index, rank, frame) of the chosen keyframes, in frame order."""
-    quality = frame_scores(vp)["quality"]
+def select_keyframes(
+    vp: VisualPass, shots: pa.Table, p: KeyframesParams, quality: np.ndarray
+) -> list[tuple[int, int]]:
+    """(shot_index, frame) of the chosen keyframes, in frame order."""
     cols = shots.to_pydict()
     n_shots = shots.num_rows
-    chosen: list[tuple[int, int, int]] = []
+    chosen: list[tuple[int, int]] = []
     last: int | None = None
     for k in range(n_shots):
         start, end = cols["start_frame"][k], cols["end_frame"][k]
@@ -79,7 +80,6 @@ def select_keyframes(vp: VisualPass, shots: pa.Table, p: KeyframesParams) -> lis
             continue  # an all-black shot has no representative frame
         duration = cols["duration_s"][k]
         wanted = max(1, min(p.max_per_shot, math.ceil(duration / p.seconds_per_keyframe)))
-        picked = 0
         for part in np.array_split(usable, wanted):
             if part.size == 0:
                 continue
@@ -87,8 +87,7 @@ def select_keyframes(vp: VisualPass, shots: pa.Table, p: KeyframesParams) -> lis
                 frame = int(frame)
                 if last is not None and _near_duplicate(vp, frame, last, p.duplicate_threshold):
                     continue
-                chosen.append((k, picked, frame))
-                picked += 1
+                chosen.append((k, frame))
                 last = frame
                 break
     return chosen
@@ -107,17 +106,20 @@ class KeyframesStage(Stage):
     def run(self, ctx: StageContext) -> StageResult:
         shots = ctx.read_table("shots.parquet")
         vp = ctx.visual()
-        picks = select_keyframes(vp, shots, self.params)
         scores = frame_scores(vp)
-        rank_by_quality: dict[int, list[int]] = {}
+        picks = select_keyframes(vp, shots, self.params, scores["quality"])
+        by_shot: dict[int, list[int]] = {}
+        for shot, frame in picks:
+            by_shot.setdefault(shot, []).append(frame)
+        rank = {  # 0 = the shot's best keyframe
+            frame: i for frames in by_shot.values() for i, frame in enumerate(sorted(frames, key=lambda f: -scores["quality"][f]))
+        }
         (ctx.staging / "keyframes").mkdir()
-        requests = []
-        rows = []
         width, height = ctx.info.video.display_size if ctx.info.video else (0, 0)
-        for shot, _, frame in picks:
+        requests, rows = [], []
+        for shot, frame in picks:
             rel = f"keyframes/{shot:05d}_{frame:07d}.jpg"
             requests.append((float(vp.times[frame]), ctx.staging / rel))
-            rank_by_quality.setdefault(shot, []).append(frame)
             rows.append(
                 {
                     "shot_index": shot,
@@ -127,11 +129,9 @@ class KeyframesStage(Stage):
                     "width": width,
                     "height": height,
                     **{name: float(values[frame]) for name, values in scores.items()},
+                    "rank": rank[frame],
                 }
             )
-        for row in rows:  # rank 0 = the shot's best keyframe
-            frames = sorted(rank_by_quality[row["shot_index"]], key=lambda f: -scores["quality"][f])
-            row["rank"] = frames.index(row["frame"])
         done = 0
 
         def fetched(_: object = None) -> None:

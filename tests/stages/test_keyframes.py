@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from prism.media import decode_visual, ffmpeg_exe, probe
-from prism.stages.keyframes import KeyframesParams, select_keyframes
+from prism.stages.keyframes import KeyframesParams, frame_scores, select_keyframes
 
 
 def test_one_good_keyframe_per_visible_shot(sample_run):
@@ -60,7 +60,8 @@ def test_near_duplicates_are_not_repeated(sample_video, tmp_path):
         {"shot_index": [0], "start_frame": [0], "end_frame": [75], "duration_s": [3.0],
          "transition_start_frame": [0], "transition_end_frame": [0]}
     )  # fmt: skip
-    many = select_keyframes(vp, one_shot, KeyframesParams(max_per_shot=3, seconds_per_keyframe=1.0, duplicate_threshold=0.0))
+    quality = frame_scores(vp)["quality"]
+    many = select_keyframes(vp, one_shot, KeyframesParams(max_per_shot=3, seconds_per_keyframe=1.0, duplicate_threshold=0.0), quality)
     assert len(many) == 3
-    strict = select_keyframes(vp, one_shot, KeyframesParams(max_per_shot=3, seconds_per_keyframe=1.0, duplicate_threshold=255.0))
+    strict = select_keyframes(vp, one_shot, KeyframesParams(max_per_shot=3, seconds_per_keyframe=1.0, duplicate_threshold=255.0), quality)
     assert len(strict) == 1  # everything after the first pick counts as a duplicate
