@@ -18,7 +18,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -203,23 +203,48 @@ class AudioPCM:
         return self.samples.shape[0] / self.sample_rate
 
 
-def decode_audio(
-    path: str | Path, track: int = 0, sample_rate: int = 16000, channels: int = 1
-) -> AudioPCM:
-    """Decode audio track ``track`` (0:a:N) to float32 PCM, down-mixed to ``channels``."""
+def audio_blocks(
+    path: str | Path, track: int = 0, sample_rate: int = 16000, channels: int = 1, block_s: float = 60.0
+) -> Iterator[np.ndarray]:
+    """Stream audio track ``track`` (0:a:N) as float32 blocks of ``block_s`` seconds (bounded memory).
+
+    Blocks are (samples,) for mono and (samples, channels) otherwise; every block but the last
+    holds a whole number of 10 ms windows. Raises MediaError when nothing can be decoded.
+    """
     path = Path(path)
     cmd = [
         ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
         "-map", f"0:a:{track}", "-vn", "-sn", "-dn", "-ac", str(channels), "-ar", str(sample_rate),
         "-f", "f32le", "pipe:1",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True)
-    data = np.frombuffer(proc.stdout, dtype=np.float32)
-    if proc.returncode != 0 or data.size == 0:
-        reason = _stderr_reason(proc.stderr.splitlines()[-8:]) if proc.returncode else "no audio sample decoded"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tail: deque[bytes] = deque(maxlen=8)
+    reader = threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True)
+    reader.start()
+    frame_bytes = 4 * channels
+    block_bytes = max(1, int(block_s * 100)) * (sample_rate // 100) * frame_bytes
+    total = 0
+    assert proc.stdout is not None
+    try:
+        while buf := proc.stdout.read(block_bytes):
+            usable = len(buf) - len(buf) % frame_bytes
+            block = np.frombuffer(buf[:usable], np.float32)
+            total += block.size
+            yield block if channels == 1 else block.reshape(-1, channels)
+    finally:
+        proc.stdout.close()
+        returncode = proc.wait()
+        reader.join()
+    if returncode != 0 or total == 0:
+        reason = _stderr_reason(tail) if returncode else "no audio sample decoded"
         raise MediaError(path, f"audio track {track} decode failed: {reason}")
-    if channels > 1:
-        data = data[: data.size - data.size % channels].reshape(-1, channels)
+
+
+def decode_audio(
+    path: str | Path, track: int = 0, sample_rate: int = 16000, channels: int = 1
+) -> AudioPCM:
+    """Decode a whole audio track to float32 PCM, down-mixed to ``channels`` (short media only)."""
+    data = np.concatenate(list(audio_blocks(path, track, sample_rate, channels)))
     return AudioPCM(samples=data, sample_rate=sample_rate, track=track)
 
 

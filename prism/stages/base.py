@@ -25,7 +25,7 @@ from prism.errors import ConfigError, StageInputMissing
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from prism.media import AudioPCM, MediaInfo, VisualPass
+    from prism.media import MediaInfo, VisualPass
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,6 @@ class StageContext:
         """The title's single visual decode pass, shared by every stage that asks for it."""
         return self._shared.visual(self)
 
-    def audio(self, track: int = 0, sample_rate: int = 16000) -> AudioPCM:
-        """Mono float32 PCM of one audio track, decoded once per title and rate."""
-        return self._shared.audio(self.source, track, sample_rate)
-
     def read_table(self, relative: str) -> pa.Table:
         """Read an upstream stage's Parquet artifact from the title directory."""
         import pyarrow.parquet as pq
@@ -103,7 +99,7 @@ class StageContext:
 
 
 class SharedMedia:
-    """Per-title cache of decodes, so a title's video is decoded once whatever stages run.
+    """Per-title cache of the visual decode, so a title's video is decoded once whatever stages run.
 
     ``decode_seconds`` records each decode's cost, so the runner can report it on the stage
     that happened to trigger it rather than hide it in that stage's own time.
@@ -113,7 +109,6 @@ class SharedMedia:
         self.work_dir = work_dir
         self._visual: VisualPass | None = None
         self._visual_error: Exception | None = None
-        self._audio: dict[tuple[int, int], AudioPCM] = {}
         self.decode_seconds: dict[str, float] = {}
 
     def visual(self, ctx: StageContext) -> VisualPass:
@@ -134,16 +129,6 @@ class SharedMedia:
             finally:
                 self.decode_seconds["visual"] = time.perf_counter() - t0
         return self._visual
-
-    def audio(self, source: Path, track: int, sample_rate: int) -> AudioPCM:
-        key = (track, sample_rate)
-        if key not in self._audio:
-            from prism.media import decode_audio
-
-            t0 = time.perf_counter()
-            self._audio[key] = decode_audio(source, track, sample_rate)
-            self.decode_seconds[f"audio_{track}_{sample_rate}hz"] = time.perf_counter() - t0
-        return self._audio[key]
 
 
 class Stage(ABC):

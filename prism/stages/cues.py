@@ -3,7 +3,7 @@
 Black and frozen come from the shared visual decode pass (no extra decode): a frame is black
 when at least ``black_pixel_ratio`` of its pixels are darker than 10 % (ffmpeg blackdetect's
 definitions), frozen when it differs from the previous frame by less than ``freeze_max_diff``
-(mean absolute luma, 0..255). Silence comes from a cheap mono decode of the first audio track:
+(mean absolute luma, 0..255). Silence comes from a cheap, streamed mono decode of the first audio track:
 10 ms windows whose RMS level stays under ``silence_db`` dBFS.
 """
 
@@ -16,10 +16,12 @@ import pyarrow as pa
 
 from prism.artifacts import write_parquet
 from prism.errors import MediaError
+from prism.media import audio_blocks
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
 from prism.timeline import frame_level_db, runs
 
 SILENCE_WINDOW_S = 0.01
+SILENCE_RATE = 16000
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,9 @@ class CuesStage(Stage):
             metrics["silence"] = f"not analysed: no audio track {p.audio_track} (file has {len(tracks)})"
         else:
             try:
-                pcm = ctx.audio(p.audio_track)
-                rows += silence_cues(pcm.samples, pcm.sample_rate, p.silence_db, p.silence_min_s)
+                blocks = audio_blocks(ctx.source, p.audio_track, SILENCE_RATE)  # streamed: bounded memory
+                level = np.concatenate([frame_level_db(b, SILENCE_RATE, SILENCE_WINDOW_S) for b in blocks])
+                rows += silence_spans(level, p.silence_db, p.silence_min_s)
             except MediaError as exc:  # a corrupt audio stream must not hide the visual cues
                 metrics["silence"] = f"not analysed: {exc}"
         rows.sort(key=lambda r: (r["start_s"], r["cue_type"]))
@@ -125,7 +128,11 @@ class CuesStage(Stage):
 
 
 def silence_cues(samples: np.ndarray, sample_rate: int, silence_db: float, min_s: float) -> list[dict]:
-    level = frame_level_db(samples, sample_rate, SILENCE_WINDOW_S)
+    return silence_spans(frame_level_db(samples, sample_rate, SILENCE_WINDOW_S), silence_db, min_s)
+
+
+def silence_spans(level: np.ndarray, silence_db: float, min_s: float) -> list[dict]:
+    """Silence cues from consecutive 10 ms RMS levels (dBFS)."""
     out = []
     for start, end in runs(level < silence_db):
         start_s, end_s = start * SILENCE_WINDOW_S, end * SILENCE_WINDOW_S

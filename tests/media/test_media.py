@@ -138,3 +138,12 @@ def test_hardware_decode_is_opt_in(monkeypatch, tmp_path):
     monkeypatch.setenv("PRISM_HWACCEL", "cuda")
     cmd = decode._visual_pass_command(tmp_path / "x.mp4")
     assert cmd[cmd.index("-hwaccel") + 1] == "cuda" and cmd.index("-hwaccel") < cmd.index("-i")
+
+
+def test_audio_streams_in_bounded_blocks(small_clip):
+    from prism.media import audio_blocks
+
+    blocks = list(audio_blocks(small_clip[0], track=0, sample_rate=16000, block_s=1.0))
+    assert len(blocks) >= 4 and max(b.size for b in blocks) == 16000
+    assert all(b.size % 160 == 0 for b in blocks[:-1])  # whole 10 ms windows
+    assert np.array_equal(np.concatenate(blocks), decode_audio(small_clip[0], track=0, sample_rate=16000).samples)
