@@ -22,6 +22,9 @@ SCHEMA_VERSION = "1.0"
 MANIFEST = "manifest.json"
 TITLES_DIR = "titles"
 STAGING_DIR = ".staging"
+WORK_DIR = ".work"  # <out>/.work/<title_id>/: a run's scratch decodes, removed after it
+LOCKS_DIR = ".locks"  # <out>/.locks/<title_id>.lock: one process writes a title at a time
+JOURNAL_PREFIX = ".publishing-"  # <title_dir>/.publishing-<stage>.json while a stage's files change
 STATUSES = ("succeeded", "failed", "skipped")
 
 
@@ -94,6 +97,49 @@ def publish(staging: Path, destination: Path, outputs: list[str]) -> None:
         target = destination / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / rel, target)
+
+
+def file_facts(path: Path) -> dict[str, Any]:
+    """Size and sha256 of an artifact, recorded in the manifest so a rerun can tell it is intact."""
+    import hashlib
+
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    return {"bytes": path.stat().st_size, "sha256": digest}
+
+
+def outputs_intact(directory: Path, entry: dict[str, Any]) -> bool:
+    """Whether every output a manifest stage entry lists is there with the size and hash it recorded.
+
+    Entries written before hashes were recorded (no ``files``) are checked for existence only.
+    """
+    files = entry.get("files") or {}
+    for rel in entry.get("outputs", []):
+        path = directory / rel
+        if not path.is_file():
+            return False
+        facts = files.get(rel)
+        if facts and (path.stat().st_size != facts["bytes"] or file_facts(path)["sha256"] != facts["sha256"]):
+            return False
+    return True
+
+
+def remove_outputs(directory: Path, relatives: list[str] | set[str]) -> None:
+    """Delete artifacts no manifest entry lists any more, and the folders they leave empty."""
+    for rel in sorted(relatives):
+        path = directory / rel
+        path.unlink(missing_ok=True)
+        parent = path.parent
+        while parent != directory and parent.is_relative_to(directory):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+
+def listed_outputs(manifest: dict[str, Any] | None) -> set[str]:
+    return {rel for entry in (manifest or {}).get("stages", {}).values() for rel in entry.get("outputs", [])}
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:

@@ -6,12 +6,15 @@ cloud swaps in a DynamoDB implementation with the same records (see ``prism.clou
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
+
+from prism.errors import StorageError
 
 
 @dataclass
@@ -57,9 +60,36 @@ def _columns(cls: type) -> list[str]:
     return [f.name for f in fields(cls)]
 
 
-class SQLiteCatalog:
-    """SQLite in WAL mode: safe to read (``prism status``) while a run writes."""
+def _storage_errors(method):
+    """sqlite3 and OS errors become one-line StorageErrors naming the catalog file."""
 
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"catalog {self.path}: {_describe(exc)}") from exc
+
+    return wrapper
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
+        return f"{text} (corrupt or not a catalog; move it aside to start a new one)"
+    return text
+
+
+class SQLiteCatalog:
+    """SQLite in WAL mode: safe to read (``prism status``) while a run writes.
+
+    Every failure (corrupt file, read-only directory, disk full) surfaces as a StorageError
+    with a one-line reason, never a raw sqlite3 traceback.
+    """
+
+    @_storage_errors
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +116,7 @@ class SQLiteCatalog:
     def close(self) -> None:
         self._db.close()
 
+    @_storage_errors
     def _upsert(self, table: str, row: dict) -> None:
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
@@ -114,6 +145,7 @@ class SQLiteCatalog:
     def list_stages(self, title_id: str) -> list[StageRecord]:
         return self._select(StageRecord, "stages", "WHERE title_id = ? ORDER BY started_at", (title_id,))
 
+    @_storage_errors
     def _select(self, cls: type, table: str, where: str, args: tuple) -> list:
         cols = _columns(cls)
         with self._lock:
@@ -126,6 +158,7 @@ class SQLiteCatalog:
             out.append(cls(**values))
         return out
 
+    @_storage_errors
     def cached_hash(self, path: Path, size: int, mtime_ns: int) -> str | None:
         with self._lock:
             row = self._db.execute(

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from prism import __version__
-from prism.errors import ConfigError
+from prism.errors import ConfigError, StorageError
 from prism.runner import Runner, StageOutcome, TitleOutcome
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prism video preprocessing.")
@@ -104,8 +104,8 @@ def run(
         ) as progress:  # fmt: skip
             runner.events = _ProgressEvents(progress)
             outcomes = runner.run(videos, wanted)
-    except ConfigError as exc:
-        console.print(f"[red]error:[/] {exc}")
+    except (ConfigError, StorageError) as exc:  # bad params, or an output directory/catalog that cannot be used
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(EXIT_USAGE)
     out_console.print(_summary_table(outcomes))
     for title in outcomes:
@@ -113,7 +113,8 @@ def run(
             console.print(f"[red]FAILED[/] {title.reason}", soft_wrap=True, highlight=False)
     ok = sum(t.status == "succeeded" for t in outcomes)
     out_console.print(f"{ok}/{len(outcomes)} titles succeeded; artifacts in {out / 'titles'}", soft_wrap=True)
-    if report and not all([_write_report(t.title_dir, None) for t in outcomes]):  # every title, even after a failure
+    recorded = [t for t in outcomes if t.recorded]  # not a title whose id another source holds
+    if report and not all([_write_report(t.title_dir, None) for t in recorded]):  # every title, even after a failure
         raise typer.Exit(EXIT_FAILED)
     raise typer.Exit(EXIT_OK if ok == len(outcomes) else EXIT_FAILED)
 
@@ -160,7 +161,11 @@ def status(
         console.print(f"[red]error:[/] no catalog at {path} (run `prism run` first or pass --out)")
         raise typer.Exit(EXIT_USAGE)
     else:
-        catalog = SQLiteCatalog(path)
+        try:
+            catalog = SQLiteCatalog(path)
+        except StorageError as exc:
+            console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+            raise typer.Exit(EXIT_USAGE)
     if title is None:
         rows = [vars(t) for t in catalog.list_titles()]
         columns = ("title_id", "status", "reason", "updated_at", "source_uri")

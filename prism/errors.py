@@ -32,3 +32,11 @@ class StageInputMissing(PrismError):
 
 class ConfigError(PrismError, ValueError):
     """A parameter or configuration value is invalid."""
+
+
+class StorageError(PrismError):
+    """Prism's own output cannot be written or read (directory not writable, disk full, corrupt catalog).
+
+    The runner fails only the title being written; raised before any work (opening the
+    catalog), the CLI ends with exit 2.
+    """

@@ -6,30 +6,40 @@ stage or title never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from prism import __version__
 from prism.artifacts import (
+    JOURNAL_PREFIX,
+    LOCKS_DIR,
     STAGING_DIR,
+    WORK_DIR,
     blocked_reason,
+    file_facts,
+    listed_outputs,
     new_manifest,
     now_iso,
+    outputs_intact,
     publish,
     read_manifest,
+    remove_outputs,
     title_dir,
     title_id_for,
     write_json,
 )
 from prism.catalog import Catalog, SQLiteCatalog, StageRecord, TitleRecord
-from prism.errors import ConfigError, MediaError, PrismError
+from prism.errors import ConfigError, MediaError, PrismError, StorageError
 from prism.media import MediaInfo, probe
 from prism.stages.base import SharedMedia, Stage, StageContext, StageResult, registry, resolve_order
 
@@ -58,6 +68,7 @@ class TitleOutcome:
     reason: str | None
     stages: list[StageOutcome]
     title_dir: Path
+    recorded: bool = True  # False: failed before it could be written (id taken by another source, storage)
 
 
 class RunEvents(Protocol):
@@ -84,8 +95,11 @@ def sha256_file(path: Path, catalog: Catalog | SQLiteCatalog | None = None) -> s
         catalog = None
     if catalog is not None and (cached := catalog.cached_hash(path.resolve(), stat.st_size, stat.st_mtime_ns)):
         return cached
-    with open(path, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    try:
+        with open(path, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as exc:
+        raise MediaError(path, f"cannot read the file ({exc.strerror or exc})") from exc
     if catalog is not None:
         catalog.store_hash(path.resolve(), stat.st_size, stat.st_mtime_ns, digest)
     return digest
@@ -98,7 +112,14 @@ def fingerprint(source_sha256: str | None, stage: Stage, upstream: list[str]) ->
 
 
 class Runner:
-    """Processes titles into ``<out_dir>/titles/<title_id>/`` and records them in the catalog."""
+    """Processes titles into ``<out_dir>/titles/<title_id>/`` and records them in the catalog.
+
+    One process writes a title at a time (a file lock per title), so parallel runs on one
+    ``out_dir`` serialize per title and never see each other's half-written state. Every
+    change of a stage's files is journaled first, so a run killed at any point is repaired by
+    the next one: files the manifest does not list are removed, and a listed file whose size
+    or hash differs from the manifest makes its stage run again.
+    """
 
     def __init__(
         self,
@@ -110,17 +131,38 @@ class Runner:
         events: RunEvents | None = None,
     ):
         self.out_dir = Path(out_dir)
-        self.catalog = catalog or SQLiteCatalog(self.out_dir / "catalog.sqlite")
+        if catalog is None:
+            _require_writable(self.out_dir)
+            catalog = SQLiteCatalog(self.out_dir / "catalog.sqlite")
+        self.catalog = catalog
         self.params = params or {}
         self.force = force
         self.events = events or _NoEvents()
         self._stages: dict[str, Stage] = {}
 
     def run(self, sources: list[str | Path], stages: list[str] | None = None) -> list[TitleOutcome]:
-        """Process each source in turn; configuration errors raise ConfigError before any work."""
+        """Process each source in turn; configuration errors raise ConfigError before any work.
+
+        A title that fails, whatever the cause (bad input, a full disk, an id another source
+        holds), fails alone: the batch goes on.
+        """
         order = resolve_order(stages)
         self.build_stages(order)
-        return [self.run_title(Path(src), order) for src in sources]
+        claimed: dict[str, Path] = {}
+        outcomes = []
+        for src in sources:
+            source = Path(src)
+            title_id = title_id_for(source)
+            first = claimed.setdefault(title_id, source)
+            if not _same_path(first, source):
+                reason = (
+                    f"{source}: title id {title_id!r} is also the id of {first} in this run "
+                    "(ids come from file names); rename one of them"
+                )
+                outcomes.append(self._unrecorded(title_id, source, order, reason))
+                continue
+            outcomes.append(self._run_contained(source, order, title_id))
+        return outcomes
 
     def build_stages(self, order: list[str]) -> dict[str, Stage]:
         """Instantiate (and so validate) every stage's parameters once."""
@@ -131,6 +173,19 @@ class Runner:
         for name in missing:
             self._stages[name] = registry()[name](self.params.get(name))
         return self._stages
+
+    def _run_contained(self, source: Path, order: list[str], title_id: str) -> TitleOutcome:
+        """``run_title``, with a storage failure or a runner bug failing this title only."""
+        try:
+            return self.run_title(source, order, title_id)
+        except (StorageError, OSError) as exc:
+            reason = f"{source}: cannot write its results: {exc}"
+            log.warning("%s", reason)
+        except Exception as exc:
+            log.exception("internal error on %s", source)
+            reason = f"{source}: internal error: {type(exc).__name__}: {exc}"
+        self._note_title_failure(title_id, source, reason)
+        return self._unrecorded(title_id, source, order, reason)
 
     def run_title(
         self,
@@ -146,11 +201,21 @@ class Runner:
         ``source_facts`` (uri, etag, sha256) describe where the local ``source`` copy came from,
         e.g. an S3 object, so the hash is not recomputed. ``upstream`` gives the fingerprints of
         required stages that ran elsewhere (another Batch job), so ``order`` can be one stage.
+        Stages the title already has that depend on a stage of ``order`` (or every recorded
+        stage, when the source's content changed) are brought up to date too, so no stage is
+        left ``succeeded`` on inputs that have since changed.
         """
         title_id = title_id or title_id_for(source)
-        given = source_facts or {}
+        with self._title_lock(title_id):
+            return self._run_title(source, order, title_id, source_facts or {}, upstream or {})
+
+    def _run_title(
+        self, source: Path, order: list[str], title_id: str, given: dict[str, Any], upstream: dict[str, str]
+    ) -> TitleOutcome:
         tdir = title_dir(self.out_dir, title_id)
         tdir.mkdir(parents=True, exist_ok=True)
+        existing = self._load_manifest(tdir)
+        self._recover(title_id, tdir, existing)
         source_facts: dict[str, Any] = {
             "uri": source.resolve().as_uri() if source.is_absolute() or source.exists() else str(source),
             "bytes": None,
@@ -159,9 +224,11 @@ class Runner:
             "probe": None,
         }
         source_facts.update({k: v for k, v in given.items() if k in ("uri", "etag", "sha256")})
-        manifest = read_manifest(tdir) or new_manifest(title_id, source_facts, __version__)
-        manifest["prism_version"] = __version__
+        owner = existing["source"] if existing else None
+        if owner is None and (record := self.catalog.get_title(title_id)) is not None:
+            owner = {"uri": record.source_uri, "sha256": record.source_sha256}
         try:
+            _check_source(source)
             info = probe(source)
             source_facts.update(
                 bytes=info.size_bytes,
@@ -169,23 +236,131 @@ class Runner:
                 probe=_probe_facts(info),
             )
         except MediaError as exc:
+            if existing and any(e.get("status") == "succeeded" for e in existing["stages"].values()):
+                # earlier results of this id are kept: they match the source they were made from
+                if owner and owner.get("uri") == source_facts["uri"]:
+                    self._note_title_failure(title_id, source, str(exc))
+                return self._unrecorded(title_id, source, order, str(exc))
             if source.exists():
                 source_facts["bytes"] = source.stat().st_size
+            manifest = existing or new_manifest(title_id, source_facts, __version__)
             manifest["source"] = source_facts
             outcomes = [self._record_failure(title_id, manifest, name, str(exc), None) for name in order]
             return self._finish_title(title_id, source, tdir, manifest, outcomes)
+        if (
+            owner
+            and owner.get("sha256") not in (None, source_facts["sha256"])
+            and owner.get("uri") != source_facts["uri"]
+        ):
+            reason = (
+                f"{source}: title id {title_id!r} already holds another source ({owner['uri']}, sha256 "
+                f"{owner['sha256'][:12]}…); rename the file, or remove {tdir} to replace that title"
+            )
+            return self._unrecorded(title_id, source, order, reason)
+        changed = bool(existing and existing["source"].get("sha256") not in (None, source_facts["sha256"]))
+        if changed:
+            log.info("%s: the source's content changed; every stage the title has runs again", title_id)
+        manifest = existing or new_manifest(title_id, source_facts, __version__)
+        manifest["prism_version"] = __version__
         manifest["source"] = source_facts
-        shared = SharedMedia(self.out_dir / ".work" / f"{title_id}-{uuid.uuid4().hex[:6]}")
+        stages, forced = self._plan(order, manifest, changed, upstream)
+        run_dir = self.out_dir / WORK_DIR / title_id / uuid.uuid4().hex[:8]
+        shared = SharedMedia(run_dir)
         outcomes: list[StageOutcome] = []
-        fingerprints: dict[str, str] = dict(upstream or {})
+        fingerprints: dict[str, str] = dict(upstream)
         try:
-            for name in order:
-                outcome = self._run_stage(title_id, source, info, tdir, manifest, shared, name, fingerprints)
+            for name, stage in stages.items():
+                outcome = self._run_stage(
+                    title_id, source, info, tdir, manifest, shared, stage, fingerprints, name in forced
+                )
                 outcomes.append(outcome)
         finally:
-            shutil.rmtree(shared.work_dir, ignore_errors=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            _remove_empty(run_dir.parent, run_dir.parent.parent)
             shutil.rmtree(tdir / STAGING_DIR, ignore_errors=True)
         return self._finish_title(title_id, source, tdir, manifest, outcomes)
+
+    def _plan(
+        self, order: list[str], manifest: dict[str, Any], changed: bool, upstream: dict[str, str]
+    ) -> tuple[dict[str, Stage], set[str]]:
+        """The stages to run for this title, and those ``--force`` applies to (the requested ones).
+
+        Recorded stages downstream of a requested one join the run (with the shaping params
+        they were made with, unless given now): each reruns if its inputs changed, and is
+        reused if not.
+        """
+        known = registry()
+        recorded = [name for name in manifest["stages"] if name in known and name not in order and name not in upstream]
+        requested = set(order)
+        extra = [name for name in recorded if changed or _ancestors(name, known) & requested]
+        stages = {name: self.build_stages([name])[name] for name in order}
+        if not extra:
+            return stages, requested
+        full = resolve_order([*order, *extra])
+        result: dict[str, Stage] = {}
+        for name in full:
+            if name in stages:
+                result[name] = stages[name]
+                continue
+            entry = manifest["stages"].get(name, {})
+            cls = known[name]
+            params = {k: v for k, v in (entry.get("params") or {}).items() if k not in cls.execution_params}
+            params.update(self.params.get(name, {}))
+            try:
+                result[name] = cls(params)
+            except ConfigError as exc:
+                log.warning("%s: recorded params no longer valid (%s); using the defaults", name, exc)
+                result[name] = self.build_stages([name])[name]
+        log.info("%s also run to keep them consistent with %s", [n for n in full if n not in stages], order)
+        return result, requested
+
+    @contextlib.contextmanager
+    def _title_lock(self, title_id: str) -> Iterator[None]:
+        """Hold ``<out>/.locks/<title_id>.lock`` (released by the OS if the process dies)."""
+        from filelock import FileLock, Timeout
+
+        path = self.out_dir / LOCKS_DIR / f"{title_id}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("%s: another run is writing this title; waiting for it", title_id)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _load_manifest(self, tdir: Path) -> dict[str, Any] | None:
+        try:
+            manifest = read_manifest(tdir)
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("%s: unreadable manifest (%s); the title's stages run again", tdir, exc)
+            return None
+        if manifest is not None and not (
+            isinstance(manifest.get("stages"), dict) and isinstance(manifest.get("source"), dict)
+        ):
+            log.warning("%s: manifest without stages or source; the title's stages run again", tdir)
+            return None
+        return manifest
+
+    def _recover(self, title_id: str, tdir: Path, manifest: dict[str, Any] | None) -> None:
+        """Undo what a run killed on this title left behind (we hold its lock, so none is running)."""
+        shutil.rmtree(tdir / STAGING_DIR, ignore_errors=True)
+        shutil.rmtree(self.out_dir / WORK_DIR / title_id, ignore_errors=True)
+        for tmp in tdir.rglob(".*.tmp-*"):
+            tmp.unlink(missing_ok=True)
+        listed = listed_outputs(manifest)
+        for journal in tdir.glob(f"{JOURNAL_PREFIX}*.json"):
+            try:
+                touched = set(json.loads(journal.read_text(encoding="utf-8"))["outputs"])
+            except (OSError, ValueError, KeyError, TypeError):
+                touched = set()
+            if touched - listed:
+                log.info("%s: removing %d file(s) an interrupted run left unlisted", title_id, len(touched - listed))
+            remove_outputs(tdir, touched - listed)
+            journal.unlink(missing_ok=True)
 
     def _run_stage(
         self,
@@ -195,10 +370,11 @@ class Runner:
         tdir: Path,
         manifest: dict[str, Any],
         shared: SharedMedia,
-        name: str,
+        stage: Stage,
         fingerprints: dict[str, str],
+        forced: bool,
     ) -> StageOutcome:
-        stage = self.build_stages([name])[name]
+        name = stage.name
         blocked = [dep for dep in stage.requires if dep not in fingerprints]
         if blocked:
             reason = blocked_reason(blocked)
@@ -209,18 +385,20 @@ class Runner:
             fp = fingerprint(manifest["source"]["sha256"], stage, [fingerprints[d] for d in stage.requires])
         except Exception as exc:  # model() could not say what it is: the stage cannot run
             log.exception("stage %s: model identity failed", name)
-            return self._record_failure(title_id, manifest, name, f"{source}: stage {name}: {type(exc).__name__}: {exc}", None)
-        previous = self.catalog.get_stage(title_id, name)
+            return self._record_failure(
+                title_id, manifest, name, f"{source}: stage {name}: {type(exc).__name__}: {exc}", None
+            )
+        entry = manifest["stages"].get(name)
         if (
-            not self.force
-            and previous is not None
-            and previous.status == "succeeded"
-            and previous.fingerprint == fp
-            and name in manifest["stages"]
-            and all((tdir / rel).exists() for rel in previous.outputs)
+            not (self.force and forced)
+            and entry is not None
+            and entry.get("status") == "succeeded"
+            and entry.get("fingerprint") == fp
+            and outputs_intact(tdir, entry)
         ):
             fingerprints[name] = fp
-            outcome = StageOutcome(name, "skipped", UP_TO_DATE, 0.0, "", previous.outputs, reused=True)
+            self._sync_catalog(title_id, manifest, stage, entry)
+            outcome = StageOutcome(name, "skipped", UP_TO_DATE, 0.0, "", list(entry["outputs"]), reused=True)
             self.events.stage_finished(title_id, outcome)
             return outcome
 
@@ -243,6 +421,9 @@ class Runner:
             result: StageResult = stage.run(ctx)
         except PrismError as exc:
             reason, result = str(exc), None
+        except OSError as exc:  # the environment (disk full, permissions), not a bug: no traceback
+            reason, result = f"{source}: stage {name}: {exc}", None
+            log.warning("%s", reason)
         except Exception as exc:  # a bug in one stage must not take down the run
             log.exception("stage %s crashed on %s", name, source)
             reason, result = f"{source}: internal error in stage {name}: {type(exc).__name__}: {exc}", None
@@ -255,16 +436,29 @@ class Runner:
                 return self._record(title_id, manifest, stage, "failed", reason, fp, [], {}, started, None, elapsed)
             if result.status != "succeeded":
                 return self._record(
-                    title_id, manifest, stage, result.status, result.reason, fp, [], result.metrics, started, None, elapsed
+                    title_id,
+                    manifest,
+                    stage,
+                    result.status,
+                    result.reason,
+                    fp,
+                    [],
+                    result.metrics,
+                    started,
+                    None,
+                    elapsed,
                 )
-            old_outputs = set(manifest["stages"].get(name, {}).get("outputs", []))
-            publish(staging, tdir, result.outputs)
+            try:
+                files = {rel: file_facts(staging / rel) for rel in result.outputs}
+            except OSError as exc:
+                reason = f"{source}: stage {name}: an output it listed cannot be read: {exc}"
+                return self._record(title_id, manifest, stage, "failed", reason, fp, [], {}, started, None, elapsed)
             outcome = self._record(
-                title_id, manifest, stage, "succeeded", None, fp, result.outputs, result.metrics, started, result.summary, elapsed
-            )
-            for stale in old_outputs - set(result.outputs):
-                (tdir / stale).unlink(missing_ok=True)
-            fingerprints[name] = fp
+                title_id, manifest, stage, "succeeded", None, fp, result.outputs, result.metrics, started,
+                result.summary, elapsed, staging=staging, files=files,
+            )  # fmt: skip
+            if outcome.status == "succeeded":
+                fingerprints[name] = fp
             return outcome
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -282,26 +476,30 @@ class Runner:
         started: str | None,
         summary: str | None,
         elapsed: float,
+        *,
+        staging: Path | None = None,
+        files: dict[str, Any] | None = None,
     ) -> StageOutcome:
-        finished = now_iso()
         model = stage.model()
-        manifest["stages"][stage.name] = {
-            "status": status,
-            "reason": reason,
-            "model": model.to_dict(),
-            "params": stage.params_dict(),
-            "params_hash": stage.params_hash(),
-            "fingerprint": fp,
-            "outputs": outputs,
-            "started_at": started,
-            "finished_at": finished,
-            "duration_s": round(elapsed, 3),
-            "metrics": metrics,
-        }
-        manifest["updated_at"] = finished
-        write_json(title_dir(self.out_dir, title_id) / "manifest.json", manifest)
-        self.catalog.put_stage(
-            StageRecord(
+
+        def entry(status: str, reason: str | None, outputs: list[str], files: dict[str, Any], finished: str):
+            return {
+                "status": status,
+                "reason": reason,
+                "model": model.to_dict(),
+                "params": stage.params_dict(),
+                "params_hash": stage.params_hash(),
+                "fingerprint": fp,
+                "outputs": outputs,
+                "files": files,
+                "started_at": started,
+                "finished_at": finished,
+                "duration_s": round(elapsed, 3),
+                "metrics": metrics,
+            }
+
+        def record(status: str, reason: str | None, outputs: list[str], finished: str) -> StageRecord:
+            return StageRecord(
                 title_id=title_id,
                 stage=stage.name,
                 status=status,
@@ -317,8 +515,13 @@ class Runner:
                 prism_version=__version__,
                 outputs=outputs,
             )
+
+        status, reason, outputs = self._commit(
+            title_id, manifest, stage.name, status, reason, outputs, files or {}, staging, entry, record
         )
-        outcome = StageOutcome(stage.name, status, reason, elapsed, summary or "", outputs)
+        outcome = StageOutcome(
+            stage.name, status, reason, elapsed, (summary or "") if status == "succeeded" else "", outputs
+        )
         self.events.stage_finished(title_id, outcome)
         return outcome
 
@@ -326,29 +529,109 @@ class Runner:
         self, title_id: str, manifest: dict[str, Any], name: str, reason: str, fp: str | None
     ) -> StageOutcome:
         """Failure before a stage object exists (bad source, bad params)."""
-        finished = now_iso()
-        manifest["stages"][name] = {
-            "status": "failed",
-            "reason": reason,
-            "model": None,
-            "params": self.params.get(name, {}),
-            "params_hash": None,
-            "fingerprint": fp,
-            "outputs": [],
-            "started_at": None,
-            "finished_at": finished,
-            "duration_s": 0.0,
-            "metrics": {},
-        }
-        manifest["updated_at"] = finished
-        write_json(title_dir(self.out_dir, title_id) / "manifest.json", manifest)
-        self.catalog.put_stage(
-            StageRecord(title_id, name, "failed", reason, None, None, None, fp, manifest["source"]["sha256"],
-                        None, finished, 0.0, __version__, [])
-        )  # fmt: skip
+
+        def entry(status: str, reason: str | None, outputs: list[str], files: dict[str, Any], finished: str):
+            return {
+                "status": "failed", "reason": reason, "model": None, "params": self.params.get(name, {}),
+                "params_hash": None, "fingerprint": fp, "outputs": [], "files": {}, "started_at": None,
+                "finished_at": finished, "duration_s": 0.0, "metrics": {},
+            }  # fmt: skip
+
+        def record(status: str, reason: str | None, outputs: list[str], finished: str) -> StageRecord:
+            return StageRecord(title_id, name, "failed", reason, None, None, None, fp, manifest["source"]["sha256"],
+                               None, finished, 0.0, __version__, [])  # fmt: skip
+
+        self._commit(title_id, manifest, name, "failed", reason, [], {}, None, entry, record)
         outcome = StageOutcome(name, "failed", reason)
         self.events.stage_finished(title_id, outcome)
         return outcome
+
+    def _commit(
+        self,
+        title_id: str,
+        manifest: dict[str, Any],
+        name: str,
+        status: str,
+        reason: str | None,
+        outputs: list[str],
+        files: dict[str, Any],
+        staging: Path | None,
+        entry,
+        record,
+    ) -> tuple[str, str | None, list[str]]:
+        """Replace a stage's files and its manifest entry and catalog record, recoverably.
+
+        Order: journal every file this changes -> move the new files in -> manifest -> catalog
+        -> delete the files no entry lists any more -> drop the journal. Killed anywhere in
+        between, the next run's ``_recover`` deletes unlisted journaled files, and a listed file
+        that was overwritten no longer matches its recorded hash, so its stage reruns.
+        """
+        tdir = title_dir(self.out_dir, title_id)
+        old = set(manifest["stages"].get(name, {}).get("outputs", []))
+        touched = old | set(outputs)
+        journal = tdir / f"{JOURNAL_PREFIX}{name}.json"
+        if touched:
+            write_json(journal, {"stage": name, "outputs": sorted(touched)})
+        if staging is not None and outputs:
+            try:
+                publish(staging, tdir, outputs)
+            except OSError as exc:
+                status, reason, outputs, files = "failed", f"stage {name}: cannot publish its outputs: {exc}", [], {}
+                log.warning("%s: %s", title_id, reason)
+        finished = now_iso()
+        manifest["stages"][name] = entry(status, reason, outputs, files, finished)
+        manifest["updated_at"] = finished
+        write_json(tdir / "manifest.json", manifest)
+        self.catalog.put_stage(record(status, reason, outputs, finished))
+        remove_outputs(tdir, touched - listed_outputs(manifest))
+        journal.unlink(missing_ok=True)
+        return status, reason, outputs
+
+    def _sync_catalog(self, title_id: str, manifest: dict[str, Any], stage: Stage, entry: dict[str, Any]) -> None:
+        """A reused stage's catalog record is rewritten from the manifest if a kill left it behind."""
+        previous = self.catalog.get_stage(title_id, stage.name)
+        if previous is not None and (previous.status, previous.fingerprint, previous.outputs) == (
+            "succeeded", entry["fingerprint"], entry["outputs"]
+        ):  # fmt: skip
+            return
+        model = entry.get("model") or {}
+        self.catalog.put_stage(
+            StageRecord(
+                title_id=title_id, stage=stage.name, status="succeeded", reason=None,
+                model_name=model.get("name"), model_version=model.get("version"), params_hash=entry.get("params_hash"),
+                fingerprint=entry["fingerprint"], source_sha256=manifest["source"]["sha256"],
+                started_at=entry.get("started_at"), finished_at=entry.get("finished_at"),
+                duration_s=entry.get("duration_s"), prism_version=manifest.get("prism_version", __version__),
+                outputs=list(entry["outputs"]),
+            )
+        )  # fmt: skip
+
+    def _note_title_failure(self, title_id: str, source: Path, reason: str) -> None:
+        """Best effort: mark the title failed in the catalog, unless the id belongs to another source."""
+        try:
+            record = self.catalog.get_title(title_id)
+            uri = source.resolve().as_uri() if source.is_absolute() or source.exists() else str(source)
+            if record is not None and record.source_uri != uri:
+                return
+            self.catalog.put_title(
+                TitleRecord(
+                    title_id=title_id,
+                    source_uri=uri,
+                    source_bytes=record.source_bytes if record else None,
+                    source_sha256=record.source_sha256 if record else None,
+                    status="failed",
+                    reason=reason,
+                    prism_version=__version__,
+                    updated_at=now_iso(),
+                )
+            )
+        except (StorageError, OSError) as exc:
+            log.warning("%s: the failure could not be recorded in the catalog either: %s", title_id, exc)
+
+    def _unrecorded(self, title_id: str, source: Path, order: list[str], reason: str) -> TitleOutcome:
+        """A failed title whose id's manifest is left as it is (it may belong to another source)."""
+        outcomes = [StageOutcome(name, "failed", reason) for name in order]
+        return TitleOutcome(title_id, str(source), "failed", reason, outcomes, title_dir(self.out_dir, title_id), False)
 
     def _finish_title(
         self, title_id: str, source: Path, tdir: Path, manifest: dict[str, Any], outcomes: list[StageOutcome]
@@ -371,6 +654,57 @@ class Runner:
             )
         )
         return TitleOutcome(title_id, str(source), status, reason, outcomes, tdir)
+
+
+def _require_writable(out_dir: Path) -> None:
+    """Fail before any work when the output directory cannot be written (exit 2 in the CLI)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"output directory {out_dir}: {exc.strerror or exc}") from exc
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise StorageError(f"output directory {out_dir} is not writable")
+
+
+def _check_source(source: Path) -> None:
+    """A directory or an unreadable file is a bad input of its own title, with the cause named."""
+    if source.is_dir():
+        raise MediaError(source, "is a directory, not a video file")
+    if source.exists():
+        try:
+            with open(source, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise MediaError(source, f"cannot read the file ({exc.strerror or exc})") from exc
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a == b or a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _ancestors(name: str, known: dict[str, type[Stage]]) -> set[str]:
+    """Every stage ``name`` requires, directly or not."""
+    seen: set[str] = set()
+    pending = list(known[name].requires)
+    while pending:
+        dep = pending.pop()
+        if dep not in seen and dep in known:
+            seen.add(dep)
+            pending.extend(known[dep].requires)
+    return seen
+
+
+def _remove_empty(directory: Path, stop: Path) -> None:
+    """Remove ``directory`` and its parents up to (not including) ``stop`` while they are empty."""
+    while directory != stop and directory.is_relative_to(stop):
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+        directory = directory.parent
 
 
 def _probe_facts(info: MediaInfo) -> dict[str, Any]:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
+import types
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
@@ -163,14 +166,93 @@ class Stage(ABC):
 
 
 def make_params(cls: type, values: dict[str, Any], stage: str) -> Any:
+    """Build a stage's ``Params`` with each value checked against its declared type first.
+
+    Values arrive untyped (``--param`` text, Step Functions JSON): ``threshold=abc`` or
+    ``batch_windows=1.5`` must be a clear configuration error, not a crash deep in the stage.
+    """
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"stage {stage!r}: unknown parameter(s) {unknown}; known: {sorted(known)}")
     try:
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation that cannot be resolved here: the class validates its values itself
+        hints = {}
+    typed = {}
+    for name, value in values.items():
+        try:
+            typed[name] = _coerce(value, hints.get(name, Any))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"stage {stage!r}: parameter {name!r} {exc}, got {value!r}") from None
+    try:
+        return cls(**typed)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"stage {stage!r}: {exc}") from exc
+
+
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """``value`` as ``annotation`` (bool, int, float, str, ``X | None``); other types pass through."""
+    options = (
+        typing.get_args(annotation)
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+        else (annotation,)
+    )
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ValueError("must not be null")
+    errors = []
+    for option in (o for o in options if o is not type(None)):
+        try:
+            return _coerce_one(value, option)
+        except ValueError as exc:
+            errors.append(str(exc))
+    raise ValueError(" or ".join(errors))
+
+
+def _coerce_one(value: Any, kind: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError("must be true or false")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ValueError("must be an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ValueError("must be an integer")
+    if kind is float:
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                pass
+        if number is None or not math.isfinite(number):
+            raise ValueError("must be a finite number")
+        return number
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # ``--param embeddings.model=123`` arrives as a JSON number
+        raise ValueError("must be a string")
+    return value
 
 
 _REGISTRY: dict[str, type[Stage]] = {}
