@@ -85,7 +85,8 @@ def _summary_table(outcomes: list[TitleOutcome]) -> Table:
 
 @app.command()
 def run(
-    videos: list[Path] = typer.Argument(..., help="Video files to process."),
+    # readable=False: click would abort the whole batch (exit 2) on one unreadable file; the runner fails that title
+    videos: list[Path] = typer.Argument(..., help="Video files to process.", readable=False),
     out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory (titles/ and catalog)."),
     stages: Optional[str] = typer.Option(None, "--stages", "-s", help="Comma-separated stages (default: all)."),
     force: bool = typer.Option(False, "--force", help="Rerun stages even if their outputs are up to date."),

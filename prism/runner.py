@@ -169,8 +169,8 @@ class Runner:
         stray = sorted(set(self.params) - set(registry()))
         if stray:
             raise ConfigError(f"parameters given for unknown stage(s) {stray}")
-        missing = [name for name in order if name not in self._stages]
-        for name in missing:
+        missing = [name for name in dict.fromkeys([*order, *self.params]) if name not in self._stages]
+        for name in missing:  # params given for a stage not run now are checked too: it may join as a dependent
             self._stages[name] = registry()[name](self.params.get(name))
         return self._stages
 
@@ -253,7 +253,7 @@ class Runner:
             and owner.get("uri") != source_facts["uri"]
         ):
             reason = (
-                f"{source}: title id {title_id!r} already holds another source ({owner['uri']}, sha256 "
+                f"{source}: title id {title_id!r} already holds another source ({_display(owner['uri'])}, sha256 "
                 f"{owner['sha256'][:12]}…); rename the file, or remove {tdir} to replace that title"
             )
             return self._unrecorded(title_id, source, order, reason)
@@ -676,6 +676,14 @@ def _check_source(source: Path) -> None:
                 fh.read(1)
         except OSError as exc:
             raise MediaError(source, f"cannot read the file ({exc.strerror or exc})") from exc
+
+
+def _display(uri: str) -> str:
+    """A local source's path as the operator typed it, not as a file:// URI."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    return unquote(parsed.path) if parsed.scheme == "file" else uri
 
 
 def _same_path(a: Path, b: Path) -> bool:
