@@ -430,7 +430,7 @@ def unprivileged(tmp_path):
 
     def run(*args: str) -> subprocess.CompletedProcess:
         cmd = [*prefix, sys.executable, "-m", "prism.cli", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
 
     yield run
     for p in tmp_path.rglob("*"):  # let pytest clean up

@@ -177,7 +177,7 @@ def make_params(cls: type, values: dict[str, Any], stage: str) -> Any:
         raise ConfigError(f"stage {stage!r}: unknown parameter(s) {unknown}; known: {sorted(known)}")
     try:
         hints = typing.get_type_hints(cls)
-    except Exception:  # an annotation that cannot be resolved here: the class validates its values itself
+    except (NameError, TypeError, AttributeError):  # unresolvable annotation: the class validates its values itself
         hints = {}
     typed = {}
     for name, value in values.items():
