@@ -8,27 +8,25 @@ milliseconds; the issue's scenarios with the real stages use tiny generated vide
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from prism.artifacts import listed_outputs, outputs_intact, read_manifest, validate_manifest, write_parquet
+from prism.artifacts import listed_outputs, outputs_intact, read_manifest, validate_manifest
 from prism.catalog import SQLiteCatalog
 from prism.cli import app
 from prism.errors import StorageError
 from prism.runner import Runner, fingerprint
 from prism.stages import base
-from prism.stages.base import ModelInfo, Stage, StageResult, register
 from prism.synth import Shot, Title, ffmpeg
 
 cli = CliRunner()
@@ -36,49 +34,17 @@ TINY = Title([Shot("testsrc2", 1.0), Shot("mandelbrot", 1.0)], width=160, height
 OTHER = Title([Shot("life", 1.0), Shot("testsrc2", 1.0)], width=160, height=90, tone_hz=660.0)
 
 
-@dataclass(frozen=True)
-class _PartsParams:
-    count: int = 2
-    label: str = "a"
+_HERE = Path(__file__).parent
+_spec = importlib.util.spec_from_file_location("prism_test_cheap_stages", _HERE / "cheap_stages.py")
+cheap = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(cheap)
 
 
 @pytest.fixture
 def cheap_stages(monkeypatch):
-    """``parts`` writes ``count`` nested files plus an index; ``tally`` reads the index."""
+    """``parts`` (nested files plus an index) -> ``tally`` (reads the index); see tests/cheap_stages.py."""
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-
-    @register
-    class Parts(Stage):
-        name = "parts"
-        Params = _PartsParams
-
-        def model(self):
-            return ModelInfo("parts", "1")
-
-        def run(self, ctx):
-            p = self.params
-            names = [f"parts/{p.label}-{i}.txt" for i in range(p.count)]
-            for i, rel in enumerate(names):
-                (ctx.staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                (ctx.staging / rel).write_text(f"{p.label}:{i}:{ctx.info.duration_s:.3f}")
-            write_parquet(ctx.staging / "parts.parquet", pa.table({"path": names, "label": [p.label] * p.count}))
-            return StageResult(outputs=[*names, "parts.parquet"], summary=f"{p.count} parts")
-
-    @register
-    class Tally(Stage):
-        name = "tally"
-        requires = ("parts",)
-
-        def model(self):
-            return ModelInfo("tally", "1")
-
-        def run(self, ctx):
-            parts = ctx.read_table("parts.parquet").to_pydict()
-            labels = sorted(set(parts["label"]))
-            write_parquet(ctx.staging / "tally.parquet", pa.table({"count": [len(parts["path"])], "labels": [labels]}))
-            return StageResult(outputs=["tally.parquet"], summary=f"{len(parts['path'])} parts")
-
-    return ["parts", "tally"]
+    return cheap.register_cheap_stages()
 
 
 def assert_consistent(out: Path, title_id: str) -> dict:
@@ -98,7 +64,8 @@ def assert_consistent(out: Path, title_id: str) -> dict:
         ), name  # fmt: skip
         if entry["status"] != "succeeded":
             continue
-        assert outputs_intact(tdir, entry) and set(entry["files"]) == set(entry["outputs"]), name
+        assert outputs_intact(tdir, entry), f"{name}: an output differs from what the manifest recorded"
+        assert set(entry.get("files", entry["outputs"])) == set(entry["outputs"]), name
         stage = known[name](entry["params"])
         upstream = [manifest["stages"][d] for d in stage.requires]
         assert all(u["status"] == "succeeded" for u in upstream), f"{name} succeeded on a failed input"
@@ -327,34 +294,41 @@ def test_typed_params_are_coerced_from_text():
 # ------------------------------------------------------------------ 6: concurrent runs on one --out
 
 
-def test_parallel_forced_runs_on_one_out_end_consistent(make_video, tmp_path):
+PARALLEL_RUN = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from cheap_stages import register_cheap_stages
+from prism.runner import Runner
+order = register_cheap_stages()
+params = {"parts": {"count": 4, "delay_s": 0.02}}
+outcomes = Runner(sys.argv[2], force=True, params=params).run(sys.argv[3:], order)
+print(json.dumps([[o.title_id, o.status, o.reason] for o in outcomes]))
+"""
+
+
+def test_parallel_forced_runs_on_one_out_end_consistent(make_video, tmp_path, cheap_stages):
     one, _ = make_video("tiny.mp4", TINY)
-    two, _ = make_video("other.mp4", OTHER)
+    videos = []
+    for i in range(6):
+        videos.append(tmp_path / f"ep{i}.mp4")
+        shutil.copy(one, videos[-1])
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "prism.cli",
-        "run",
-        str(one),
-        str(two),
-        "--out",
-        str(out),
-        "--stages",
-        "cues",
-        "--force",
-    ]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    procs = []
+    for k in range(4):  # two walk the titles forwards, two backwards: they meet on every title
+        order = videos if k % 2 else videos[::-1]
+        cmd = [sys.executable, "-c", PARALLEL_RUN, str(_HERE), str(out), *map(str, order)]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
     for rc, stdout, stderr in results:
         assert rc == 0, stderr
-        assert "Traceback" not in stderr and "2/2 titles succeeded" in stdout
+        assert "Traceback" not in stderr
+        assert [status for _, status, _ in json.loads(stdout)] == ["succeeded"] * 6, stdout
     catalog = SQLiteCatalog(out / "catalog.sqlite")
-    for title_id in ("tiny", "other"):
-        manifest = assert_consistent(out, title_id)
-        assert manifest["stages"]["cues"]["status"] == "succeeded"
-        assert catalog.get_title(title_id).status == "succeeded"
-    assert not (out / "titles" / "tiny" / ".staging").exists()
+    for video in videos:
+        assert_consistent(out, video.stem)
+        assert _parts_label(out, video.stem) == ("a", 4)
+        assert catalog.get_title(video.stem).status == "succeeded"
+        assert not (out / "titles" / video.stem / ".staging").exists()
 
 
 # ------------------------------------------------------------------ 7/8: environment failures, unreadable inputs
