@@ -148,6 +148,7 @@ class Runner:
         """
         order = resolve_order(stages)
         self.build_stages(order)
+        self._sweep_work()
         claimed: dict[str, Path] = {}
         outcomes = []
         for src in sources:
@@ -314,8 +315,20 @@ class Runner:
         log.info("%s also run to keep them consistent with %s", [n for n in full if n not in stages], order)
         return result, requested
 
+    def _sweep_work(self) -> None:
+        """Remove scratch decodes that killed runs left in ``<out>/.work/`` for titles nobody is writing."""
+        work = self.out_dir / WORK_DIR
+        if not work.is_dir():
+            return
+        for entry in sorted(work.iterdir()):
+            with self._title_lock(entry.name, wait=False) as held:
+                if held:
+                    log.info("removing %s left by an interrupted run", entry)
+                    shutil.rmtree(entry, ignore_errors=True)
+        _remove_empty(work, self.out_dir)
+
     @contextlib.contextmanager
-    def _title_lock(self, title_id: str) -> Iterator[None]:
+    def _title_lock(self, title_id: str, *, wait: bool = True) -> Iterator[bool]:
         """Hold ``<out>/.locks/<title_id>.lock`` (released by the OS if the process dies)."""
         from filelock import FileLock, Timeout
 
@@ -325,10 +338,13 @@ class Runner:
         try:
             lock.acquire(timeout=0)
         except Timeout:
+            if not wait:
+                yield False
+                return
             log.info("%s: another run is writing this title; waiting for it", title_id)
             lock.acquire()
         try:
-            yield
+            yield True
         finally:
             lock.release()
 

@@ -114,6 +114,22 @@ def test_two_sources_with_one_title_id_never_share_a_folder(names, make_video, t
     assert record.status == "succeeded" and record.source_uri == first.resolve().as_uri()
 
 
+def test_cli_reports_an_id_collision_and_exits_1(make_video, tmp_path):
+    one, _ = make_video("tiny.mp4", TINY)
+    two, _ = make_video("other.mp4", OTHER)
+    for folder, video in (("a", one), ("b", two)):
+        (tmp_path / folder).mkdir()
+        shutil.copy(video, tmp_path / folder / "clip.mp4")
+    args = ["run", str(tmp_path / "a" / "clip.mp4"), str(tmp_path / "b" / "clip.mp4"), "--out", str(tmp_path / "out")]
+    result = cli.invoke(app, [*args, "--stages", "cues"])
+    assert result.exit_code == 1, result.output
+    assert "1/2 titles succeeded" in result.output
+    assert (
+        f"FAILED {tmp_path / 'b' / 'clip.mp4'}: title id 'clip' is also the id of {tmp_path / 'a' / 'clip.mp4'}"
+        in result.output
+    )
+
+
 def test_new_content_at_the_same_path_reruns_every_stage_the_title_has(make_video, tmp_path, cheap_stages):
     one, _ = make_video("tiny.mp4", TINY)
     two, _ = make_video("other.mp4", OTHER)
@@ -228,8 +244,12 @@ def test_leftovers_of_a_killed_run_are_cleaned(make_video, tmp_path, cheap_stage
         p.write_bytes(b"half written")
     (tdir / "parts" / "zz-orphan.txt").write_text("published, then killed before the manifest")
     (tdir / ".publishing-parts.json").write_text(json.dumps({"stage": "parts", "outputs": ["parts/zz-orphan.txt"]}))
+    other_title = tmp_path / ".work" / "another-title" / "0badc0de" / "frames.u8"  # no run holds its lock
+    other_title.parent.mkdir(parents=True)
+    other_title.write_bytes(b"scratch")
     [outcome] = Runner(tmp_path).run([path], cheap_stages)
     assert [s.reused for s in outcome.stages] == [True, True]
+    assert not (tmp_path / ".work").exists()
     assert not any(p.exists() for p in leftovers) and not (tdir / ".publishing-parts.json").exists()
     assert not (tdir / "parts" / "zz-orphan.txt").exists()
     assert_consistent(tmp_path, "tiny")
