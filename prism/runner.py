@@ -685,7 +685,7 @@ def _require_writable(out_dir: Path) -> None:
 def _check_source(source: Path) -> None:
     """A directory or an unreadable file is a bad input of its own title, with the cause named."""
     if source.is_dir():
-        raise MediaError(source, "is a directory, not a video file")
+        raise MediaError(source, "is a directory, not a media file")
     if source.exists():
         try:
             with open(source, "rb") as fh:
