@@ -226,7 +226,9 @@ class Runner:
         }
         source_facts.update({k: v for k, v in given.items() if k in ("uri", "etag", "sha256")})
         owner = existing["source"] if existing else None
-        if owner is None and (record := self.catalog.get_title(title_id)) is not None:
+        # no manifest (lost, or a fresh scratch dir): the catalog says who holds the id, unless the
+        # caller (the Batch worker) names the source itself, having chosen the id upstream
+        if owner is None and not given and (record := self.catalog.get_title(title_id)) is not None:
             owner = {"uri": record.source_uri, "sha256": record.source_sha256}
         try:
             _check_source(source)

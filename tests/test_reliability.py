@@ -114,6 +114,18 @@ def test_two_sources_with_one_title_id_never_share_a_folder(names, make_video, t
     assert record.status == "succeeded" and record.source_uri == first.resolve().as_uri()
 
 
+def test_collision_is_caught_from_the_catalog_when_the_manifest_is_gone(make_video, tmp_path, cheap_stages):
+    one, _ = make_video("tiny.mp4", TINY)
+    two, _ = make_video("other.mp4", OTHER)
+    for folder, video in (("a", one), ("b", two)):
+        (tmp_path / folder).mkdir()
+        shutil.copy(video, tmp_path / folder / "clip.mp4")
+    Runner(tmp_path / "out").run([tmp_path / "a" / "clip.mp4"], cheap_stages)
+    (tmp_path / "out" / "titles" / "clip" / "manifest.json").unlink()
+    [b] = Runner(tmp_path / "out").run([tmp_path / "b" / "clip.mp4"], cheap_stages)
+    assert b.status == "failed" and f"already holds another source ({tmp_path / 'a' / 'clip.mp4'}" in b.reason
+
+
 def test_cli_reports_an_id_collision_and_exits_1(make_video, tmp_path):
     one, _ = make_video("tiny.mp4", TINY)
     two, _ = make_video("other.mp4", OTHER)
