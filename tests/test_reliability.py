@@ -267,6 +267,15 @@ def test_leftovers_of_a_killed_run_are_cleaned(make_video, tmp_path, cheap_stage
     assert_consistent(tmp_path, "tiny")
 
 
+def test_a_garbled_manifest_makes_the_title_run_again(make_video, tmp_path, cheap_stages):
+    path, _ = make_video("tiny.mp4", TINY)
+    Runner(tmp_path).run([path], cheap_stages)
+    (tmp_path / "titles" / "tiny" / "manifest.json").write_text('{"stages": ')
+    [outcome] = Runner(tmp_path).run([path], cheap_stages)
+    assert [(s.status, s.reused) for s in outcome.stages] == [("succeeded", False)] * 2
+    assert_consistent(tmp_path, "tiny")
+
+
 # ------------------------------------------------------------------ 9: up-to-date means intact
 
 
