@@ -147,3 +147,32 @@ def test_audio_streams_in_bounded_blocks(small_clip):
     assert len(blocks) >= 4 and max(b.size for b in blocks) == 16000
     assert all(b.size % 160 == 0 for b in blocks[:-1])  # whole 10 ms windows
     assert np.array_equal(np.concatenate(blocks), decode_audio(small_clip[0], track=0, sample_rate=16000).samples)
+
+
+def test_title_generator_works_with_the_imageio_ffmpeg_build(monkeypatch, tmp_path):
+    """imageio-ffmpeg ships its own (newer) ffmpeg: the generator's dissolves and frozen tails must
+    build there too (xfade refused streams whose rate setpts had made unknown) with the frames the
+    ground truth says."""
+    import imageio_ffmpeg
+
+    from prism.synth import build_title
+
+    title = Title(
+        [Shot("testsrc2", 1.2), Shot("life", 1.6, "dissolve", 0.4, freeze_tail_s=0.8), Shot("orange", 1.0)],
+        width=96, height=54,
+    )  # fmt: skip
+    out = tmp_path / "imageio-built.mp4"
+    monkeypatch.setenv("PRISM_FFMPEG", imageio_ffmpeg.get_ffmpeg_exe())
+    tools.ffmpeg_exe.cache_clear()
+    try:
+        truth = build_title(title, out)
+    finally:
+        monkeypatch.delenv("PRISM_FFMPEG")
+        tools.ffmpeg_exe.cache_clear()
+    vp = decode_visual(out, probe(out), tmp_path / "work")
+    assert vp.frame_count == truth.frame_count == 30 + 40 - 10 + 20 + 25
+    assert truth.gradual == [(20, 30)] and truth.cuts == [80]
+    np.testing.assert_allclose(np.diff(vp.times), 1 / 25, atol=1e-3)
+    (frozen_start, frozen_end) = truth.frozen[0]
+    assert vp.diff_prev[frozen_start + 1 : frozen_end].max() < 0.5  # the held frame repeats
+    assert int(np.argmax(vp.diff_prev)) == truth.cuts[0]
