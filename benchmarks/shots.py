@@ -114,8 +114,18 @@ def score(truth: Truth, detected: list[int], tolerance: int = CUT_TOLERANCE) -> 
     return out
 
 
+def warm_shots_model(device: str) -> None:
+    """Load TransNetV2 and run one window, so no timed run pays the load (or CUDA's first-call setup)."""
+    import numpy as np
+
+    from prism.stages.shots import predict, resolve_device
+
+    predict(np.zeros((1, 27, 48, 3), np.uint8), resolve_device(device), 1)
+
+
 def prism_boundaries(path: Path, work: Path, device: str) -> tuple[list[int], float]:
     """Boundaries and the shots stage's own time (its decode pass included, model already loaded)."""
+    warm_shots_model(device)
     runner = Runner(work, force=True, params={"shots": {"device": device}})
     [outcome] = runner.run([path], ["shots"])
     elapsed = outcome.stages[0].duration_s
