@@ -50,6 +50,10 @@ Progress = Callable[[int, int | None], None]
 _PTS_TIME = re.compile(rb"\bn:\s*\d+\s+pts:\s*-?\d+\s+pts_time:(-?[\d.]+)")
 
 
+class NoFrameDecoded(MediaError):
+    """The visual pass ended before its first frame (a GPU pass then retries on the CPU)."""
+
+
 @dataclass
 class VisualPass:
     """Everything the visual stages need from one decode of a title."""
@@ -178,8 +182,8 @@ def decode_visual(
     command = _visual_pass_command(path, info)
     try:
         return _run_visual_pass(command, path, info, work_dir, progress)
-    except MediaError as exc:
-        if "-hwaccel_output_format" not in command or "after" in str(exc):
+    except NoFrameDecoded as exc:
+        if "-hwaccel_output_format" not in command:
             raise
         # NVDEC lacks this codec or profile (ffmpeg then decodes in software, which scale_cuda cannot take)
         log.warning("%s: GPU visual pass failed (%s); decoding on the CPU", path, exc)
@@ -249,7 +253,7 @@ def _run_visual_pass(
             thread.join(timeout=5)
     if count == 0:
         reason = _stderr_reason(tail) if returncode else "no video frame could be decoded"
-        raise MediaError(path, f"video decode failed: {reason}")
+        raise NoFrameDecoded(path, f"video decode failed: {reason}")
     if returncode != 0:
         raise MediaError(path, f"video decode failed after {count} frames: {_stderr_reason(tail)}")
     frame_times = np.asarray(times[:count], dtype=np.float64)
