@@ -46,7 +46,7 @@ def run_all(out: Path, *, quick: bool, device: str) -> dict:
     path, frames = ensure_input(out / "inputs", speed_s, *speed_size)
     results["shots_speed"] = {"size": f"{speed_size[0]}x{speed_size[1]}", **shots.run_speed(path, frames, out / "shots-speed", device)}
     results["audio"] = audio.run(out / "audio", minutes=0.2 if quick else 2.0, device=device)
-    results["embeddings"] = embeddings.run(out / "embeddings", keyframes=8 if quick else 64, device=device, search_vectors=2_000 if quick else 200_000)
+    results["embeddings"] = embeddings.run(out / "embeddings", keyframes=8 if quick else 64, device=device, search_vectors=2_000 if quick else 200_000, preset="tiny" if quick else "vit-b-32")
     e2e_size, e2e_s = ((320, 180), 8.0) if quick else ((1920, 1080), 600.0)
     results["end_to_end"] = e2e.run(out / "e2e", duration_s=e2e_s, width=e2e_size[0], height=e2e_size[1], device=device)
     return results

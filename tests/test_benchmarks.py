@@ -81,3 +81,18 @@ def test_shots_speed_excludes_the_model_load(make_video, tmp_path, monkeypatch):
     found, elapsed = prism_boundaries(path, tmp_path, "cpu")
     assert found == truth.cuts and len(loads) >= 2
     assert elapsed < 20.0  # the stage's time is decode + inference; the load happened before it
+
+
+def test_embeddings_benchmark_times_the_stage_code_path(tmp_path, monkeypatch):
+    import os
+
+    from benchmarks.embeddings import bench_embed
+    from prism.stages.embeddings import MODEL_ENV
+
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    result = bench_embed(tmp_path, keyframes=4, preset="tiny")
+    # the stage's defaults on this machine, not the benchmark's own choices
+    assert (result["device"], result["dtype"], result["batch_size"]) == ("cpu", "float32", 16)
+    assert result["workers"] == os.cpu_count() and result["preprocess"] == "torch on the device"
+    assert result["keyframes"] == 4 and result["dim"] == 16
+    assert (tmp_path / "random-clip-tiny" / "config.json").exists()  # loaded from a model directory, like the stage
