@@ -221,24 +221,29 @@ class ImageTransform:
             batch = torch.from_numpy(np.stack([images[i] for i in members]))
             if device.startswith("cuda"):
                 batch = batch.pin_memory()
-            x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+            x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
             x = self._pixels(x, shape[0], shape[1])
             for k, i in enumerate(members):
                 out[i] = x[k]
         return torch.stack(out).to(dtype)
 
     def _pixels(self, x: Any, height: int, width: int) -> Any:
+        """uint8 (N, 3, H, W) in, float32 pixel values out."""
         import torch
         import torch.nn.functional as F
 
         out_h, out_w = self.output_size(height, width)
-        # PIL's order: a horizontal pass, then a vertical one, each rounded and clipped to uint8
-        if out_w != width:
-            x = F.interpolate(x, size=(height, out_w), mode=self.resample, antialias=True, align_corners=False)
-            x = x.round_().clamp_(0, 255)
-        if out_h != height:
-            x = F.interpolate(x, size=(out_h, out_w), mode=self.resample, antialias=True, align_corners=False)
-            x = x.round_().clamp_(0, 255)
+        resize = {"mode": self.resample, "antialias": True, "align_corners": False}
+        if (out_h, out_w) == (height, width):
+            x = x.float()
+        elif x.device.type == "cpu":  # torch's uint8 kernel is PIL's algorithm (and several times faster)
+            x = F.interpolate(x, size=(out_h, out_w), **resize).float()
+        else:  # in float on the GPU, rounded to uint8 after each pass as PIL does (horizontal first)
+            x = x.float()
+            if out_w != width:
+                x = F.interpolate(x, size=(height, out_w), **resize).round_().clamp_(0, 255)
+            if out_h != height:
+                x = F.interpolate(x, size=(out_h, out_w), **resize).round_().clamp_(0, 255)
         if self.crop is not None:
             x = _center_crop(x, *self.crop)
         x = x * self.scale
