@@ -77,7 +77,17 @@ def markdown(r: dict) -> str:
         "|---|---|",
         f"| ffmpeg decode-only to 48x27 (the floor) | {sp['decode_only_fps']} |",
     ]
+    if "visual_pass_fps" in sp:
+        lines.append(f"| Prism visual pass alone (the one decode feeding shots, keyframes, cues) | {sp['visual_pass_fps']} |")
     lines += [f"| {m} | {sp[f'{m}_fps']} |" for m in shots.METHODS]
+    if "visual_pass_fps" in sp:
+        lines += [
+            "",
+            (
+                f"Visual pass / decode-only: {sp['visual_pass_vs_decode_only']} by wall time, "
+                f"{sp['visual_pass_vs_decode_only_cpu']} by CPU seconds (1.0 = the pass costs no more than the floor)."
+            ),
+        ]
     a = r["audio"]
     lines += ["", "### Audio", ""]
     if "skipped" in a:
