@@ -246,11 +246,16 @@ def _run_visual_pass(
                     progress(count, total)
     except BaseException:
         proc.kill()
+        while threads[1].is_alive():  # drain, so the reader reaches EOF instead of waiting on a full queue
+            try:
+                chunks.get(timeout=0.1)
+            except queue.Empty:
+                pass
         raise
     finally:
         returncode = proc.wait()
         for thread in threads:
-            thread.join(timeout=5)
+            thread.join()
     if count == 0:
         reason = _stderr_reason(tail) if returncode else "no video frame could be decoded"
         raise NoFrameDecoded(path, f"video decode failed: {reason}")

@@ -328,9 +328,17 @@ def test_cuda_visual_pass_without_a_usable_gpu_falls_back_to_the_cpu(make_video,
     assert int(np.argmax(gpu.diff_prev)) == truth.cuts[0]
 
 
-def test_visual_pass_stops_ffmpeg_when_the_consumer_fails(small_clip, tmp_path):
+def test_visual_pass_stops_ffmpeg_when_the_consumer_fails(small_clip, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr(importlib.import_module("prism.media.decode"), "CHUNK_FRAMES", 4)  # 25 chunks: the queue fills
+
     def fail(done: int, total: int | None) -> None:
+        time.sleep(1.0)  # ffmpeg meanwhile fills the pipe and the reader's queue
         raise RuntimeError("consumer gave up")
 
-    with pytest.raises(RuntimeError, match="consumer gave up"):  # returns at once: no reader left blocked
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="consumer gave up"):
         decode_visual(small_clip[0], probe(small_clip[0]), tmp_path, progress=fail)
+    assert threading.active_count() == before  # no reader thread left blocked on a full queue
