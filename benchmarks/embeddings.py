@@ -77,6 +77,7 @@ def bench_embed(
     t0 = time.perf_counter()
     vectors, encoder, used = embed_keyframes(paths, params, model_dir)
     elapsed = time.perf_counter() - t0
+    costs = preprocess_costs(encoder, paths[:16])
     return {
         "model": model or f"{encoder.info.name} ({encoder.info.version})",
         "device": used.device,
@@ -89,7 +90,30 @@ def bench_embed(
         "dim": int(vectors.shape[1]),
         "seconds": round(elapsed, 2),
         "keyframes_per_s": round(len(paths) / elapsed, 2),
+        **costs,
+        # what one decode thread per core could feed a GPU that preprocesses on the device
+        "decode_bound_keyframes_per_s_per_core": round(1000 / costs["decode_ms_per_keyframe"], 1),
     }
+
+
+def preprocess_costs(encoder: Any, paths: list[Path]) -> dict[str, float]:
+    """CPU milliseconds per keyframe, one thread: the JPEG decode (on the CPU on every device),
+    the stage's tensor preprocessing on this device, and transformers' processor (the old path)."""
+    import torch
+
+    def per_keyframe_ms(fn) -> float:
+        start = time.process_time()
+        fn()
+        if encoder.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return round(1000 * (time.process_time() - start) / len(paths), 2)
+
+    arrays: list[np.ndarray] = []
+    result = {"decode_ms_per_keyframe": per_keyframe_ms(lambda: arrays.extend(encoder.load_pixels(p) for p in paths))}
+    if encoder.transform is not None:
+        result["preprocess_ms_per_keyframe"] = per_keyframe_ms(lambda: encoder.pixel_values(arrays))
+    result["processor_ms_per_keyframe"] = per_keyframe_ms(lambda: encoder.processor(images=arrays, return_tensors="pt"))
+    return result
 
 
 def structured_vectors(n: int, dim: int, latent: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
