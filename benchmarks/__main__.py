@@ -2,6 +2,8 @@
 
     python -m benchmarks                 # full run (minutes), writes .bench/results.json and docs/benchmarks.md
     python -m benchmarks --quick         # tiny inputs, seconds: checks the code, numbers mean nothing
+    python -m benchmarks --device        # on the accelerator (same as --device cuda); fails at once without one
+    python -m benchmarks --device cpu    # any stage device: auto (default) | cpu | cuda | cuda:N
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ def run_all(out: Path, *, quick: bool, device: str) -> dict:
     path, frames = ensure_input(out / "inputs", speed_s, *speed_size)
     results["shots_speed"] = {"size": f"{speed_size[0]}x{speed_size[1]}", **shots.run_speed(path, frames, out / "shots-speed", device)}
     results["audio"] = audio.run(out / "audio", minutes=0.2 if quick else 2.0, device=device)
-    results["embeddings"] = embeddings.run(out / "embeddings", keyframes=8 if quick else 64, device="cpu" if device == "auto" else device, search_vectors=2_000 if quick else 200_000)
+    results["embeddings"] = embeddings.run(out / "embeddings", keyframes=8 if quick else 64, device=device, search_vectors=2_000 if quick else 200_000, preset="tiny" if quick else "vit-b-32")
     e2e_size, e2e_s = ((320, 180), 8.0) if quick else ((1920, 1080), 600.0)
-    results["end_to_end"] = e2e.run(out / "e2e", duration_s=e2e_s, width=e2e_size[0], height=e2e_size[1])
+    results["end_to_end"] = e2e.run(out / "e2e", duration_s=e2e_s, width=e2e_size[0], height=e2e_size[1], device=device)
     return results
 
 
@@ -75,10 +77,24 @@ def markdown(r: dict) -> str:
         "|---|---|",
         f"| ffmpeg decode-only to 48x27 (the floor) | {sp['decode_only_fps']} |",
     ]
+    if "visual_pass_fps" in sp:
+        lines.append(f"| Prism visual pass alone (the one decode feeding shots, keyframes, cues) | {sp['visual_pass_fps']} |")
     lines += [f"| {m} | {sp[f'{m}_fps']} |" for m in shots.METHODS]
+    if "visual_pass_fps" in sp:
+        lines += [
+            "",
+            (
+                f"Visual pass / decode-only: {sp['visual_pass_vs_decode_only']} by wall time, "
+                f"{sp['visual_pass_vs_decode_only_cpu']} by CPU seconds (1.0 = the pass costs no more than the floor)."
+            ),
+        ]
     a = r["audio"]
-    lines += ["", "### Audio", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in a.items() if not isinstance(v, (dict, list))]
+    lines += ["", "### Audio", ""]
+    if "skipped" in a:
+        lines += [f"Skipped: {a['skipped']}"]
+    else:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in a.items() if not isinstance(v, (dict, list))]
     em = r["embeddings"]
     lines += ["", "### Embeddings", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in _flatten(em).items()]
@@ -136,17 +152,33 @@ time linearly; it is not a GPU measurement. The embeddings model here has random
 """
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Prism benchmarks")
     parser.add_argument("--quick", action="store_true", help="tiny inputs: checks the code, numbers mean nothing")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--device", nargs="?", const="cuda", default="auto",
+        help="auto (default) | cpu | cuda | cuda:N; --device alone means the accelerator (cuda)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(".bench"))
     parser.add_argument("--doc", type=Path, help="also write the Markdown results document here")
     parser.add_argument("--render", type=Path, help="only re-render the Markdown from an earlier results.json")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def check_device(device: str) -> None:
+    """Fail before minutes of input generation when the asked-for accelerator is missing."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"benchmarks: device {device!r} asked for, but torch {torch.__version__} sees no CUDA device")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.render:
         results = json.loads(args.render.read_text())
     else:
+        check_device(args.device)
         results = run_all(args.out, quick=args.quick, device=args.device)
         (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     table = markdown(results)

@@ -15,12 +15,13 @@ from benchmarks.core import ensure_input, peak_rss_mib
 from benchmarks.shots import decode_only_seconds
 
 
-def _child(source: str, out: str) -> None:
+def _child(source: str, out: str, device: str = "auto") -> None:
     from prism.artifacts import read_manifest
     from prism.runner import Runner
 
+    params = {stage: {"device": device} for stage in ("shots", "audio", "embeddings")}
     t0 = time.perf_counter()
-    [outcome] = Runner(out, force=True).run([Path(source)])
+    [outcome] = Runner(out, force=True, params=params).run([Path(source)])
     wall = time.perf_counter() - t0
     manifest = read_manifest(outcome.title_dir)
     print(
@@ -44,11 +45,13 @@ def _child(source: str, out: str) -> None:
     )
 
 
-def run(out: Path, *, duration_s: float = 600.0, width: int = 1920, height: int = 1080) -> dict:
+def run(
+    out: Path, *, duration_s: float = 600.0, width: int = 1920, height: int = 1080, device: str = "auto"
+) -> dict:
     path, frames = ensure_input(out / "inputs", duration_s, width, height)
     decode_s = decode_only_seconds(path, width=48, height=27)
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.e2e", str(path), str(out / "prism-e2e")],
+        [sys.executable, "-m", "benchmarks.e2e", str(path), str(out / "prism-e2e"), device],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -62,4 +65,4 @@ def run(out: Path, *, duration_s: float = 600.0, width: int = 1920, height: int 
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2])
+    _child(*sys.argv[1:4])

@@ -91,7 +91,9 @@ def build_title(title: Title, out: str | Path, *, codec_args: list[str] | None =
         for at in piece.flashes_s:
             src += f",drawbox=c=white@0.85:t=fill:enable='between(t,{at},{at + 1.5 / r})'"
         inputs += ["-f", "lavfi", "-i", src.format(w=w, h=h, r=r, w4=4 * w, w8=max(8, w // 8))]
-        chain = f"[{i}:v]trim=end_frame={frames},setpts=N/({r}*TB),settb=AVTB,format=yuv420p,setsar=1"
+        # The sources already stamp frame N at N/r. No setpts here: from ffmpeg 6.1 on (imageio-ffmpeg
+        # 0.6.0 ships 7.0) setpts marks the rate unknown, and xfade/tpad need a constant one.
+        chain = f"[{i}:v]trim=end_frame={frames},settb=AVTB,format=yuv420p,setsar=1"
         freeze = round(piece.freeze_tail_s * r)
         if freeze:
             chain += f",tpad=stop_mode=clone:stop={freeze}"

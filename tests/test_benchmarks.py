@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.shots import Score, score
-from prism.synth import Truth
+from prism.synth import Shot, Title, Truth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,3 +33,66 @@ def test_benchmark_command_runs_on_tiny_inputs(tmp_path):
     assert results["shots_speed"]["decode_only_fps"] > 0
     doc = (tmp_path / "doc.md").read_text()
     assert "Shot detection quality" in doc and "End to end" in doc
+
+
+def test_device_flag_alone_asks_for_the_accelerator():
+    import torch
+
+    from benchmarks.__main__ import parse_args
+
+    assert parse_args([]).device == "auto"
+    assert parse_args(["--device", "cpu"]).device == "cpu"
+    assert parse_args(["--device", "--quick"]).device == "cuda" and parse_args(["--device", "--quick"]).quick
+    if torch.cuda.is_available():
+        return
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--device", "--quick", "--out", "/nonexistent/never-written"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "sees no CUDA device" in proc.stderr  # at once, before generating inputs
+
+
+def test_audio_benchmark_skips_with_a_reason_without_espeak(tmp_path, monkeypatch):
+    from benchmarks import audio
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no espeak-ng anywhere, as in the GPU worker image
+    result = audio.run(tmp_path / "audio", minutes=0.1)
+    assert result == {"skipped": "espeak-ng is not on PATH, so the spoken test input cannot be generated"}
+
+
+def test_shots_speed_excludes_the_model_load(make_video, tmp_path, monkeypatch):
+    import time
+
+    from benchmarks.shots import prism_boundaries
+    from prism.stages import shots as shots_stage
+
+    path, truth = make_video(
+        "bench-speed.mp4", Title([Shot("testsrc2", 1.0), Shot("orange", 1.0)], width=96, height=54)
+    )
+    real, loads = shots_stage.load_model, []
+
+    def cold_load(device: str):  # a first load as slow as a real cold start on a busy disk
+        if not loads:
+            time.sleep(20.0)
+        loads.append(device)
+        return real(device)
+
+    monkeypatch.setattr(shots_stage, "load_model", cold_load)
+    found, elapsed = prism_boundaries(path, tmp_path, "cpu")
+    assert found == truth.cuts and len(loads) >= 2
+    assert elapsed < 20.0  # the stage's time is decode + inference; the load happened before it
+
+
+def test_embeddings_benchmark_times_the_stage_code_path(tmp_path, monkeypatch):
+    import os
+
+    from benchmarks.embeddings import bench_embed
+    from prism.stages.embeddings import MODEL_ENV
+
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    result = bench_embed(tmp_path, keyframes=4, preset="tiny")
+    # the stage's defaults on this machine, not the benchmark's own choices
+    assert (result["device"], result["dtype"], result["batch_size"]) == ("cpu", "float32", 16)
+    assert result["workers"] == os.cpu_count() and result["preprocess"] == "torch on the device"
+    assert result["keyframes"] == 4 and result["dim"] == 16
+    assert (tmp_path / "random-clip-tiny" / "config.json").exists()  # loaded from a model directory, like the stage

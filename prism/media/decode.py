@@ -1,16 +1,25 @@
 """One decode pass per title for all visual analysis, a cheap audio decode, and keyframe seeks.
 
-The visual pass runs a single ffmpeg process whose filter graph splits every decoded frame into
-the 48x27 RGB frame TransNetV2 takes and a 128x72 analysis frame, stacked into one raw output so
-one pipe carries both. The 48x27 frames go to a memory-mapped file (bounded memory for 2 h+
-titles); the analysis frames are reduced on the fly to per-frame measurements (luma, darkness,
-clipping, sharpness, change from the previous frame, a 16x9 thumbnail) and then dropped.
-Frame times come from the same pass (``showinfo``), so variable frame rate needs no second read.
+The visual pass runs a single ffmpeg process that scales every decoded frame once, straight
+from the source to the 128x72 RGB analysis frame (area filter), and derives TransNetV2's 48x27
+frame from that small frame; both are stacked into one raw output so one pipe carries both.
+Frame times come from the same pass (``showinfo`` on the small frame, so no full-size frame is
+checksummed), and variable frame rate needs no second read. A reader thread drains the pipe
+while the main thread reduces each chunk of analysis frames to per-frame measurements (luma,
+darkness, clipping, sharpness, change from the previous frame, a 16x9 thumbnail), so numpy work
+overlaps decoding; the 48x27 frames go to a memory-mapped file (bounded memory for 2 h+ titles).
+
+``PRISM_HWACCEL=cuda`` keeps the frames on the GPU: NVDEC decodes, ``scale_cuda`` halves them
+there (a bilinear halving is an exact 2x2 average) down to about four times the analysis size,
+and only that small frame is downloaded for the same CPU tail. Other values are passed to
+``-hwaccel`` as they are (decoded frames come back to RAM).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import re
 import subprocess
 import threading
@@ -26,15 +35,23 @@ from prism.errors import MediaError
 from prism.media.probe import MediaInfo
 from prism.media.tools import ffmpeg_exe
 
+log = logging.getLogger(__name__)
+
 SMALL_W, SMALL_H = 48, 27  # TransNetV2's input size
 ANALYSIS_W, ANALYSIS_H = 128, 72
 THUMB_W, THUMB_H = 16, 9
 BLACK_PIXEL_LUMA = 0.10 * 255  # ffmpeg blackdetect's default pixel threshold
 CHUNK_FRAMES = 256
+CHUNKS_AHEAD = 4  # chunks the reader thread may hold while a chunk is reduced (about 10 MB each)
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601 luma of the RGB analysis frame
 
 Progress = Callable[[int, int | None], None]
 
 _PTS_TIME = re.compile(rb"\bn:\s*\d+\s+pts:\s*-?\d+\s+pts_time:(-?[\d.]+)")
+
+
+class NoFrameDecoded(MediaError):
+    """The visual pass ended before its first frame (a GPU pass then retries on the CPU)."""
 
 
 @dataclass
@@ -72,46 +89,85 @@ class VisualPass:
         return float(max(self.duration_s, self.times[-1] + 1.0 / self.fps if self.frame_count else 0.0))
 
 
+def frame_luma(rgb: np.ndarray) -> np.ndarray:
+    """(N, H, W) float32 BT.601 luma of (N, H, W, 3) uint8 RGB frames, in one pass."""
+    return rgb.astype(np.float32) @ LUMA_WEIGHTS
+
+
 def _frame_features(luma: np.ndarray, previous: np.ndarray | None) -> dict[str, np.ndarray]:
-    lap = (
-        4.0 * luma[:, 1:-1, 1:-1]
-        - luma[:, :-2, 1:-1]
-        - luma[:, 2:, 1:-1]
-        - luma[:, 1:-1, :-2]
-        - luma[:, 1:-1, 2:]
-    )
-    shifted = np.concatenate([luma[:1] if previous is None else previous[None], luma[:-1]])
+    """Per-frame measures of a chunk of (N, 72, 128) luma frames, each one whole-array operation."""
     n = luma.shape[0]
-    thumbs = luma.reshape(n, THUMB_H, ANALYSIS_H // THUMB_H, THUMB_W, ANALYSIS_W // THUMB_W).mean(axis=(2, 4))
+    pixels = luma.shape[1] * luma.shape[2]
+    lap = luma[:, 1:-1, 1:-1] * np.float32(4.0)
+    lap -= luma[:, :-2, 1:-1]
+    lap -= luma[:, 2:, 1:-1]
+    lap -= luma[:, 1:-1, :-2]
+    lap -= luma[:, 1:-1, 2:]
+    diff = np.empty(n, np.float32)
+    diff[0] = 0.0 if previous is None else np.abs(luma[0] - previous).mean()
+    diff[1:] = np.abs(luma[1:] - luma[:-1]).mean(axis=(1, 2))
+    cell_h, cell_w = ANALYSIS_H // THUMB_H, ANALYSIS_W // THUMB_W
+    thumbs = luma.reshape(n, THUMB_H, cell_h, THUMB_W, cell_w).sum(axis=2).sum(axis=3) / (cell_h * cell_w)
     return {
         "luma_mean": luma.mean(axis=(1, 2)),
         "luma_std": luma.std(axis=(1, 2)),
-        "dark_ratio": (luma < BLACK_PIXEL_LUMA).mean(axis=(1, 2)),
-        "clip_low": (luma < 5).mean(axis=(1, 2)),
-        "clip_high": (luma > 250).mean(axis=(1, 2)),
+        "dark_ratio": np.count_nonzero(luma < BLACK_PIXEL_LUMA, axis=(1, 2)) / pixels,
+        "clip_low": np.count_nonzero(luma < 5, axis=(1, 2)) / pixels,
+        "clip_high": np.count_nonzero(luma > 250, axis=(1, 2)) / pixels,
         "sharpness": lap.reshape(n, -1).var(axis=1),
-        "diff_prev": np.abs(luma - shifted).mean(axis=(1, 2)),
+        "diff_prev": diff,
         "thumbs": np.clip(np.rint(thumbs), 0, 255).astype(np.uint8),
     }
 
 
-def _visual_pass_command(path: Path) -> list[str]:
-    """ffmpeg command line of the visual pass: one decode split into the two stacked sizes."""
-    import ffmpeg
+def cuda_halvings(width: int, height: int) -> list[tuple[int, int]]:
+    """Sizes of the on-GPU halving steps: even sizes, stopping while still at least twice the
+    analysis frame, so the CPU's final area scale always reduces (never enlarges)."""
+    steps: list[tuple[int, int]] = []
+    w, h = width, height
+    while w // 2 >= 2 * ANALYSIS_W and h // 2 >= 2 * ANALYSIS_H:
+        w, h = (w // 2) & ~1, (h // 2) & ~1
+        steps.append((w, h))
+    return steps
 
-    hwaccel = os.environ.get("PRISM_HWACCEL")  # e.g. "cuda" in the GPU workers: NVDEC decodes, frames come back to RAM
-    options = {"hwaccel": hwaccel} if hwaccel else {}
-    frames = ffmpeg.input(str(path), nostdin=None, **options).video.filter("showinfo").split()
-    analysis = frames[0].filter("scale", ANALYSIS_W, ANALYSIS_H, flags="area").filter("format", "rgb24")
-    small = (
-        frames[1]
-        .filter("scale", SMALL_W, SMALL_H)
-        .filter("format", "rgb24")
-        .filter("pad", ANALYSIS_W, SMALL_H)
+
+def visual_filter_graph(gpu_halvings: list[tuple[int, int]] | None = None) -> str:
+    """The pass's filter graph: one scale from the source to the analysis frame, the 48x27 frame
+    derived from it, both stacked on one output. ``gpu_halvings`` (CUDA frames in) first halves
+    on the GPU with ``scale_cuda`` and downloads only the last, small frame."""
+    head = "[0:v]"
+    if gpu_halvings:
+        last = len(gpu_halvings) - 1
+        head += ",".join(
+            f"scale_cuda={w}:{h}:interp_algo=bilinear" + (":format=nv12" if i == last else "")
+            for i, (w, h) in enumerate(gpu_halvings)
+        )
+        head += ",hwdownload,format=nv12,"
+    return (
+        f"{head}scale={ANALYSIS_W}:{ANALYSIS_H}:flags=area,format=rgb24,showinfo,split=2[analysis][from_analysis];"
+        f"[from_analysis]scale={SMALL_W}:{SMALL_H},format=rgb24,pad={ANALYSIS_W}:{SMALL_H}[small];"
+        "[analysis][small]vstack=inputs=2[out]"
     )
-    stacked = ffmpeg.filter([analysis, small], "vstack", inputs=2)
-    output = stacked.output("pipe:1", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", an=None, sn=None, dn=None)
-    return output.global_args("-hide_banner", "-loglevel", "info").compile(cmd=ffmpeg_exe())
+
+
+def _visual_pass_command(path: Path, info: MediaInfo | None = None, hwaccel: str | None = None) -> list[str]:
+    """ffmpeg command line of the visual pass (``hwaccel`` defaults to ``$PRISM_HWACCEL``)."""
+    if hwaccel is None:
+        hwaccel = os.environ.get("PRISM_HWACCEL") or ""
+    video = info.video if info is not None else None
+    halvings: list[tuple[int, int]] = []
+    if hwaccel == "cuda" and video is not None and not video.rotation:  # autorotate is a CPU filter
+        halvings = cuda_halvings(video.width, video.height)
+    options: list[str] = []
+    if hwaccel:
+        options += ["-hwaccel", hwaccel]
+    if halvings:
+        options += ["-hwaccel_output_format", "cuda"]
+    return [
+        ffmpeg_exe(), "-hide_banner", "-loglevel", "info", "-nostdin", *options, "-i", str(path),
+        "-filter_complex", visual_filter_graph(halvings), "-map", "[out]",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-fps_mode", "passthrough", "-an", "-sn", "-dn", "pipe:1",
+    ]  # fmt: skip
 
 
 def decode_visual(
@@ -123,13 +179,29 @@ def decode_visual(
         raise MediaError(path, "no video stream (audio-only input)")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    command = _visual_pass_command(path, info)
+    try:
+        return _run_visual_pass(command, path, info, work_dir, progress)
+    except NoFrameDecoded as exc:
+        if "-hwaccel_output_format" not in command:
+            raise
+        # NVDEC lacks this codec or profile (ffmpeg then decodes in software, which scale_cuda cannot take)
+        log.warning("%s: GPU visual pass failed (%s); decoding on the CPU", path, exc)
+        return _run_visual_pass(_visual_pass_command(path, info, hwaccel=""), path, info, work_dir, progress)
+
+
+def _run_visual_pass(
+    command: list[str], path: Path, info: MediaInfo, work_dir: Path, progress: Progress | None
+) -> VisualPass:
+    assert info.video is not None
     small_file = work_dir / "frames_48x27_rgb.u8"
-    proc = subprocess.Popen(_visual_pass_command(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    _grow_pipe(proc.stdout)
     times: list[float] = []
     tail: deque[bytes] = deque(maxlen=8)
 
     def read_stderr() -> None:
-        assert proc.stderr is not None
         for line in proc.stderr:
             match = _PTS_TIME.search(line)
             if match:
@@ -137,36 +209,56 @@ def decode_visual(
             else:
                 tail.append(line)
 
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
     row_bytes = ANALYSIS_W * 3
     frame_bytes = row_bytes * (ANALYSIS_H + SMALL_H)
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=CHUNKS_AHEAD)
+
+    def read_frames() -> None:  # keeps ffmpeg writing while the main thread reduces a chunk
+        try:
+            while buf := proc.stdout.read(frame_bytes * CHUNK_FRAMES):
+                chunks.put(buf)
+        finally:
+            chunks.put(None)
+
+    threads = [threading.Thread(target=read_stderr, daemon=True), threading.Thread(target=read_frames, daemon=True)]
+    for thread in threads:
+        thread.start()
     features: dict[str, list[np.ndarray]] = {}
     previous = None
     count = 0
     total = info.video.frame_count or (int(info.duration_s * info.video.fps) or None)
-    assert proc.stdout is not None
-    with open(small_file, "wb") as small_out:
-        while True:
-            buf = proc.stdout.read(frame_bytes * CHUNK_FRAMES)
-            n = len(buf) // frame_bytes
-            if n == 0:
-                break
-            frames = np.frombuffer(buf, np.uint8, count=n * frame_bytes).reshape(n, ANALYSIS_H + SMALL_H, ANALYSIS_W, 3)
-            small_out.write(np.ascontiguousarray(frames[:, ANALYSIS_H:, :SMALL_W]).tobytes())
-            rgb = frames[:, :ANALYSIS_H].astype(np.float32)
-            luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-            for key, value in _frame_features(luma, previous).items():
-                features.setdefault(key, []).append(value)
-            previous = luma[-1]
-            count += n
-            if progress:
-                progress(count, total)
-    returncode = proc.wait()
-    reader.join()
+    try:
+        with open(small_file, "wb") as small_out:
+            while (buf := chunks.get()) is not None:
+                n = len(buf) // frame_bytes
+                if n == 0:
+                    continue
+                frames = np.frombuffer(buf, np.uint8, count=n * frame_bytes).reshape(
+                    n, ANALYSIS_H + SMALL_H, ANALYSIS_W, 3
+                )
+                small_out.write(np.ascontiguousarray(frames[:, ANALYSIS_H:, :SMALL_W]).tobytes())
+                luma = frame_luma(frames[:, :ANALYSIS_H])
+                for key, value in _frame_features(luma, previous).items():
+                    features.setdefault(key, []).append(value)
+                previous = luma[-1]
+                count += n
+                if progress:
+                    progress(count, total)
+    except BaseException:
+        proc.kill()
+        while threads[1].is_alive():  # drain, so the reader reaches EOF instead of waiting on a full queue
+            try:
+                chunks.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        raise
+    finally:
+        returncode = proc.wait()
+        for thread in threads:
+            thread.join()
     if count == 0:
         reason = _stderr_reason(tail) if returncode else "no video frame could be decoded"
-        raise MediaError(path, f"video decode failed: {reason}")
+        raise NoFrameDecoded(path, f"video decode failed: {reason}")
     if returncode != 0:
         raise MediaError(path, f"video decode failed after {count} frames: {_stderr_reason(tail)}")
     frame_times = np.asarray(times[:count], dtype=np.float64)
@@ -183,6 +275,16 @@ def decode_visual(
         duration_s=max(info.duration_s, float(frame_times[-1]) + 1.0 / fps),
         **{k: v.astype(np.float32) if k != "thumbs" else v for k, v in merged.items()},
     )
+
+
+def _grow_pipe(stream) -> None:
+    """Ask Linux for a 1 MiB pipe (default 64 KiB): ffmpeg blocks less often on a busy reader."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, AttributeError, OSError):  # not Linux, or above the system's pipe-max-size
+        pass
 
 
 def _stderr_reason(tail: Iterable[bytes]) -> str:

@@ -8,6 +8,11 @@ ends ``skipped`` with a reason saying how to provide it; it never invents vector
 
 Every vector is L2-normalized float32, so a dot product is a cosine similarity. A shot's vector
 is the normalized mean of its keyframes' vectors; a shot without keyframes has no row.
+
+Keyframes are decoded once, to uint8 arrays, by one thread per core; the processor's image
+preprocessing (resize, center crop, rescale, normalize) then runs as batched torch ops on the
+model's device (the GPU on CUDA, so the CPU only decodes JPEGs). ``ImageTransform`` reproduces the
+processor's configuration; a processor it does not cover is called as it is.
 """
 
 from __future__ import annotations
@@ -54,15 +59,15 @@ class EmbeddingsParams:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (float16 on CUDA, float32 on CPU) | float32 | float16 | bfloat16
     batch_size: int = 0  # keyframes per forward pass; 0 = auto (16 on CPU, 128 on GPU)
-    workers: int = 2  # threads decoding JPEGs ahead of the model
+    workers: int = 0  # threads decoding JPEGs ahead of the model; 0 = one per core
 
     def __post_init__(self) -> None:
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
-        if self.batch_size < 0 or self.workers < 1:
-            raise ValueError("batch_size must be >= 0 and workers >= 1")
+        if self.batch_size < 0 or self.workers < 0:
+            raise ValueError("batch_size and workers must be >= 0 (0 = auto)")
 
 
 def model_location(param: str = "") -> str:
@@ -139,6 +144,140 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+def resolve_workers(workers: int) -> int:
+    return workers or os.cpu_count() or 1
+
+
+_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL's resample codes, as processors store them
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """A processor's image preprocessing as batched torch ops on any device.
+
+    Same steps and sizes as the transformers image processor (PIL or torchvision backend): resize
+    (shortest edge, or a fixed height x width) with an antialiased bicubic/bilinear filter whose
+    result is rounded to uint8 as PIL's is, center crop, rescale, normalize.
+    """
+
+    shortest_edge: int | None
+    size: tuple[int, int] | None  # (height, width) when the processor resizes to a fixed size
+    resample: str
+    crop: tuple[int, int] | None
+    scale: float  # 1.0 when the processor does not rescale
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+    @classmethod
+    def from_processor(cls, processor: Any) -> ImageTransform | None:
+        """The transform of ``processor``'s image processor, or None where it does something else."""
+        ip = getattr(processor, "image_processor", processor)
+        size, crop = getattr(ip, "size", None), getattr(ip, "crop_size", None)
+        resample = getattr(ip, "resample", None)
+        resample = _RESAMPLE.get(int(resample)) if resample is not None else None
+        if not getattr(ip, "do_resize", False) or resample is None or getattr(ip, "do_pad", False):
+            return None
+        shortest, height, width = (_size_field(size, k) for k in ("shortest_edge", "height", "width"))
+        others = [_size_field(size, k) for k in ("longest_edge", "max_height", "max_width", "min_pixels", "max_pixels")]
+        if any(others) or not (shortest or (height and width)):
+            return None
+        do_crop = bool(getattr(ip, "do_center_crop", False))
+        crop_hw = (_size_field(crop, "height"), _size_field(crop, "width")) if do_crop else None
+        if crop_hw is not None and not all(crop_hw):
+            return None
+        normalize = bool(getattr(ip, "do_normalize", False))
+        mean, std = (getattr(ip, "image_mean", None), getattr(ip, "image_std", None)) if normalize else (None, None)
+        if normalize and (mean is None or std is None):
+            return None
+        return cls(
+            shortest_edge=None if (height and width) else int(shortest),
+            size=(int(height), int(width)) if (height and width) else None,
+            resample=resample,
+            crop=crop_hw,  # type: ignore[arg-type]
+            scale=float(getattr(ip, "rescale_factor", 1 / 255)) if getattr(ip, "do_rescale", False) else 1.0,
+            mean=_triple(mean) if normalize else None,
+            std=_triple(std) if normalize else None,
+        )
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Resized (height, width), as transformers computes it (the long edge is truncated)."""
+        if self.size is not None:
+            return self.size
+        side = self.shortest_edge or 0
+        if width <= height:
+            return int(side * height / width), side
+        return side, int(side * width / height)
+
+    def __call__(self, images: Sequence[np.ndarray], device: str, dtype: Any) -> Any:
+        """(N, 3, H, W) pixel values in ``dtype`` on ``device`` from (h, w, 3) uint8 arrays.
+        Images of one size (a title's keyframes) are resized in one call."""
+        import torch
+
+        out: list[Any] = [None] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(image.shape, []).append(i)
+        for shape, members in groups.items():
+            batch = torch.from_numpy(np.stack([images[i] for i in members]))
+            if device.startswith("cuda"):
+                batch = batch.pin_memory()
+            x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+            x = self._pixels(x, shape[0], shape[1])
+            for k, i in enumerate(members):
+                out[i] = x[k]
+        return torch.stack(out).to(dtype)
+
+    def _pixels(self, x: Any, height: int, width: int) -> Any:
+        """uint8 (N, 3, H, W) in, float32 pixel values out."""
+        import torch
+        import torch.nn.functional as F
+
+        out_h, out_w = self.output_size(height, width)
+        resize = {"mode": self.resample, "antialias": True, "align_corners": False}
+        if (out_h, out_w) == (height, width):
+            x = x.float()
+        elif x.device.type == "cpu":  # torch's uint8 kernel is PIL's algorithm (and several times faster)
+            x = F.interpolate(x, size=(out_h, out_w), **resize).float()
+        else:  # in float on the GPU, rounded to uint8 after each pass as PIL does (horizontal first)
+            x = x.float()
+            if out_w != width:
+                x = F.interpolate(x, size=(height, out_w), **resize).round_().clamp_(0, 255)
+            if out_h != height:
+                x = F.interpolate(x, size=(out_h, out_w), **resize).round_().clamp_(0, 255)
+        if self.crop is not None:
+            x = _center_crop(x, *self.crop)
+        x = x * self.scale
+        if self.mean is not None and self.std is not None:
+            mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        return x
+
+
+def _size_field(size: Any, key: str) -> Any:
+    if size is None:
+        return None
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def _triple(values: Any) -> tuple[float, ...]:
+    values = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+    return tuple(values * 3 if len(values) == 1 else values)
+
+
+def _center_crop(x: Any, crop_h: int, crop_w: int) -> Any:
+    """transformers' center crop: pads with zeros when the crop is larger, then takes the middle."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    if crop_h > h or crop_w > w:
+        pad_w, pad_h = max(crop_w - w, 0), max(crop_h - h, 0)
+        x = F.pad(x, (pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2))
+        h, w = x.shape[-2:]
+    top, left = int((h - crop_h) / 2.0), int((w - crop_w) / 2.0)
+    return x[..., top : top + crop_h, left : left + crop_w]
+
+
 class ImageTextEncoder:
     """A loaded image-text model: images and texts in, L2-normalized float32 vectors out."""
 
@@ -150,6 +289,7 @@ class ImageTextEncoder:
             )
         self.model = model.to(device).eval()
         self.processor = processor
+        self.transform = ImageTransform.from_processor(processor)
         self.info = info
         self.device = device
         # SigLIP was trained on texts padded to the full length; CLIP pools at the EOS token.
@@ -184,12 +324,23 @@ class ImageTextEncoder:
                 img.draft("RGB", (self._draft_side, self._draft_side))
             return img.convert("RGB")
 
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def load_pixels(self, path: str | Path) -> np.ndarray:
+        """``load_image`` as an (h, w, 3) uint8 array: the one decode of a keyframe (threads: PIL drops the GIL)."""
+        return np.asarray(self.load_image(path))
+
+    def pixel_values(self, images: Sequence[Image.Image | np.ndarray]) -> Any:
+        """The model's input for ``images``, on its device and in its dtype."""
+        arrays = [np.asarray(image.convert("RGB") if hasattr(image, "convert") else image) for image in images]
+        if self.transform is not None:
+            return self.transform(arrays, self.device, self.model.dtype)
+        inputs = self.processor(images=arrays, return_tensors="pt")
+        return inputs["pixel_values"].to(self.device, dtype=self.model.dtype)
+
+    def encode_images(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
         """One forward pass over ``images`` (one batch)."""
         import torch
 
-        inputs = self.processor(images=list(images), return_tensors="pt")
-        pixels = inputs["pixel_values"].to(self.device, dtype=self.model.dtype)
+        pixels = self.pixel_values(images)
         with torch.inference_mode():
             features = self.model.get_image_features(pixel_values=pixels)
         return _normalized(features)
@@ -214,20 +365,21 @@ class ImageTextEncoder:
         paths: Sequence[str | Path],
         batch_size: int,
         *,
-        workers: int = 2,
+        workers: int = 0,
         progress: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
-        """Vectors of image files, ``batch_size`` at a time, decoding the next batch while one runs."""
+        """Vectors of image files, ``batch_size`` at a time, decoding the next batch while one runs
+        (``workers`` decode threads, 0 = one per core)."""
         if not paths:
             return np.zeros((0, self.dim), np.float32)
         batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
         out: list[np.ndarray] = []
         done = 0
-        with ThreadPoolExecutor(workers) as pool:
-            ahead = [pool.submit(self.load_image, p) for p in batches[0]]
+        with ThreadPoolExecutor(resolve_workers(workers)) as pool:
+            ahead = [pool.submit(self.load_pixels, p) for p in batches[0]]
             for k in range(len(batches)):
                 current = ahead
-                ahead = [pool.submit(self.load_image, p) for p in batches[k + 1]] if k + 1 < len(batches) else []
+                ahead = [pool.submit(self.load_pixels, p) for p in batches[k + 1]] if k + 1 < len(batches) else []
                 out.append(self.encode_images([f.result() for f in current]))
                 done += len(current)
                 if progress:
@@ -265,6 +417,36 @@ def encoder_for(location: str = "", device: str = "auto", dtype: str = "auto") -
     path = resolve_model_dir(model_location(location)).resolve()
     dev = resolve_device(device)
     return load_encoder(path, dev, resolve_dtype(dtype, dev))
+
+
+@dataclass(frozen=True)
+class EmbedRun:
+    """What one embedding run used: the stage's metrics and the benchmark's report."""
+
+    device: str
+    dtype: str
+    batch_size: int
+    workers: int
+
+
+def embed_keyframes(
+    files: Sequence[str | Path],
+    params: EmbeddingsParams,
+    model_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, ImageTextEncoder, EmbedRun]:
+    """Vectors of keyframe files with ``params``' device, dtype, batch size and workers: the stage's
+    one code path, also what the benchmark times."""
+    device = resolve_device(params.device)
+    run = EmbedRun(
+        device=device,
+        dtype=resolve_dtype(params.dtype, device),
+        batch_size=params.batch_size or (128 if device.startswith("cuda") else 16),
+        workers=resolve_workers(params.workers),
+    )
+    encoder = load_encoder(model_dir.resolve(), device, run.dtype)
+    vectors = encoder.embed_files(files, run.batch_size, workers=run.workers, progress=progress)
+    return vectors, encoder, run
 
 
 def shot_vectors(shot_index: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -371,15 +553,11 @@ class EmbeddingsStage(Stage):
             path = self._model_dir()
         except ModelUnavailable as exc:
             return StageResult(outputs=[], status="skipped", reason=str(exc))
-        device = resolve_device(self.params.device)
-        dtype = resolve_dtype(self.params.dtype, device)
-        batch = self.params.batch_size or (128 if device.startswith("cuda") else 16)
         keyframes = ctx.read_table("keyframes.parquet")
         shots = ctx.read_table("shots.parquet")
-        encoder = load_encoder(path.resolve(), device, dtype)
         files = [ctx.title_dir / rel for rel in keyframes["path"].to_pylist()]
-        vectors = encoder.embed_files(
-            files, batch, workers=self.params.workers, progress=lambda d, t: ctx.progress(d, t, "embed")
+        vectors, encoder, used = embed_keyframes(
+            files, self.params, path, progress=lambda d, t: ctx.progress(d, t, "embed")
         )
         table = embeddings_table(keyframes, shots, vectors, encoder.info)
         write_parquet(ctx.staging / ARTIFACT, table)
@@ -390,9 +568,9 @@ class EmbeddingsStage(Stage):
                 "keyframes": len(files),
                 "shots": n_shots,
                 "dim": vectors.shape[1],
-                "device": device,
-                "dtype": dtype,
-                "batch_size": batch,
+                "device": used.device,
+                "dtype": used.dtype,
+                "batch_size": used.batch_size,
             },
             summary=f"{len(files)} keyframe and {n_shots} shot vectors ({vectors.shape[1]}-d, {encoder.info.name})",
         )

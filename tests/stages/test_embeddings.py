@@ -213,8 +213,88 @@ def test_in_memory_random_clip_has_a_distinct_identity():
 
 @pytest.mark.parametrize(
     "params",
-    [{"device": "tpu"}, {"dtype": "int8"}, {"batch_size": -1}, {"workers": 0}, {"batch": 4}],
+    [{"device": "tpu"}, {"dtype": "int8"}, {"batch_size": -1}, {"workers": -1}, {"batch": 4}],
 )
 def test_bad_params_are_rejected_at_construction(params):
     with pytest.raises(ConfigError):
         EmbeddingsStage(params)
+
+
+def _processor_vectors(encoder: ImageTextEncoder, images) -> np.ndarray:
+    """The reference: transformers' own processor, then the model."""
+    import torch
+
+    from prism.stages.embeddings import _normalized
+
+    pixels = encoder.processor(images=list(images), return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        return _normalized(encoder.model.get_image_features(pixel_values=pixels.to(encoder.model.dtype)))
+
+
+@pytest.fixture
+def odd_jpegs(tmp_path) -> list[Path]:
+    """Sizes the stage was not tuned on: portrait, odd, smaller than the model's input, 4:3, 720p."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    paths = []
+    for i, (h, w) in enumerate([(160, 90), (201, 333), (20, 30), (480, 640), (720, 1280)]):
+        ramp = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+        img = (ramp * rng.uniform(0.3, 1.0, 3) + rng.normal(0, 30, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        paths.append(tmp_path / f"odd{i}.jpg")
+        Image.fromarray(img).save(paths[-1], quality=90)
+    return paths
+
+
+def _processors():
+    from transformers import CLIPImageProcessor
+
+    clip = random_clip("tiny").processor  # shortest edge 32, bicubic, center crop, CLIP mean/std
+    siglip_like = CLIPImageProcessor(
+        size={"height": 32, "width": 32}, do_center_crop=False, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )  # fixed size, bilinear, no crop: SigLIP's preprocessing
+    return {"clip": clip, "siglip-like": siglip_like}
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip-like"])
+def test_tensor_preprocessing_equals_the_processor_random_weights(kind, odd_jpegs):
+    import torch
+
+    encoder = random_clip("tiny", seed=2)
+    encoder.processor = _processors()[kind]
+    encoder.transform = type(encoder.transform).from_processor(encoder.processor)
+    assert encoder.transform is not None
+    images = [encoder.load_image(p) for p in odd_jpegs]
+    for image in images:  # pixel by pixel: at most one uint8 level apart (PIL's fixed-point rounding)
+        want = encoder.processor(images=[image], return_tensors="pt")["pixel_values"]
+        got = encoder.transform([np.asarray(image)], "cpu", torch.float32)
+        assert got.shape == want.shape
+        std = min(encoder.transform.std)
+        assert (got - want).abs().max().item() <= 1.01 / 255 / std
+        assert (got - want).abs().mean().item() < 0.2 / 255 / std  # most pixels equal
+    reference = np.concatenate([_processor_vectors(encoder, [image]) for image in images])
+    vectors = encoder.embed_files(odd_jpegs, batch_size=2, workers=3)  # the stage's path: decode once, torch ops
+    np.testing.assert_allclose(vectors, reference, atol=2e-3)
+    assert (vectors * reference).sum(axis=1).min() > 0.9999  # cosine similarity
+
+
+def test_processor_the_transform_does_not_cover_is_called_as_is_random_weights(odd_jpegs):
+    from transformers import CLIPImageProcessor
+
+    from prism.stages.embeddings import ImageTransform
+
+    encoder = random_clip("tiny", seed=2)
+    encoder.processor = CLIPImageProcessor(size={"shortest_edge": 32, "longest_edge": 40}, crop_size=32)
+    encoder.transform = ImageTransform.from_processor(encoder.processor)
+    assert encoder.transform is None  # a longest-edge cap: not reproduced, so not guessed
+    assert ImageTransform.from_processor(CLIPImageProcessor(resample=0)) is None  # nearest: not covered either
+    images = [encoder.load_image(p) for p in odd_jpegs]
+    np.testing.assert_allclose(encoder.embed_files(odd_jpegs, 4), _processor_vectors(encoder, images), atol=1e-5)
+
+
+def test_decode_workers_default_to_the_core_count():
+    import os
+
+    from prism.stages.embeddings import EmbeddingsParams, resolve_workers
+
+    assert EmbeddingsParams().workers == 0 and resolve_workers(0) == os.cpu_count() and resolve_workers(3) == 3
