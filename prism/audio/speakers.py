@@ -166,9 +166,11 @@ def _spectral(x: np.ndarray, fixed: int, max_k: int) -> np.ndarray:
         return np.zeros(n, np.int64) if not fixed else np.arange(n) % max(fixed, 1)
     sim = x @ x.T
     order = np.argsort(-sim, axis=1)
-    max_k = max(1, min(max_k, n - 1))
+    # a speaker is someone heard for at least MIN_WINDOWS windows: bounds k on short inputs, where
+    # a sparse graph falls apart into many small components and would fake a large late eigengap
+    max_k = max(1, min(max_k, n // MIN_WINDOWS))
     best = None
-    for p in sorted({int(v) for v in np.linspace(2, max(2, n // 2), PRUNING_STEPS)}):
+    for p in sorted({int(v) for v in np.linspace(max(2, n // 50), max(2, n // 2), PRUNING_STEPS)}):
         graph = np.zeros_like(sim)
         graph[np.arange(n)[:, None], order[:, :p]] = 1.0
         graph = (graph + graph.T) / 2

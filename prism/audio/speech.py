@@ -116,16 +116,6 @@ class AsrModelRef:
         stat = weights.stat()
         return _file_digest(str(weights), stat.st_size, stat.st_mtime_ns)[:12]
 
-    @property
-    def multilingual(self) -> bool:
-        """English-only Whisper models (``*.en``) have no language tokens to detect with."""
-        import json
-
-        config = self.path / "config.json"
-        if config.is_file():
-            return bool(json.loads(config.read_text()).get("lang_ids"))
-        return not self.name.endswith(".en")
-
 
 def resolve_model(spec: str) -> AsrModelRef:
     """The ASR model for ``spec``; see :mod:`prism.audio.models`. Never downloads."""
@@ -320,11 +310,11 @@ class Transcriber:
     - ``repetition``: a phrase repeated back to back over much of the segment.
     """
 
-    def __init__(self, pipeline, model, config: AsrConfig, *, multilingual: bool | None = None):
+    def __init__(self, pipeline, model, config: AsrConfig):
         self.pipeline = pipeline
         self.model = model
         self.config = config
-        self.multilingual = model.model.is_multilingual if multilingual is None else multilingual
+        self.multilingual = bool(model.model.is_multilingual)
         self.language: str | None = config.language
         self.language_probability: float | None = None
         self.language_source: str | None = "forced" if config.language else None

@@ -33,6 +33,14 @@ class Voice:
     def of(cls, voice: str | Voice) -> Voice:
         return voice if isinstance(voice, Voice) else cls(voice)
 
+KOREAN_VOICES = ("ko+klatt", "ko+klatt2")  # espeak-ng's Klatt variants: the default "ko" is heard as Thai by Whisper base
+KOREAN_LINES = (
+    (0, "안녕하세요. 오늘은 날씨가 춥고 바람이 많이 불어요."),
+    (1, "감사합니다. 저는 역까지 걸어가서 아침 기차를 탈 거예요."),
+    (0, "도착하면 전화해 주세요. 공연 표를 잊지 마세요."),
+    (1, "물론이죠. 일곱 시에 강가의 오래된 다리에서 만나요."),
+)
+
 DEFAULT_LINES = (
     (0, "Good morning. The weather today is cold and windy, so take a warm coat."),
     (1, "Thank you. I will walk to the station and take the early train to the city."),

@@ -182,7 +182,6 @@ class AudioStage(Stage):
             transcriber = Transcriber(
                 pipeline, whisper,
                 AsrConfig(language=forced, language_hint=hint, beam_size=p.beam_size, batch_size=batch),
-                multilingual=ref.multilingual,
             )  # fmt: skip
         except ValueError as exc:
             raise ConfigError(f"audio.model={ref.name}: {exc}") from exc
@@ -296,7 +295,7 @@ class AudioStage(Stage):
             "language": transcriber.reported_language if segments else None,
             "language_probability": transcriber.language_probability if segments else None,
             # forced | detected | hint | "english-only model (language not detected)"
-            "language_source": transcriber.language_source if segments else None,
+            "language_source": transcriber.language_source if segments or english_only else None,
             "language_detected": None if english_only else transcriber.detected,
             "model": {"name": ref.name, "version": ref.version, "multilingual": not english_only},
             "duration_s": round(duration_s, 3),

@@ -1,7 +1,7 @@
 """The audio stage on its own generated media: two espeak-ng voices over music and silence, an EBU
 reference tone, and every bad input the issue lists. All through the Runner, as in production.
 
-Stated bounds (the shipped faster-whisper tiny.en, int8 on CPU):
+Stated bounds (the default multilingual Whisper base, int8 on CPU):
 - WER <= 15 % on the known dialogue (measured ~3 %: "seven" comes out as "7").
 - speech, music and silence span edges within 0.3 s of the rendered truth.
 - two speakers; every turn's start and end within 0.5 s of the truth.
@@ -52,9 +52,10 @@ def test_transcript_wer_language_and_model(dialogue):
     hypothesis = " ".join(seg["text"] for seg in transcript["segments"])
     assert word_error_rate(truth.text, hypothesis) <= WER_BOUND, hypothesis
     assert transcript["language"] == "en" and transcript["language_probability"] > 0.5
-    assert transcript["model"]["name"] == "faster-whisper-tiny.en" and len(transcript["model"]["version"]) == 12
+    assert transcript["language_source"] == "detected" and transcript["language_detected"][0][0] == "en"
+    assert transcript["model"]["name"] == "faster-whisper-base" and len(transcript["model"]["version"]) == 12
     manifest = json.loads((tdir / "manifest.json").read_text())
-    assert "tiny.en" in manifest["stages"]["audio"]["model"]["name"]
+    assert "faster-whisper-base" in manifest["stages"]["audio"]["model"]["name"]
     assert "silero" in manifest["stages"]["audio"]["model"]["name"]
     for seg in transcript["segments"]:
         assert seg["words"], seg
