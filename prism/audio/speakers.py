@@ -6,8 +6,8 @@ by spectral clustering with the number of speakers from the eigengap, auto-tuned
 (Park et al., 2019: the k-nearest-neighbour pruning of the cosine affinity is chosen to make
 the normalised eigengap largest relative to the pruning), so no absolute distance threshold has
 to fit every pair of voices: a monologue gives one speaker (the first gap is the largest), and
-voices closer than a fixed threshold would allow (one voice at two pitches) still separate. Labels are smoothed over neighbouring windows, a
-span changes speaker where its window labels change, and consecutive pieces of the same speaker
+voices closer than a fixed threshold would allow (one voice at two pitches) still separate.
+Labels are smoothed over neighbouring windows, a span changes speaker where its window labels change, and consecutive pieces of the same speaker
 separated by short pauses are joined into one turn. Windows are 256 floats each (about 2.5 MB
 per hour of speech at the default rate); above ``MAX_CLUSTER_WINDOWS`` an evenly spaced sample
 is clustered and the rest assigned to the nearest centroid, so time and memory stay bounded.

@@ -22,7 +22,6 @@ from typing import Iterator
 
 import numpy as np
 
-
 log = logging.getLogger(__name__)
 
 SR = 16000

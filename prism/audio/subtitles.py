@@ -98,7 +98,11 @@ def build_cues(segments: list[Segment], rules: CueRules = CueRules()) -> list[Cu
     def fits(candidate: list[Word]) -> bool:
         tokens = [w.word if i else " " + w.word.lstrip() for i, w in enumerate(candidate)]
         lines = _split_lines(tokens, rules.max_chars, rules.spaced)
-        return lines is not None and len(lines) <= rules.max_lines and candidate[-1].end - candidate[0].start <= rules.max_s
+        return (
+            lines is not None
+            and len(lines) <= rules.max_lines
+            and candidate[-1].end - candidate[0].start <= rules.max_s
+        )
 
     def close() -> None:
         if current:

@@ -33,7 +33,11 @@ class Voice:
     def of(cls, voice: str | Voice) -> Voice:
         return voice if isinstance(voice, Voice) else cls(voice)
 
-KOREAN_VOICES = ("ko+klatt", "ko+klatt2")  # espeak-ng's Klatt variants: the default "ko" is heard as Thai by Whisper base
+
+KOREAN_VOICES = (
+    "ko+klatt",
+    "ko+klatt2",
+)  # espeak-ng's Klatt variants: the default "ko" is heard as Thai by Whisper base
 KOREAN_LINES = (
     (0, "안녕하세요. 오늘은 날씨가 춥고 바람이 많이 불어요."),
     (1, "감사합니다. 저는 역까지 걸어가서 아침 기차를 탈 거예요."),

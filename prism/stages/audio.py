@@ -22,6 +22,7 @@ import pyarrow as pa
 from prism.artifacts import atomic_write_bytes, write_json, write_parquet
 from prism.audio.pcm import Loudness, TrackStream
 from prism.audio.segments import segment_spans
+from prism.audio.speakers import SpeakerConfig, SpeakerTurn, WindowEmbedder, encoder_id, load_encoder
 from prism.audio.speech import (
     SR,
     AsrConfig,
@@ -34,7 +35,6 @@ from prism.audio.speech import (
     resolve_model,
     vad_model_id,
 )
-from prism.audio.speakers import SpeakerConfig, SpeakerTurn, WindowEmbedder, encoder_id, load_encoder
 from prism.audio.subtitles import build_cues, rules_for, snap_to_shots, to_srt, to_vtt
 from prism.errors import ConfigError, ModelUnavailable
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
@@ -101,7 +101,9 @@ class AudioParams:
         if self.batch_size < 0 or self.beam_size < 1 or self.cpu_threads < 0 or self.track < 0:
             raise ValueError("batch_size, cpu_threads, track must be >= 0 and beam_size >= 1")
         if self.language != "auto" and language_code(self.language) != self.language:
-            raise ValueError(f"language must be auto or a Whisper language code (ISO 639-1, e.g. ko), got {self.language!r}")
+            raise ValueError(
+                f"language must be auto or a Whisper language code (ISO 639-1, e.g. ko), got {self.language!r}"
+            )
         if self.language_hint and language_code(self.language_hint) is None:
             raise ValueError(f"language_hint {self.language_hint!r} is not a known language code")
         if not 0.0 < self.vad_threshold < 1.0:
@@ -168,7 +170,9 @@ class AudioStage(Stage):
         p = self.params
         tracks = ctx.info.audio_tracks
         if not tracks:
-            return StageResult(outputs=[], status="skipped", reason=f"{ctx.source}: no audio track", metrics={"audio_tracks": 0})
+            return StageResult(
+                outputs=[], status="skipped", reason=f"{ctx.source}: no audio track", metrics={"audio_tracks": 0}
+            )
         if p.track >= len(tracks):
             raise ConfigError(f"audio.track={p.track} but {ctx.source} has {len(tracks)} audio track(s)")
 
@@ -226,14 +230,18 @@ class AudioStage(Stage):
             decode_errors[track.index] = stream.decode_errors
             speech_s[track.index] = round(sum(s.end_s - s.start_s for s in spans), 3)
             if stream.decode_errors:
-                log.warning("%s: audio track %d decoded with %d error(s)", ctx.source, track.index, stream.decode_errors)
+                log.warning(
+                    "%s: audio track %d decoded with %d error(s)", ctx.source, track.index, stream.decode_errors
+                )
 
         turns = embedder.turns()
         _label_words(segments, turns)
         duration_s = ctx.info.duration_s or max((l.times[-1] for l in loudness if l.times), default=0.0)
         # what the title's speech is; an English-only model decodes everything as English but detects nothing
         language = transcriber.reported_language if segments else None
-        rules = rules_for(transcriber.language if segments else None, max_chars=p.subtitle_max_chars, max_cps=p.subtitle_max_cps)
+        rules = rules_for(
+            transcriber.language if segments else None, max_chars=p.subtitle_max_chars, max_cps=p.subtitle_max_cps
+        )
         cues = build_cues(segments, rules)
         shot_changes, fps = self._shot_changes(ctx)
         snapped = snap_to_shots(cues, shot_changes, fps, p.shot_snap_frames, rules) if shot_changes else 0
@@ -268,7 +276,9 @@ class AudioStage(Stage):
             "subtitle_shot_changes": len(shot_changes),
         }
         summary = f"{words} words, {speakers} speaker(s), {len(tracks)} track(s), " + (
-            f"{dialogue_loudness.integrated_lufs:.1f} LUFS" if dialogue_loudness.integrated_lufs is not None else "silent"
+            f"{dialogue_loudness.integrated_lufs:.1f} LUFS"
+            if dialogue_loudness.integrated_lufs is not None
+            else "silent"
         )
         return StageResult(outputs=list(OUTPUTS), metrics=metrics, summary=summary)
 

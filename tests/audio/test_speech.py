@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from prism.audio import models
+from prism.audio.scoring import word_error_rate
 from prism.audio.speech import (
     CLIP_MAX_S,
     SR,
@@ -24,7 +25,6 @@ from prism.audio.speech import (
     load_asr_checked,
     repeated_phrase,
 )
-from prism.audio.scoring import word_error_rate
 from prism.audio.synth import espeak_available
 from prism.errors import ModelUnavailable
 from prism.runner import Runner
@@ -169,7 +169,7 @@ def test_no_speech_no_text_over_music_and_silence(tmp_path):
     from prism.audio.synth import music
 
     model, pipeline = load_asr(str(models.whisper_base().path), "cpu", "int8", 0)
-    bed = music(12.0)[:: 3][: 12 * SR] * np.float32(0.3)  # 48 kHz -> 16 kHz (a tonal bed; aliasing is fine)
+    bed = music(12.0)[::3][: 12 * SR] * np.float32(0.3)  # 48 kHz -> 16 kHz (a tonal bed; aliasing is fine)
     audio = np.concatenate([np.zeros(4 * SR, np.float32), bed])
     transcriber = Transcriber(pipeline, model, AsrConfig(language="ko"))
     fake = [Span(1.0, 3.5), Span(5.0, 9.0), Span(10.0, 15.0)]  # spans a VAD might wrongly give

@@ -45,7 +45,9 @@ def test_korean_detected_with_default_model_and_no_text_over_music(korean):
     root, video, truth = korean
     transcript, manifest, tdir = _run(root / "out", video)
     assert transcript["model"]["name"] == "faster-whisper-base" and transcript["model"]["multilingual"]
-    assert transcript["language"] == "ko" and transcript["language_source"] == "detected", transcript["language_detected"]
+    assert transcript["language"] == "ko" and transcript["language_source"] == "detected", transcript[
+        "language_detected"
+    ]
     text = " ".join(s["text"] for s in transcript["segments"])
     cer = character_error_rate(" ".join(t.text for t in truth.turns), text)
     assert cer <= CER_BOUND, (cer, text)
