@@ -100,3 +100,38 @@ def test_speech_music_spans_on_korean(korean):
     rows = pq.read_table(root / "out" / "titles" / "korean" / "audio_segments.parquet").to_pylist()
     music = [r for r in rows if r["label"] == "music"]
     assert any(abs(r["start_s"] - truth.music[0][0]) <= SPAN_TOL_S for r in music), rows
+
+
+def _vtt_times(path) -> list[tuple[float, float]]:
+    import re
+
+    stamps = re.findall(r"(\d+):(\d+):(\d+)\.(\d+) --> (\d+):(\d+):(\d+)\.(\d+)", path.read_text(encoding="utf-8"))
+    out = []
+    for g in stamps:
+        v = [int(x) for x in g]
+        out.append((v[0] * 3600 + v[1] * 60 + v[2] + v[3] / 1000, v[4] * 3600 + v[5] * 60 + v[6] + v[7] / 1000))
+    return out
+
+
+def test_subtitles_snap_to_shot_changes_from_shots_parquet(korean, tmp_path):
+    import pyarrow as pa
+
+    root, video, truth = korean
+    params = {"audio": {"language": "ko"}}
+    title = Runner(tmp_path, params=params).run([video], ["audio"])[0]
+    tdir = title.title_dir
+    cues = _vtt_times(tdir / "subtitles.vtt")
+    assert len(cues) >= 2
+    window = 12 / 10.0  # the generated video runs at 10 fps
+    changes = [round(t, 3) for t in (cues[0][0] + 0.3, cues[0][1] + 0.4, cues[1][0] - 0.5)]
+    starts = [0.0, *sorted(changes)]
+    pq.write_table(pa.table({"start_s": starts, "end_s": [*starts[1:], truth.duration_s]}), tdir / "shots.parquet")
+    title = Runner(tmp_path, params=params, force=True).run([video], ["audio"])[0]
+    metrics = json.loads((tdir / "manifest.json").read_text())["stages"]["audio"]["metrics"]
+    assert metrics["subtitle_shot_changes"] == 3 and metrics["subtitle_cues_snapped"] >= 2, metrics
+    snapped = _vtt_times(tdir / "subtitles.vtt")
+    for start, end in snapped:
+        for c in changes:
+            assert not (start < c < start + window) and not (start - window < c < start), (start, end, c)
+            assert not (end - window < c < end), (start, end, c)
+    assert all(a[1] <= b[0] for a, b in zip(snapped, snapped[1:]))
