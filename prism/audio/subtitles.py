@@ -140,34 +140,66 @@ def snap_to_shots(cues: list[Cue], changes: list[float], fps: float, frames: int
     """Move cue edges within ``frames`` of a shot change onto it; returns how many cues moved.
 
     An in-cue near a change starts on the change; an out-cue near a change ends two frames
-    before it (or, if that would leave the cue too short, 12+ frames after it). Neighbouring
-    cues keep ``min_gap_s`` between them; an edge that cannot move without breaking that stays.
+    before it (or 12+ frames after it, if ending before would leave the cue too short). When
+    several changes are near one edge, the nearest position clear of all of them wins; failing
+    that, the nearest one where no change falls in the cue's first or last ``frames``. Cues keep
+    ``min_gap_s`` between them and ``min_s``..``max_s`` lengths; an edge that cannot move
+    without breaking one of those stays where it is.
     """
     if not cues or not changes or frames <= 0 or fps <= 0:
         return 0
-    window, two = frames / fps, 2 / fps
+    window, two, eps = frames / fps, 2 / fps, 1e-6
     changes = sorted(changes)
 
-    def near(t: float) -> float | None:
-        i = bisect.bisect_left(changes, t)
-        best = min(changes[max(0, i - 1) : i + 1], key=lambda c: abs(c - t), default=None)
-        return best if best is not None and 1e-6 < abs(best - t) < window else None
+    def around(t: float) -> list[float]:
+        lo, hi = bisect.bisect_right(changes, t - window + eps), bisect.bisect_left(changes, t + window - eps)
+        return changes[lo:hi]
+
+    def clean_start(t: float) -> bool:
+        return all(abs(c - t) < eps for c in around(t))
+
+    def uncrossed_start(t: float) -> bool:
+        return all(c <= t + eps for c in around(t))
+
+    def clean_end(t: float) -> bool:
+        return all(abs(c - two - t) < eps for c in around(t))
+
+    def uncrossed_end(t: float) -> bool:
+        return all(c >= t - eps for c in around(t))
 
     moved = 0
     for i, cue in enumerate(cues):
-        before = replace(cue)
+        before = (cue.start, cue.end)
         prev_end = cues[i - 1].end if i else 0.0
         next_start = cues[i + 1].start if i + 1 < len(cues) else float("inf")
-        c = near(cue.start)
-        if c is not None and c >= prev_end + rules.min_gap_s and c < cue.end - two:
-            cue.start = c
-        c = near(cue.end)
-        if c is not None and abs(c - two - cue.end) > 1e-6:
-            if c - two - cue.start >= min(rules.min_s, cue.end - cue.start) and c - two <= next_start - rules.min_gap_s:
-                cue.end = c - two
-            elif c + window <= min(next_start - rules.min_gap_s, cue.start + rules.max_s):
-                cue.end = c + window
-        moved += (cue.start, cue.end) != (before.start, before.end)
+        if not clean_start(cue.start):
+            fits = [
+                c
+                for c in sorted(around(cue.start), key=lambda c: abs(c - cue.start))
+                if prev_end + rules.min_gap_s <= c < cue.end - two
+            ]
+            best = next((c for c in fits if clean_start(c)), None)
+            if best is None and not uncrossed_start(cue.start):
+                best = next((c for c in fits if uncrossed_start(c)), None)
+            if best is not None:
+                cue.start = best
+        if not clean_end(cue.end):
+            shortest = min(rules.min_s, cue.end - cue.start)
+            options = sorted(
+                {x for c in around(cue.end) for x in (c - two, c + window)}, key=lambda t: abs(t - cue.end)
+            )
+            fits = [
+                t
+                for t in options
+                if cue.start + shortest <= t <= min(next_start - rules.min_gap_s, cue.start + rules.max_s)
+            ]
+            # best: clear of every change; else at least not crossing one in the cue's last frames
+            best = next((t for t in fits if clean_end(t)), None)
+            if best is None and not uncrossed_end(cue.end):
+                best = next((t for t in fits if uncrossed_end(t)), None)
+            if best is not None:
+                cue.end = best
+        moved += (cue.start, cue.end) != before
     return moved
 
 

@@ -79,3 +79,20 @@ def test_changes_far_from_edges_leave_cues_alone():
     before = [(c.start, c.end) for c in cues]
     assert snap_to_shots(cues, [0.5, (cues[0].start + cues[0].end) / 2, 30.0], FPS, 12, rules) == 0
     assert [(c.start, c.end) for c in cues] == before
+
+
+def test_two_changes_around_one_edge_resolve_to_a_clear_position():
+    """Changes 0.46 s before and 0.4 s after an out-cue, with the next cue right after it."""
+    rules = rules_for("ko")
+    cues = build_cues(
+        [_korean(4.0, "도착하면 전화해 주세요. 공연 표를"), _korean(8.3, "물론이죠 만나요", speaker="SPEAKER_01")],
+        rules,
+    )
+    end = cues[0].end
+    window = 12 / 10.0
+    changes = [end - 0.46, end + 0.4, cues[1].start + 2.0]
+    snap_to_shots(cues, changes, 10.0, 12, rules)
+    for cue in cues:
+        for c in changes:
+            assert not (cue.end - window < c < cue.end), (cue, c)
+            assert not (cue.start - window < c < cue.start) and not (cue.start < c < cue.start + window), (cue, c)
