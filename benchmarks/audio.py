@@ -124,9 +124,26 @@ def run(out_dir: str | Path, *, minutes: float = 1.5, batch_size: int = 0, devic
 
     tone = out / "tone.mkv"
     subprocess.run(
-        [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "color=size=64x36:rate=10:d=10",
-         "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000:duration=10,volume=0.566337,pan=stereo|c0=c0|c1=c0",
-         "-c:v", "libx264", "-c:a", "pcm_s24le", str(tone)],
+        [
+            ffmpeg_exe(),
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=size=64x36:rate=10:d=10",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=1000:sample_rate=48000:duration=10,volume=0.566337,pan=stereo|c0=c0|c1=c0",
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "pcm_s24le",
+            str(tone),
+        ],
         check=True,
     )  # fmt: skip  (0.566337 * 1/8 = -23 dBFS peak: EBU Tech 3341 case 1)
     tone_title = Runner(out / "tone-out", params=params, force=True).run([tone], ["audio"])[0]
@@ -146,7 +163,9 @@ def markdown_section(result: dict, when: str) -> str:
         "(en-us+m3 / en-us+belinda, WER) and Korean (ko+klatt / ko+klatt2, CER over Hangul without spaces). "
         "RTF = seconds of audio per second of stage time (higher is faster). espeak-ng's Korean is robotic: "
         "its CER says more about the synthetic voice than about Whisper on real Korean speech; the voice table "
-        "shows which espeak-ng Korean voices the detector recognises as Korean at all.",
+        "shows which espeak-ng Korean voices the detector recognises as Korean at all. ko+klatt and ko+klatt2 "
+        "are two variants of one espeak-ng voice (same pitch), the hardest speaker pair here. The 2-core machine "
+        "may be shared with other jobs while this runs: RTF is then a lower bound.",
         "",
         "| metric | value |",
         "|---|---|",
@@ -174,13 +193,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=1.5, help="audio per language")
     parser.add_argument("--batch-size", type=int, default=0, help="0 = auto (1 on CPU, 16 on GPU)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--model", default="", help="ASR model name or CTranslate2 dir; default $PRISM_ASR_MODEL or base")
+    parser.add_argument(
+        "--model", default="", help="ASR model name or CTranslate2 dir; default $PRISM_ASR_MODEL or base"
+    )
     parser.add_argument("--doc", type=Path, help="rewrite the ### Audio section of this Markdown file")
+    parser.add_argument(
+        "--render", type=Path, help="only re-render --doc from an earlier result JSON (this script's output)"
+    )
     args = parser.parse_args(argv)
+    if args.render and args.doc:
+        saved = json.loads(args.render.read_text())
+        write_doc(args.doc, markdown_section(saved["result"], saved["when"]))
+        return
     result = run(args.out, minutes=args.minutes, batch_size=args.batch_size, device=args.device, model=args.model)
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print(json.dumps(result, indent=2))
+    Path(args.out, "result.json").write_text(json.dumps({"when": when, "result": result}, indent=2))
     if args.doc:
-        write_doc(args.doc, markdown_section(result, datetime.now(timezone.utc).isoformat(timespec="seconds")))
+        write_doc(args.doc, markdown_section(result, when))
 
 
 if __name__ == "__main__":
