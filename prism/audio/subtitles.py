@@ -13,7 +13,7 @@ in-cue on the change, an out-cue two frames before it), so no cue flashes across
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from prism.audio.speech import Segment, Word
 
