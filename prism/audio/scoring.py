@@ -1,4 +1,4 @@
-"""Word error rate of a transcript against known text (tests and benchmarks of the audio stage)."""
+"""Word and character error rates of a transcript against known text (audio tests and benchmarks)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,12 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     if not ref:
         return 0.0 if not hyp else 1.0
     return float(jiwer.wer(ref, hyp)) if hyp else 1.0
+
+
+def character_error_rate(reference: str, hypothesis: str) -> float:
+    """CER over letters and digits only (spaces and punctuation removed): for Korean, Japanese, Chinese."""
+    ref = re.sub(r"[\W_]+", "", reference.lower())
+    hyp = re.sub(r"[\W_]+", "", hypothesis.lower())
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return float(jiwer.cer(ref, hyp)) if hyp else 1.0

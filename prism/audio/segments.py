@@ -17,9 +17,7 @@ WINDOW_S = 0.01
 LABELS = ("silence", "music", "speech")
 
 
-def segment_spans(
-    level_db: np.ndarray, speech: list[Span], *, silence_db: float, min_span_s: float
-) -> list[dict]:
+def segment_spans(level_db: np.ndarray, speech: list[Span], *, silence_db: float, min_span_s: float) -> list[dict]:
     n = level_db.size
     if n == 0:
         return []

@@ -2,12 +2,15 @@
 
 Each VAD speech span is cut into 1.6 s windows every ``1/rate`` s (resemblyzer's partial
 utterances); each window gets a 256-d d-vector. All windows of the title are clustered
-(agglomerative, cosine distance, average linkage): with a fixed speaker count, or by a distance
-threshold, so the count is found from the data. Labels are smoothed over neighbouring windows, a
-span changes speaker where its window labels change, and consecutive pieces of the same speaker
+by spectral clustering with the number of speakers from the eigengap, auto-tuned as in NME-SC
+(Park et al., 2019: the k-nearest-neighbour pruning of the cosine affinity is chosen to make
+the normalised eigengap largest relative to the pruning), so no absolute distance threshold has
+to fit every pair of voices: a monologue gives one speaker (the first gap is the largest), and
+voices closer than a fixed threshold would allow (one voice at two pitches) still separate.
+Labels are smoothed over neighbouring windows, a span changes speaker where its window labels change, and consecutive pieces of the same speaker
 separated by short pauses are joined into one turn. Windows are 256 floats each (about 2.5 MB
-per hour of speech at the default rate); above ``MAX_CLUSTER_WINDOWS`` a sample is clustered
-and the rest assigned to the nearest centroid, so memory stays bounded on long titles.
+per hour of speech at the default rate); above ``MAX_CLUSTER_WINDOWS`` an evenly spaced sample
+is clustered and the rest assigned to the nearest centroid, so time and memory stay bounded.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import numpy as np
 
 from prism.audio.speech import SR, Span
 
-MAX_CLUSTER_WINDOWS = 4000
+MAX_CLUSTER_WINDOWS = 1200  # eigendecompositions of this size take ~0.3 s each
+MIN_WINDOWS = 6  # fewer windows than this are too little evidence for a second speaker
+PRUNING_STEPS = 16
 MIN_EMBED_S = 0.5  # shorter spans take the label of the nearest window
 
 
@@ -31,7 +36,6 @@ MIN_EMBED_S = 0.5  # shorter spans take the label of the nearest window
 class SpeakerConfig:
     num_speakers: int = 0  # 0 = estimate from the data
     max_speakers: int = 10
-    distance_threshold: float = 0.45  # cosine distance between cluster averages to keep them apart
     window_rate: float = 2.5  # windows per second
     merge_gap_s: float = 1.0
     smooth_windows: int = 2  # majority vote over +/- this many windows of the same span
@@ -131,32 +135,57 @@ class WindowEmbedder:
 
 
 def cluster(vectors: np.ndarray, config: SpeakerConfig) -> np.ndarray:
-    """Cluster labels (0..k-1) of L2-normalised d-vectors."""
-    from sklearn.cluster import AgglomerativeClustering
-
+    """Cluster labels (0..k-1) of d-vectors; k fixed by ``num_speakers`` or estimated."""
     n = vectors.shape[0]
-    if n == 1:
-        return np.zeros(1, np.int64)
     x = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+    if n < MIN_WINDOWS and not config.num_speakers:
+        return np.zeros(n, np.int64)
     sample = x
     if n > MAX_CLUSTER_WINDOWS:
-        pick = np.linspace(0, n - 1, MAX_CLUSTER_WINDOWS).astype(np.int64)
-        sample = x[pick]
-    if config.num_speakers:
-        model = AgglomerativeClustering(n_clusters=min(config.num_speakers, sample.shape[0]), metric="cosine", linkage="average")
-    else:
-        model = AgglomerativeClustering(
-            n_clusters=None, metric="cosine", linkage="average", distance_threshold=config.distance_threshold
-        )
-    labels = model.fit_predict(sample)
-    if not config.num_speakers and labels.max() + 1 > config.max_speakers:
-        model = AgglomerativeClustering(n_clusters=config.max_speakers, metric="cosine", linkage="average")
-        labels = model.fit_predict(sample)
+        sample = x[np.linspace(0, n - 1, MAX_CLUSTER_WINDOWS).astype(np.int64)]
+    labels = _spectral(sample, config.num_speakers, config.max_speakers)
     labels = _drop_tiny_clusters(sample, labels)
     if sample is x:
         return labels
-    centroids = np.stack([sample[labels == k].mean(axis=0) for k in np.unique(labels)])
-    return np.unique(labels)[np.argmax(x @ centroids.T, axis=1)]
+    ids = np.unique(labels)
+    centroids = np.stack([sample[labels == k].mean(axis=0) for k in ids])
+    return ids[np.argmax(x @ centroids.T, axis=1)]
+
+
+def _spectral(x: np.ndarray, fixed: int, max_k: int) -> np.ndarray:
+    """NME-SC: for each pruning p, binarised p-NN cosine graph -> normalised Laplacian -> eigengap.
+
+    The p with the smallest ``(p / n) / normalised max eigengap`` wins; its eigengap gives the
+    speaker count (unless ``fixed``), and k-means on its first k eigenvectors gives the labels.
+    """
+    from scipy.linalg import eigh
+    from sklearn.cluster import KMeans
+
+    n = x.shape[0]
+    if n <= 2:
+        return np.zeros(n, np.int64) if not fixed else np.arange(n) % max(fixed, 1)
+    sim = x @ x.T
+    order = np.argsort(-sim, axis=1)
+    # a speaker is someone heard for at least MIN_WINDOWS windows: bounds k on short inputs, where
+    # a sparse graph falls apart into many small components and would fake a large late eigengap
+    max_k = max(1, min(max_k, n // MIN_WINDOWS))
+    best = None
+    for p in sorted({int(v) for v in np.linspace(max(2, n // 50), max(2, n // 2), PRUNING_STEPS)}):
+        graph = np.zeros_like(sim)
+        graph[np.arange(n)[:, None], order[:, :p]] = 1.0
+        graph = (graph + graph.T) / 2
+        inv = 1 / np.sqrt(graph.sum(axis=1))
+        values, vectors = eigh(np.eye(n) - inv[:, None] * graph * inv[None, :])
+        gaps = np.diff(values[: max_k + 1])
+        k = fixed or int(np.argmax(gaps)) + 1
+        score = (p / n) / max(float(gaps.max()) / max(float(values[-1]), 1e-9), 1e-9)
+        if best is None or score < best[0]:
+            best = (score, k, vectors[:, :k])
+    _, k, embedding = best
+    if k == 1:
+        return np.zeros(n, np.int64)
+    embedding = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-9)
+    return KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(embedding).astype(np.int64)
 
 
 def _drop_tiny_clusters(x: np.ndarray, labels: np.ndarray, min_windows: int = 3) -> np.ndarray:

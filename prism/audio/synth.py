@@ -20,6 +20,31 @@ from prism.media.tools import ffmpeg_exe
 RATE = 48000
 VOICES = ("en-us+m3", "en-us+belinda")  # far apart for a voice encoder (cosine ~0.58; m3 vs f4 is ~0.86)
 
+
+@dataclass(frozen=True)
+class Voice:
+    """An espeak-ng voice (``-v``, e.g. ``ko+f2``) with its pitch (``-p``, 0-99) and speed (``-s``, wpm)."""
+
+    name: str
+    pitch: int = 50
+    speed: int = 150
+
+    @classmethod
+    def of(cls, voice: str | Voice) -> Voice:
+        return voice if isinstance(voice, Voice) else cls(voice)
+
+
+KOREAN_VOICES = (
+    "ko+klatt",
+    "ko+klatt2",
+)  # espeak-ng's Klatt variants: the default "ko" is heard as Thai by Whisper base
+KOREAN_LINES = (
+    (0, "안녕하세요. 오늘은 날씨가 춥고 바람이 많이 불어요."),
+    (1, "감사합니다. 저는 역까지 걸어가서 아침 기차를 탈 거예요."),
+    (0, "도착하면 전화해 주세요. 공연 표를 잊지 마세요."),
+    (1, "물론이죠. 일곱 시에 강가의 오래된 다리에서 만나요."),
+)
+
 DEFAULT_LINES = (
     (0, "Good morning. The weather today is cold and windy, so take a warm coat."),
     (1, "Thank you. I will walk to the station and take the early train to the city."),
@@ -49,9 +74,11 @@ def espeak_available() -> bool:
     return shutil.which("espeak-ng") is not None
 
 
-def _speak(text: str, voice: str, work: Path, index: int) -> np.ndarray:
+def _speak(text: str, voice: str | Voice, work: Path, index: int) -> np.ndarray:
+    v = Voice.of(voice)
     wav = work / f"turn{index}.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(wav), text], check=True, capture_output=True)
+    cmd = ["espeak-ng", "-v", v.name, "-p", str(v.pitch), "-s", str(v.speed), "-w", str(wav), text]
+    subprocess.run(cmd, check=True, capture_output=True)
     return _decode(wav)
 
 
@@ -84,24 +111,26 @@ def build_dialogue(
     tail_silence_s: float = 2.0,
     repeat: int = 1,
     audio_codec: list[str] | None = None,
+    voices: tuple[str | Voice, ...] = VOICES,
 ) -> DialogueTruth:
     """Render the dialogue as a small video (mp4, AAC stereo 48 kHz) and return its truth.
 
     Layout: ``lead_silence_s`` of silence, ``music_intro_s`` of music alone, then the turns
     separated by ``gap_s``; the music bed runs under the first ``music_turns`` turns and stops
     at the end of the last of them; the rest is speech over silence, then ``tail_silence_s``.
-    ``repeat`` > 1 repeats the turn list (for the benchmark's longer input).
+    ``repeat`` > 1 repeats the turn list (for the benchmark's longer input). ``voices[i]`` reads
+    the lines of speaker ``i``.
     """
     out = Path(out)
     work = out.with_suffix(".parts")
     work.mkdir(parents=True, exist_ok=True)
     all_lines = list(lines) * repeat
-    voices = [_speak(text, VOICES[spk], work, i) for i, (spk, text) in enumerate(all_lines)]
+    rendered = [_speak(text, voices[spk], work, i) for i, (spk, text) in enumerate(all_lines)]
     pos = lead_silence_s + music_intro_s
     turns: list[Turn] = []
     placed: list[tuple[int, np.ndarray]] = []
     thr = 10 ** (-50 / 20)
-    for (spk, text), wav in zip(all_lines, voices):
+    for (spk, text), wav in zip(all_lines, rendered):
         loud = np.flatnonzero(np.abs(wav) > thr)
         wav = wav[loud[0] : loud[-1] + 1] if loud.size else wav
         start = int(round(pos * RATE))
@@ -112,8 +141,9 @@ def build_dialogue(
     total = turns[-1].end_s + tail_silence_s
     mix = np.zeros(int(round(total * RATE)), np.float32)
     m0, m1 = int(round(lead_silence_s * RATE)), int(round(music_end * RATE))
-    bed = music(music_end - lead_silence_s + 0.1)[: m1 - m0]
-    mix[m0 : m0 + bed.size] += bed * np.float32(10 ** (music_gain_db / 20) / max(float(np.abs(bed).max()), 1e-9))
+    if m1 > m0:
+        bed = music(music_end - lead_silence_s + 0.1)[: m1 - m0]
+        mix[m0 : m0 + bed.size] += bed * np.float32(10 ** (music_gain_db / 20) / max(float(np.abs(bed).max()), 1e-9))
     for start, wav in placed:
         mix[start : start + wav.size] += wav * np.float32(0.5 / max(float(np.abs(wav).max()), 1e-9))
     raw = work / "mix.f32"
@@ -135,7 +165,7 @@ def build_dialogue(
     return DialogueTruth(
         duration_s=total,
         turns=turns,
-        music=[(lead_silence_s, music_end)],
+        music=[(lead_silence_s, music_end)] if music_end > lead_silence_s else [],
         silence=silence,
         text=" ".join(text for _, text in all_lines),
     )

@@ -11,8 +11,10 @@ pure music gives empty-but-valid outputs; a track ffmpeg cannot decode at all fa
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +22,7 @@ import pyarrow as pa
 from prism.artifacts import atomic_write_bytes, write_json, write_parquet
 from prism.audio.pcm import Loudness, TrackStream
 from prism.audio.segments import segment_spans
+from prism.audio.speakers import SpeakerConfig, SpeakerTurn, WindowEmbedder, encoder_id, load_encoder
 from prism.audio.speech import (
     SR,
     AsrConfig,
@@ -28,20 +31,19 @@ from prism.audio.speech import (
     Transcriber,
     VadConfig,
     faster_whisper_version,
-    load_asr,
-    resolve_device,
+    load_asr_checked,
     resolve_model,
     vad_model_id,
 )
-from prism.audio.speakers import SpeakerConfig, SpeakerTurn, WindowEmbedder, encoder_id, load_encoder
-from prism.audio.subtitles import CueRules, build_cues, to_srt, to_vtt
+from prism.audio.subtitles import build_cues, rules_for, snap_to_shots, to_srt, to_vtt
 from prism.errors import ConfigError, ModelUnavailable
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
 from prism.timeline import frame_level_db
 
 log = logging.getLogger(__name__)
 
-ALGORITHM_VERSION = "1"
+ALGORITHM_VERSION = "2"
+LANGUAGE_HINT_ENV = "PRISM_LANGUAGE_HINT"  # the cloud worker's per-title hint (e.g. from the discover input)
 OUTPUTS = [
     "transcript.json",
     "subtitles.vtt",
@@ -53,15 +55,34 @@ OUTPUTS = [
 ]
 
 
+# ISO 639-2 tags as containers carry them (MKV/MP4 "language") -> Whisper's ISO 639-1 codes.
+ISO639_2 = {"kor": "ko", "eng": "en", "jpn": "ja", "zho": "zh", "chi": "zh", "spa": "es", "fra": "fr", "fre": "fr",
+            "deu": "de", "ger": "de", "ita": "it", "por": "pt", "rus": "ru", "tha": "th", "vie": "vi", "ind": "id",
+            "hin": "hi", "ara": "ar", "tur": "tr", "msa": "ms", "may": "ms", "tgl": "tl", "fil": "tl", "nld": "nl",
+            "dut": "nl", "pol": "pl", "swe": "sv", "ukr": "uk", "heb": "he", "yue": "yue"}  # fmt: skip
+
+
+def language_code(value: str | None) -> str | None:
+    """A Whisper language code from an ISO 639-1/-2 code or a container tag; None if unknown/undetermined."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    code = (value or "").strip().lower().replace("_", "-").split("-")[0]
+    code = ISO639_2.get(code, code)
+    return code if code in _LANGUAGE_CODES else None
+
+
 @dataclass(frozen=True)
 class AudioParams:
-    model: str = ""  # CTranslate2 Whisper directory or cached name; "" = $PRISM_ASR_MODEL or shipped tiny.en
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    model: str = ""  # "" = $PRISM_ASR_MODEL or multilingual Whisper base; tiny.en | base | large-v3 | DIR
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (an unusable GPU falls back to the CPU, see metrics)
     compute_type: str = "default"  # CTranslate2 type: default = int8 on CPU, float16 on GPU
     batch_size: int = 0  # clips per batched decode; 0 = auto (1 on CPU, 16 on GPU)
     beam_size: int = 5
     cpu_threads: int = 0  # 0 = CTranslate2's default
-    language: str | None = None  # ISO 639-1 code to force; None = detect
+    language: str = "auto"  # auto (detect) | ISO 639-1 code to force, e.g. ko
+    # The title's expected language (catalogue metadata; in the cloud via PRISM_PARAMS or the job's
+    # PRISM_LANGUAGE_HINT); "" = the dialogue track's language tag, if any. Used unless detection disagrees clearly.
+    language_hint: str = field(default_factory=lambda: os.environ.get(LANGUAGE_HINT_ENV, ""))
     track: int = 0  # the dialogue track: transcript, subtitles and speakers come from it
     vad_threshold: float = 0.5
     min_silence_s: float = 0.3  # pause that ends a speech span
@@ -69,22 +90,32 @@ class AudioParams:
     min_span_s: float = 0.3  # shorter silence/music runs are absorbed by their neighbour
     num_speakers: int = 0  # 0 = estimate
     max_speakers: int = 10
-    speaker_threshold: float = 0.45  # cosine distance (average linkage) above which clusters are two speakers
+    subtitle_max_chars: int = 0  # per line; 0 = by language (16 Korean/Chinese, 13 Japanese, 42 others)
+    subtitle_max_cps: float = 0.0  # reading speed, characters/s; 0 = by language (12 Korean, 20 Latin)
+    shot_snap_frames: int = 12  # cue edges this close to a shot change (shots.parquet) move onto it
     block_s: float = 600.0  # streaming block length (memory bound)
 
     def __post_init__(self) -> None:
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.batch_size < 0 or self.beam_size < 1 or self.cpu_threads < 0 or self.track < 0:
             raise ValueError("batch_size, cpu_threads, track must be >= 0 and beam_size >= 1")
+        if self.language != "auto" and language_code(self.language) != self.language:
+            raise ValueError(
+                f"language must be auto or a Whisper language code (ISO 639-1, e.g. ko), got {self.language!r}"
+            )
+        if self.language_hint and language_code(self.language_hint) is None:
+            raise ValueError(f"language_hint {self.language_hint!r} is not a known language code")
         if not 0.0 < self.vad_threshold < 1.0:
             raise ValueError("vad_threshold must be in (0, 1)")
         if self.silence_db >= 0:
             raise ValueError("silence_db must be negative (dBFS)")
         if min(self.min_silence_s, self.min_span_s) <= 0 or self.block_s < 60:
             raise ValueError("min_silence_s and min_span_s must be > 0, block_s >= 60")
-        if self.num_speakers < 0 or self.max_speakers < 1 or not 0 < self.speaker_threshold < 2:
-            raise ValueError("num_speakers >= 0, max_speakers >= 1, speaker_threshold in (0, 2)")
+        if self.num_speakers < 0 or self.max_speakers < 1:
+            raise ValueError("num_speakers >= 0, max_speakers >= 1")
+        if self.subtitle_max_chars < 0 or self.subtitle_max_cps < 0 or self.shot_snap_frames < 0:
+            raise ValueError("subtitle_max_chars, subtitle_max_cps and shot_snap_frames must be >= 0")
 
 
 SEGMENTS_SCHEMA = pa.schema(
@@ -139,22 +170,28 @@ class AudioStage(Stage):
         p = self.params
         tracks = ctx.info.audio_tracks
         if not tracks:
-            return StageResult(outputs=[], status="skipped", reason=f"{ctx.source}: no audio track", metrics={"audio_tracks": 0})
+            return StageResult(
+                outputs=[], status="skipped", reason=f"{ctx.source}: no audio track", metrics={"audio_tracks": 0}
+            )
         if p.track >= len(tracks):
             raise ConfigError(f"audio.track={p.track} but {ctx.source} has {len(tracks)} audio track(s)")
 
         ref = resolve_model(p.model)
-        device = resolve_device(p.device)
-        on_gpu = device.startswith("cuda")
-        compute_type = p.compute_type if p.compute_type != "default" else ("float16" if on_gpu else "int8")
+        whisper, pipeline, runtime = load_asr_checked(str(ref.path), p.device, p.compute_type, p.cpu_threads)
+        on_gpu = runtime.device.startswith("cuda")
         batch = p.batch_size or (16 if on_gpu else 1)
-        whisper, pipeline = load_asr(str(ref.path), device, compute_type, p.cpu_threads)
-        transcriber = Transcriber(pipeline, whisper, AsrConfig(language=p.language, beam_size=p.beam_size, batch_size=batch))
+        hint = language_code(p.language_hint) or language_code(tracks[p.track].language)
+        forced = None if p.language == "auto" else p.language
+        try:
+            transcriber = Transcriber(
+                pipeline, whisper,
+                AsrConfig(language=forced, language_hint=hint, beam_size=p.beam_size, batch_size=batch),
+            )  # fmt: skip
+        except ValueError as exc:
+            raise ConfigError(f"audio.model={ref.name}: {exc}") from exc
         embedder = WindowEmbedder(
-            load_encoder("cuda" if on_gpu else "cpu"),
-            SpeakerConfig(
-                num_speakers=p.num_speakers, max_speakers=p.max_speakers, distance_threshold=p.speaker_threshold
-            ),
+            load_encoder("cuda" if on_gpu and _torch_cuda() else "cpu"),
+            SpeakerConfig(num_speakers=p.num_speakers, max_speakers=p.max_speakers),
         )
         vad_config = VadConfig(threshold=p.vad_threshold, min_silence_s=p.min_silence_s)
         total_s = ctx.info.duration_s * len(tracks) or None
@@ -193,41 +230,84 @@ class AudioStage(Stage):
             decode_errors[track.index] = stream.decode_errors
             speech_s[track.index] = round(sum(s.end_s - s.start_s for s in spans), 3)
             if stream.decode_errors:
-                log.warning("%s: audio track %d decoded with %d error(s)", ctx.source, track.index, stream.decode_errors)
+                log.warning(
+                    "%s: audio track %d decoded with %d error(s)", ctx.source, track.index, stream.decode_errors
+                )
 
         turns = embedder.turns()
         _label_words(segments, turns)
         duration_s = ctx.info.duration_s or max((l.times[-1] for l in loudness if l.times), default=0.0)
-        self._write(ctx, ref, transcriber, duration_s, segments, turns, segment_rows, loudness)
+        # what the title's speech is; an English-only model decodes everything as English but detects nothing
+        language = transcriber.reported_language if segments else None
+        rules = rules_for(
+            transcriber.language if segments else None, max_chars=p.subtitle_max_chars, max_cps=p.subtitle_max_cps
+        )
+        cues = build_cues(segments, rules)
+        shot_changes, fps = self._shot_changes(ctx)
+        snapped = snap_to_shots(cues, shot_changes, fps, p.shot_snap_frames, rules) if shot_changes else 0
+        self._write(ctx, ref, transcriber, duration_s, segments, turns, segment_rows, loudness, cues)
         words = sum(len(s.words) for s in segments)
         speakers = len({t.speaker for t in turns})
         dialogue_loudness = loudness[p.track]
         metrics = {
             "audio_tracks": len(tracks),
             "dialogue_track": p.track,
-            "language": transcriber.language if segments else None,
+            "language": language,
+            "language_source": transcriber.language_source if segments else None,
+            "language_hint": hint,
+            "language_detected": transcriber.detected,
             "segments": len(segments),
+            "rejected_segments": dict(sorted(transcriber.rejected.items())),
             "words": words,
             "speakers": speakers,
             "turns": len(turns),
             "speech_s": speech_s,
             "integrated_lufs": dialogue_loudness.integrated_lufs,
             "decode_errors": decode_errors,
-            "asr_device": device,
-            "asr_compute_type": compute_type,
+            "asr_device": runtime.device,
+            "asr_compute_type": runtime.compute_type,
             "asr_batch_size": batch,
+            "asr_device_fallback": runtime.fallback_reason,
+            "subtitle_cues": len(cues),
+            "subtitle_max_chars": rules.max_chars,
+            "subtitle_max_cps": rules.max_cps,
+            "subtitle_reading_speed_over": sum(1 for c in cues if c.cps > rules.max_cps + 1e-6),
+            "subtitle_cues_snapped": snapped,
+            "subtitle_shot_changes": len(shot_changes),
         }
         summary = f"{words} words, {speakers} speaker(s), {len(tracks)} track(s), " + (
-            f"{dialogue_loudness.integrated_lufs:.1f} LUFS" if dialogue_loudness.integrated_lufs is not None else "silent"
+            f"{dialogue_loudness.integrated_lufs:.1f} LUFS"
+            if dialogue_loudness.integrated_lufs is not None
+            else "silent"
         )
         return StageResult(outputs=list(OUTPUTS), metrics=metrics, summary=summary)
 
-    def _write(self, ctx, ref, transcriber, duration_s, segments, turns, segment_rows, loudness) -> None:
+    def _shot_changes(self, ctx: StageContext) -> tuple[list[float], float]:
+        """Shot change times from the title's shots.parquet, when the shots stage has run (else none)."""
+        path = ctx.title_dir / "shots.parquet"
+        video = ctx.info.video
+        fps = video.fps if video and video.fps else 25.0
+        if not path.exists():
+            return [], fps
+        import pyarrow.parquet as pq
+
+        try:
+            starts = pq.read_table(path, columns=["start_s"]).column("start_s").to_pylist()
+        except (OSError, KeyError, pa.ArrowException) as exc:
+            log.warning("%s: shots.parquet unreadable, subtitles not snapped to shots: %s", ctx.source, exc)
+            return [], fps
+        return sorted(float(t) for t in starts if t and t > 0), fps
+
+    def _write(self, ctx, ref, transcriber, duration_s, segments, turns, segment_rows, loudness, cues) -> None:
         out = ctx.staging
+        english_only = not transcriber.multilingual
         transcript = {
-            "language": transcriber.language if segments else None,
+            "language": transcriber.reported_language if segments else None,
             "language_probability": transcriber.language_probability if segments else None,
-            "model": {"name": ref.name, "version": ref.version},
+            # forced | detected | hint | "english-only model (language not detected)"
+            "language_source": transcriber.language_source if segments or english_only else None,
+            "language_detected": None if english_only else transcriber.detected,
+            "model": {"name": ref.name, "version": ref.version, "multilingual": not english_only},
             "duration_s": round(duration_s, 3),
             "segments": [
                 {
@@ -244,7 +324,6 @@ class AudioStage(Stage):
             ],
         }
         write_json(out / "transcript.json", transcript)
-        cues = build_cues(segments, CueRules())
         atomic_write_bytes(out / "subtitles.vtt", to_vtt(cues).encode("utf-8"))
         atomic_write_bytes(out / "subtitles.srt", to_srt(cues).encode("utf-8"))
         write_parquet(out / "audio_segments.parquet", pa.Table.from_pylist(segment_rows, schema=SEGMENTS_SCHEMA))
@@ -270,6 +349,12 @@ class AudioStage(Stage):
             "short_term_lufs": pa.array([s for l in loudness for s in l.short_term], pa.float64()),
         }
         write_parquet(out / "loudness_short_term.parquet", pa.Table.from_pydict(short, schema=SHORT_TERM_SCHEMA))
+
+
+def _torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _label_words(segments: list[Segment], turns: list[SpeakerTurn]) -> None:
