@@ -123,8 +123,10 @@ class EnvironmentConfig:
     schedule_enabled: bool = True
     # compute
     gpu_instance_types: tuple[str, ...] = ("g6.xlarge", "g6.2xlarge", "g5.xlarge", "g5.2xlarge")
-    max_vcpus: int = 64
+    max_vcpus: int = 64  # the cap for spot and on-demand together
     spot: bool = True  # spot first with on-demand fallback; False: on-demand only
+    on_demand_max_vcpus: int | None = None  # on-demand's part of max_vcpus when spot; None: half
+    spot_wait_minutes: int = 30  # a job waiting this long for Spot capacity is resubmitted on demand
     root_volume_gib: int = 200  # scratch space for the source and decodes
     vpc_cidr: str = "10.40.0.0/16"
     # worker image, built and pushed by the pipeline (see containers/)
@@ -146,8 +148,11 @@ class EnvironmentConfig:
     retain_data: bool = False  # RETAIN the bucket, table and key on stack deletion
     alarm_emails: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
-    # the tooling account whose pipeline runs the post-deploy smoke test (a role it may assume); None: no role
-    smoke_test_account: str | None = None
+    # the role (ARN) of the pipeline's smoke-test step, trusted to assume this environment's smoke-test role; None: no role
+    smoke_test_caller_arn: str | None = None
+    # accounts other than this one that own buckets the workers read (the upstream input bucket, the model bucket):
+    # the S3 gateway endpoint's policy allows only this account's buckets, these, and ECR's layer bucket
+    external_bucket_accounts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -156,8 +161,16 @@ class EnvironmentConfig:
             raise ValueError(f"{self.name}: {exc}") from exc
         if not self.availability_zones:
             raise ValueError(f"{self.name}: list at least one availability zone")
-        if self.max_vcpus < max(j.vcpus for j in self.jobs):
+        largest = max(j.vcpus for j in self.jobs)
+        if self.max_vcpus < largest:
             raise ValueError(f"{self.name}: max_vcpus is below the largest job")
+        if self.spot and min(self.on_demand_vcpus, self.max_vcpus - self.on_demand_vcpus) < largest:
+            raise ValueError(
+                f"{self.name}: spot and on-demand split max_vcpus={self.max_vcpus} "
+                f"(on demand {self.on_demand_vcpus}); each part must fit the largest job ({largest})"
+            )
+        if not 10 <= self.spot_wait_minutes <= 24 * 60:
+            raise ValueError(f"{self.name}: spot_wait_minutes must be 10..1440")
         sizes = [INSTANCE_SIZES[t] for t in self.gpu_instance_types if t in INSTANCE_SIZES]
         for job in self.jobs:  # ECS keeps some memory for itself, hence the 5% margin
             if sizes and not any(job.vcpus <= c and job.memory_mib <= m * 0.95 and job.gpus <= g for c, m, g in sizes):
@@ -170,6 +183,13 @@ class EnvironmentConfig:
     @property
     def stack_name(self) -> str:
         return f"Prism-{self.name}"
+
+    @property
+    def on_demand_vcpus(self) -> int:
+        """On-demand's share of ``max_vcpus`` (all of it without spot): the two never add up to more."""
+        if not self.spot:
+            return self.max_vcpus
+        return self.on_demand_max_vcpus if self.on_demand_max_vcpus is not None else self.max_vcpus // 2
 
     @property
     def pipeline_version(self) -> str:
@@ -285,6 +305,7 @@ class PipelineConfig:
     smoke_title: str = "prism-smoke-sample"  # a short video under the dev input prefix (docs/deploy.md)
     smoke_stages: tuple[str, ...] = ()  # () = every stage: the new image must run them all
     smoke_timeout_minutes: int = 50  # GPU instances start from zero and pull the image first
+    smoke_test_caller_role_name: str = "prism-pipeline-smoke-test"  # the smoke-test step's CodeBuild role
     approval_topic_name: str | None = "prism-pipeline-approvals"  # SNS topic for approval requests; None: no topic
     approval_emails: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
@@ -308,13 +329,17 @@ class PipelineConfig:
     def image_repository_arn(self) -> str:
         return f"arn:aws:ecr:{self.region}:{self.account}:repository/{self.image_repository}"
 
+    @property
+    def smoke_test_caller_arn(self) -> str:
+        return f"arn:aws:iam::{self.account}:role/{self.smoke_test_caller_role_name}"
+
     def environment(self, stage: PromotionStage, *, image_tag: str, version: str) -> EnvironmentConfig:
         """The stage's environment as the pipeline deploys it: its account, this pipeline's image and version."""
         base = ENVIRONMENTS[stage.env]
         return replace(
             base, account=stage.account or base.account, image_repository=self.image_repository,
             image_repository_arn=self.image_repository_arn, image_tag=image_tag, version=version,
-            smoke_test_account=self.account if stage.smoke_test else None,
+            smoke_test_caller_arn=self.smoke_test_caller_arn if stage.smoke_test else None,
         )  # fmt: skip
 
 

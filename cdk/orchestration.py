@@ -29,6 +29,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
+from cdk.compute import CAPACITY_SHORT
 from cdk.config import JobSpec
 from cdk.lambda_bundle import lambda_bundle
 
@@ -104,8 +105,11 @@ class Orchestration(Construct):
             )  # fmt: skip
 
         run_request = sfn.TaskInput.from_object(
-            {"request": sfn.JsonPath.entire_payload, "execution": sfn.JsonPath.string_at("$$.Execution.Name"),
-             "started_at": sfn.JsonPath.string_at("$$.Execution.StartTime")}
+            {
+                "request": sfn.JsonPath.entire_payload,
+                "execution": sfn.JsonPath.string_at("$$.Execution.Name"),
+                "started_at": sfn.JsonPath.string_at("$$.Execution.StartTime"),
+            }
         )
         discover = tasks.LambdaInvoke(
             self, "Discover titles", lambda_function=self.functions["Discover"], payload=run_request,
@@ -126,6 +130,7 @@ class Orchestration(Construct):
             # should fail the run (and alarm) rather than be tolerated.
             result_path="$.results",
         )  # fmt: skip
+        self._on_demand_queue = job_queues.get("on_demand")
         titles.item_processor(self._title_flow(jobs, job_definitions))
 
         summary = tasks.LambdaInvoke(
@@ -205,14 +210,34 @@ class Orchestration(Construct):
             job = self._job(spec, job_definitions[spec.name])
             job.add_retry(errors=BATCH_API_ERRORS, interval=Duration.seconds(10), backoff_rate=2, max_attempts=4)
             failed = self._record_failure(spec.name).next(
-                sfn.Pass(self, f"{spec.name} failed", result_path=sfn.JsonPath.DISCARD))
+                sfn.Pass(self, f"{spec.name} failed", result_path=sfn.JsonPath.DISCARD)
+            )
+            if self._on_demand_queue is not None:
+                job.add_catch(self._capacity_fallback(spec, job_definitions[spec.name], failed, following),
+                              errors=["States.TaskFailed"], result_path="$.error")  # fmt: skip
             job.add_catch(failed, errors=["States.ALL"], result_path="$.error")
             job.next(following)
             choice.when(sfn.Condition.boolean_equals(f"$.title.jobs.{spec.name}.run", True), job).otherwise(following)
         return choices[0][1]
 
-    def _job(self, spec: JobSpec, job_definition: batch.IJobDefinition) -> sfn.CustomState:
-        """``batch:submitJob.sync`` as ASL: the queue is chosen per run mode at run time."""
+    def _capacity_fallback(self, spec: JobSpec, job_definition, failed: sfn.IChainable,
+                           following: sfn.IChainable) -> sfn.Choice:  # fmt: skip
+        """A job the Spot-first queue cancelled for want of capacity runs again on the on-demand queue."""
+        on_demand = self._job(spec, job_definition, queue_arn=self._on_demand_queue.job_queue_arn)
+        on_demand.add_retry(errors=BATCH_API_ERRORS, interval=Duration.seconds(10), backoff_rate=2, max_attempts=4)
+        on_demand.add_catch(failed, errors=["States.ALL"], result_path="$.error")
+        on_demand.next(following)
+        return (
+            sfn.Choice(self, f"{spec.name}: short of Spot capacity?")
+            .when(sfn.Condition.not_(sfn.Condition.is_present("$.error.Cause")), failed)
+            .when(sfn.Condition.string_matches("$.error.Cause", f"*{CAPACITY_SHORT}*"), on_demand)
+            .otherwise(failed)
+        )
+
+    def _job(
+        self, spec: JobSpec, job_definition: batch.IJobDefinition, *, queue_arn: str | None = None
+    ) -> sfn.CustomState:
+        """``batch:submitJob.sync`` as ASL: the queue is chosen per run mode at run time, or given."""
         environment = [
             {"Name": "PRISM_STAGES", "Value.$": f"$.title.jobs.{spec.name}.stages"},
             {"Name": "PRISM_TITLE_ID", "Value.$": "$.title.title_id"},
@@ -220,12 +245,13 @@ class Orchestration(Construct):
             {"Name": "PRISM_FORCE", "Value.$": "$.title.force"},
             {"Name": "PRISM_EXECUTION", "Value.$": "$.execution"},
         ]
-        return sfn.CustomState(self, f"{spec.name} job", state_json={
+        queue = {"JobQueue": queue_arn} if queue_arn else {"JobQueue.$": "$.title.job_queue"}
+        return sfn.CustomState(self, f"{spec.name} job" + (" on demand" if queue_arn else ""), state_json={
             "Type": "Task",
             "Resource": f"arn:{Stack.of(self).partition}:states:::batch:submitJob.sync",
             "Parameters": {
                 "JobName": f"prism-{spec.name}",
-                "JobQueue.$": "$.title.job_queue",
+                **queue,
                 "JobDefinition": job_definition.job_definition_arn,
                 "ContainerOverrides": {"Environment": environment},
             },
@@ -249,15 +275,19 @@ class Orchestration(Construct):
     def _grant_batch(self, job_definitions, job_queues) -> None:
         stack = Stack.of(self)
         role = self.state_machine.role
-        role.add_to_principal_policy(iam.PolicyStatement(
-            actions=["batch:SubmitJob"],
-            resources=[q.job_queue_arn for q in job_queues.values()]
-            + [d.job_definition_arn for d in job_definitions.values()],
-        ))
-        role.add_to_principal_policy(iam.PolicyStatement(
-            actions=["batch:TerminateJob"],
-            resources=[stack.format_arn(service="batch", resource="job", resource_name="*")],
-        ))
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["batch:SubmitJob"],
+                resources=[q.job_queue_arn for q in job_queues.values()]
+                + [d.job_definition_arn for d in job_definitions.values()],
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["batch:TerminateJob"],
+                resources=[stack.format_arn(service="batch", resource="job", resource_name="*")],
+            )
+        )
         role.add_to_principal_policy(iam.PolicyStatement(actions=["batch:DescribeJobs"], resources=["*"]))
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
