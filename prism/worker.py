@@ -43,7 +43,15 @@ from typing import Any
 from prism import __version__
 from prism.catalog import StageRecord, TitleRecord
 from prism.cloud.catalog import DynamoCatalog
-from prism.cloud.s3 import S3Uri, artifact_key, content_type, object_exists, upload_order
+from prism.cloud.s3 import (
+    ListingDenied,
+    S3Uri,
+    artifact_key,
+    content_type,
+    existing_keys,
+    title_prefix,
+    upload_order,
+)
 from prism.errors import ConfigError, PrismError
 from prism.runner import Runner, StageOutcome, fingerprint
 from prism.stages.base import Stage, registry, resolve_order
@@ -236,6 +244,7 @@ def _plan(s3, job: Job, stages: dict[str, Stage], records: dict[str, StageRecord
             expected[name] = record.fingerprint
     run: list[str] = []
     reused: dict[str, StageOutcome] = {}
+    stored: set[str] | None = None  # the title's keys in S3, listed once (not a HeadObject per file)
     for name, stage in stages.items():
         deps = [expected.get(d) for d in stage.requires]
         expected[name] = fingerprint(sha, stage, deps) if all(deps) else None
@@ -246,8 +255,11 @@ def _plan(s3, job: Job, stages: dict[str, Stage], records: dict[str, StageRecord
             and previous is not None
             and previous.status == "succeeded"
             and previous.fingerprint == expected[name]
-            and all(object_exists(s3, job.artifacts_bucket, artifact_key(job.title_id, rel)) for rel in previous.outputs)
         )
+        if current:
+            if stored is None:
+                stored = existing_keys(s3, job.artifacts_bucket, title_prefix(job.title_id))
+            current = all(artifact_key(job.title_id, rel) in stored for rel in previous.outputs)
         if current:
             log.info("%s/%s is up to date (fingerprint %s); not running it", job.title_id, name, expected[name])
             reused[name] = StageOutcome(name, "skipped", UP_TO_DATE, outputs=previous.outputs, reused=True)
@@ -330,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = Path(os.environ.get("PRISM_MODEL_DIR", "/opt/prism/models"))
             _sync_models(location, model_dir)
         result = run_job(job)
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError, ListingDenied) as exc:  # not worth a retry: the deployment is wrong
         log.warning("configuration error: %s", exc)
         return EXIT_CONFIG
     except (ClientError, BotoCoreError) as exc:
