@@ -67,6 +67,7 @@ class Compute(Construct):
         external_bucket_accounts: tuple[str, ...] = (),
         jobs: tuple[JobSpec, ...],
         environment: dict[str, str],
+        job_environment: dict[str, dict[str, str]] | None = None,
         log_retention: logs.RetentionDays,
     ) -> None:
         super().__init__(scope, id)
@@ -182,6 +183,7 @@ class Compute(Construct):
                     command=["python", "-m", "prism.worker"],
                     environment={
                         **environment,
+                        **(job_environment or {}).get(spec.name, {}),
                         **spec.environment,
                         "PRISM_JOB": spec.name,
                         "PRISM_STAGES": ",".join(spec.stages),

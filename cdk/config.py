@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 POWERTOOLS_LAYER_ACCOUNT = "017000801446"
+MODEL_DIR = "/opt/prism/models"  # containers/Dockerfile: PRISM_MODEL_DIR, where weights are baked or synced
+# Stages whose model is configuration, not shipped in a wheel: the config field naming it, and the worker's variable.
+MODEL_STAGES = {"embeddings": ("embeddings_model", "PRISM_EMBEDDINGS_MODEL")}
 # vCPUs, MiB and GPUs of the instance types configs name: a job must fit one of its environment's types.
 INSTANCE_SIZES = {
     "g6.xlarge": (4, 16_384, 1), "g6.2xlarge": (8, 32_768, 1), "g6.4xlarge": (16, 65_536, 1),
@@ -134,7 +137,13 @@ class EnvironmentConfig:
     image_tag: str = "latest"  # also the pipeline version discover compares against, unless `version` is set
     image_repository_arn: str | None = None  # the pipeline's, in the tooling account; None: image_repository here
     version: str | None = None  # the pipeline version discover compares; None: image_tag
-    model_location: str | None = None  # s3://bucket/prefix; None = weights baked into the image
+    model_location: str | None = (
+        None  # s3://bucket/prefix synced to MODEL_DIR at job start; None = baked into the image
+    )
+    # The embeddings model: a directory (transformers save_pretrained) under model_location or baked into the image
+    # under MODEL_DIR. Required when the embeddings stage is deployed: without it every title would "succeed"
+    # with embeddings skipped.
+    embeddings_model: str | None = None
     jobs: tuple[JobSpec, ...] = DEFAULT_JOBS
     # orchestration
     max_concurrent_titles: int = 20
@@ -179,6 +188,16 @@ class EnvironmentConfig:
             raise ValueError(f"{self.name}: log_retention_days must be one of {LOG_RETENTION_DAYS}")
         if self.model_location and not self.model_location.startswith("s3://"):
             raise ValueError(f"{self.name}: model_location must be an s3:// URI")
+        deployed = {s for j in self.jobs for s in j.stages}
+        for stage, (setting, _) in MODEL_STAGES.items():
+            model = getattr(self, setting)
+            if stage in deployed and not model:
+                raise ValueError(
+                    f"{self.name}: the {stage} stage is deployed but {setting} is not set; name the model directory "
+                    f"(under model_location, or baked into the image under {MODEL_DIR}; docs/deploy.md, Model weights)"
+                )
+            if model and (model.startswith("/") or ".." in model.split("/")):
+                raise ValueError(f"{self.name}: {setting} is a directory relative to {MODEL_DIR}, got {model!r}")
 
     @property
     def stack_name(self) -> str:
@@ -207,6 +226,12 @@ class EnvironmentConfig:
             f"AWSLambdaPowertoolsPythonV3-python313-{arch}:{self.powertools_layer_version}"
         )
 
+    def model_environment(self, job: JobSpec) -> dict[str, str]:
+        """The worker variables naming the models of ``job``'s stages, and that a missing one fails the job."""
+        env = {var: f"{MODEL_DIR}/{getattr(self, setting)}"
+               for stage, (setting, var) in MODEL_STAGES.items() if stage in job.stages}  # fmt: skip
+        return {**env, "PRISM_REQUIRE_MODELS": "true"} if env else {}
+
     def stage_graph(self) -> dict[str, list[str]]:
         """Stage -> stages it requires, in job order (so every stage comes after those it requires)."""
         graph = registered_stage_graph()
@@ -228,6 +253,8 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         gpu_instance_types=("g6.xlarge", "g6.2xlarge", "g5.xlarge", "g5.2xlarge"),
         max_vcpus=16,
         image_tag="dev",
+        model_location="s3://prism-models-dev/v1/",
+        embeddings_model="siglip-base-patch16-224",
         max_concurrent_titles=5,
         log_retention_days=14,
         noncurrent_version_days=7,
@@ -242,6 +269,8 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         input_prefix="transcoded/",
         max_vcpus=64,
         image_tag="staging",
+        model_location="s3://prism-models-staging/v1/",
+        embeddings_model="siglip-base-patch16-224",
         log_retention_days=30,
         retain_data=True,
     ),
@@ -255,6 +284,8 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         input_bucket_kms_key_arn=None,
         max_vcpus=512,
         image_tag="prod",
+        model_location="s3://prism-models-prod/v1/",
+        embeddings_model="siglip-base-patch16-224",
         max_concurrent_titles=100,
         log_retention_days=365,
         noncurrent_version_days=90,

@@ -64,6 +64,7 @@ class PrismStack(Stack):
             root_volume_gib=config.root_volume_gib, image_repository=config.image_repository,
             external_bucket_accounts=config.external_bucket_accounts,
             image_tag=config.image_tag, image_repository_arn=config.image_repository_arn, jobs=config.jobs, environment=worker_env,
+            job_environment={j.name: config.model_environment(j) for j in config.jobs},
             log_retention=retention,
         )  # fmt: skip
         self.orchestration = orchestration = Orchestration(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from aws_cdk.assertions import Annotations, Match
 
-from cdk.config import ENVIRONMENTS, JobSpec, check_jobs, load, registered_stage_graph
+from cdk.config import DEFAULT_JOBS, ENVIRONMENTS, JobSpec, check_jobs, load, registered_stage_graph
 from cdk.orchestration import job_chains
 
 ENVS = ["dev", "staging", "prod"]
@@ -420,3 +420,32 @@ def test_service_principals_in_the_key_policy_act_only_for_this_account(synthesi
             service = statement.get("Principal", {}).get("Service")
             if service:
                 assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == "123456789012", statement
+
+
+def test_embeddings_without_a_configured_model_fails_at_synth():
+    """Otherwise every title 'succeeds' with embeddings skipped, after spending a GPU job on it."""
+    with pytest.raises(ValueError, match="the embeddings stage is deployed but embeddings_model is not set"):
+        load("dev", embeddings_model=None)
+    with pytest.raises(ValueError, match="relative to /opt/prism/models"):
+        load("dev", embeddings_model="/tmp/siglip")
+    visual_only = tuple(j for j in DEFAULT_JOBS if j.name == "visual")
+    graph = {s: d for s, d in registered_stage_graph().items() if s in visual_only[0].stages}
+    with pytest.MonkeyPatch.context() as patch:  # a deployment without embeddings needs no model
+        import cdk.config
+
+        patch.setattr(cdk.config, "registered_stage_graph", lambda: graph)
+        assert load("dev", embeddings_model=None, jobs=visual_only).embeddings_model is None
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_embeddings_job_names_its_model_and_requires_it(synthesized, env):
+    config = ENVIRONMENTS[env]
+    _, t = synthesized[env]
+    for job_definition in t.find_resources("AWS::Batch::JobDefinition").values():
+        variables = {e["Name"]: e["Value"] for e in job_definition["Properties"]["ContainerProperties"]["Environment"]}
+        if variables["PRISM_JOB"] == "embeddings":
+            assert variables["PRISM_EMBEDDINGS_MODEL"] == f"/opt/prism/models/{config.embeddings_model}"
+            assert variables["PRISM_REQUIRE_MODELS"] == "true"
+            assert variables["PRISM_MODEL_LOCATION"] == config.model_location
+        else:
+            assert "PRISM_EMBEDDINGS_MODEL" not in variables and "PRISM_REQUIRE_MODELS" not in variables
