@@ -9,8 +9,8 @@ import pytest
 from moto import mock_aws
 
 from prism.cloud.catalog import DynamoCatalog
-from prism.synth import Shot, Title, build_title
 from prism.errors import ConfigError
+from prism.synth import Shot, Title, build_title
 from prism.worker import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, Job, main, run_job
 
 REGION = "us-east-1"
