@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 POWERTOOLS_LAYER_ACCOUNT = "017000801446"
+EXECUTION_TIMEOUT_HOURS = 12  # the state machine's timeout (cdk/orchestration.py)
 MODEL_DIR = "/opt/prism/models"  # containers/Dockerfile: PRISM_MODEL_DIR, where weights are baked or synced
 # Stages whose model is configuration, not shipped in a wheel: the config field naming it, and the worker's variable.
 MODEL_STAGES = {"embeddings": ("embeddings_model", "PRISM_EMBEDDINGS_MODEL")}
@@ -147,6 +148,9 @@ class EnvironmentConfig:
     jobs: tuple[JobSpec, ...] = DEFAULT_JOBS
     # orchestration
     max_concurrent_titles: int = 20
+    # titles a scheduled run takes at most (the rest wait for the next run): sized so a run finishes within the
+    # state machine's timeout even when every title takes its jobs' full time; None: the most that fits
+    max_titles_per_run: int | None = None
     watermark_overlap_s: int = 3600
     lambda_architecture: str = "x86_64"
     powertools_layer_version: int = 18
@@ -178,6 +182,10 @@ class EnvironmentConfig:
                 f"{self.name}: spot and on-demand split max_vcpus={self.max_vcpus} "
                 f"(on demand {self.on_demand_vcpus}); each part must fit the largest job ({largest})"
             )
+        if self.max_titles_per_run is not None and not 1 <= self.max_titles_per_run <= self.titles_per_run_limit:
+            raise ValueError(f"{self.name}: max_titles_per_run must be 1..{self.titles_per_run_limit}: "
+                             f"{self.max_concurrent_titles} at a time, each up to {self.title_minutes} min, must "
+                             f"finish within the {EXECUTION_TIMEOUT_HOURS} h execution timeout")  # fmt: skip
         if not 10 <= self.spot_wait_minutes <= 24 * 60:
             raise ValueError(f"{self.name}: spot_wait_minutes must be 10..1440")
         sizes = [INSTANCE_SIZES[t] for t in self.gpu_instance_types if t in INSTANCE_SIZES]
@@ -202,6 +210,21 @@ class EnvironmentConfig:
     @property
     def stack_name(self) -> str:
         return f"Prism-{self.name}"
+
+    @property
+    def title_minutes(self) -> int:
+        """What a title may take: its longest chain of jobs, each waiting for Spot and then run twice (a retry)."""
+        from cdk.orchestration import job_chains
+
+        return max(sum(j.timeout_minutes * 2 + self.spot_wait_minutes for j in chain) for chain in job_chains(self.jobs))
+
+    @property
+    def titles_per_run_limit(self) -> int:
+        return max(1, EXECUTION_TIMEOUT_HOURS * 60 // self.title_minutes) * self.max_concurrent_titles
+
+    @property
+    def titles_per_run(self) -> int:
+        return self.max_titles_per_run or self.titles_per_run_limit
 
     @property
     def on_demand_vcpus(self) -> int:

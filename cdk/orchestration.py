@@ -30,9 +30,11 @@ from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
 from cdk.compute import CAPACITY_SHORT
-from cdk.config import JobSpec
+from cdk.config import EXECUTION_TIMEOUT_HOURS, JobSpec
 from cdk.lambda_bundle import lambda_bundle
 
+MAP_RESULTS_PREFIX = "_prism/runs/map-results"  # under the run-items lifecycle rule
+PENDING_KEY = "#PENDING"  # prism.cloud.catalog.PENDING_KEY (tests/cdk checks they agree)
 BATCH_API_ERRORS = ["Batch.AWSBatchException", "Batch.TooManyRequestsException", "Batch.ServerException"]
 HANDLERS = {
     "Discover": "discover.handler",
@@ -82,6 +84,8 @@ class Orchestration(Construct):
         log_retention: logs.RetentionDays,
     ) -> None:
         super().__init__(scope, id)
+        # ResultWriterV2 (the Map's results in S3, not inline) is behind this feature flag.
+        self.node.set_context("@aws-cdk/aws-stepfunctions:useDistributedMapResultWriterV2", True)
         layer = lambda_.LayerVersion.from_layer_version_arn(self, "Powertools", powertools_layer_arn)
         code = lambda_.Code.from_asset(lambda_bundle())
         env = {
@@ -114,8 +118,8 @@ class Orchestration(Construct):
         discover = tasks.LambdaInvoke(
             self, "Discover titles", lambda_function=self.functions["Discover"], payload=run_request,
             result_selector={"mode.$": "$.Payload.mode", "items_key.$": "$.Payload.items_key",
-                             "count.$": "$.Payload.count", "skipped.$": "$.Payload.skipped",
-                             "not_found.$": "$.Payload.not_found", "started_at.$": "$.Payload.started_at"},
+                             "lists_key.$": "$.Payload.lists_key", "count.$": "$.Payload.count",
+                             "deferred_count.$": "$.Payload.deferred_count", "started_at.$": "$.Payload.started_at"},
             result_path="$.discovery",
         )  # fmt: skip
 
@@ -128,10 +132,12 @@ class Orchestration(Construct):
             # No ToleratedFailurePercentage: every title's stage/finalize failure is caught and recorded
             # inside its child execution, so a failed child means the failure path itself broke, which
             # should fail the run (and alarm) rather than be tolerated.
+            # Results go to S3 (summarise reads them): inline they pass 256 KiB at a few thousand titles.
+            result_writer_v2=sfn.ResultWriterV2(bucket=artifacts, prefix=MAP_RESULTS_PREFIX),
             result_path="$.results",
         )  # fmt: skip
         self._on_demand_queue = job_queues.get("on_demand")
-        titles.item_processor(self._title_flow(jobs, job_definitions))
+        titles.item_processor(self._title_flow(jobs, job_definitions, catalog))
 
         summary = tasks.LambdaInvoke(
             self, "Summarise",
@@ -142,22 +148,7 @@ class Orchestration(Construct):
             result_path="$.outcome",
         )  # fmt: skip
         nothing = sfn.Pass(self, "Nothing to do", result=sfn.Result.from_array([]), result_path="$.results")
-        save_watermark = tasks.DynamoPutItem(
-            self, "Save watermark",
-            table=catalog,
-            item={
-                "title_id": tasks.DynamoAttributeValue.from_string("#RUN"),
-                "record": tasks.DynamoAttributeValue.from_string("scheduled"),
-                "started_at": tasks.DynamoAttributeValue.from_string(sfn.JsonPath.string_at("$.discovery.started_at")),
-                "execution": tasks.DynamoAttributeValue.from_string(sfn.JsonPath.string_at("$$.Execution.Name")),
-                "pipeline_version": tasks.DynamoAttributeValue.from_string(pipeline_version),
-            },
-            result_path=sfn.JsonPath.DISCARD,
-        )  # fmt: skip
-        done = sfn.Succeed(self, "Done", output_path="$.outcome.summary")
-        summary.next(sfn.Choice(self, "Scheduled run?")
-                     .when(sfn.Condition.string_equals("$.discovery.mode", "scheduled"), save_watermark.next(done))
-                     .otherwise(done))  # fmt: skip
+        summary.next(sfn.Succeed(self, "Done", output_path="$.outcome.summary"))
         definition = discover.next(
             sfn.Choice(self, "Any titles?")
             .when(sfn.Condition.number_greater_than("$.discovery.count", 0), titles.next(summary))
@@ -168,14 +159,15 @@ class Orchestration(Construct):
             self, "StateMachine",
             definition_body=sfn.DefinitionBody.from_chainable(definition),
             state_machine_type=sfn.StateMachineType.STANDARD,
-            timeout=Duration.hours(12),
+            timeout=Duration.hours(EXECUTION_TIMEOUT_HOURS),
             tracing_enabled=True,
             logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
         )  # fmt: skip
         self._grant_batch(job_definitions, job_queues)
 
     # -- per title --------------------------------------------------------------------------
-    def _title_flow(self, jobs: tuple[JobSpec, ...], job_definitions: dict[str, batch.IJobDefinition]):
+    def _title_flow(self, jobs: tuple[JobSpec, ...], job_definitions: dict[str, batch.IJobDefinition],
+                    catalog: dynamodb.ITableV2):  # fmt: skip
         parallel = sfn.Parallel(self, "Jobs", result_path=sfn.JsonPath.DISCARD)
         for chain in job_chains(jobs):
             parallel.branch(self._chain(chain, job_definitions))
@@ -194,6 +186,16 @@ class Orchestration(Construct):
                 "title_id.$": "$.title.title_id", "status": "failed", "reason.$": "$.failure.reason"})
         )  # fmt: skip
         finalize.add_catch(finalize_failed, errors=["States.ALL"], result_path="$.error")
+        # The title is done either way: its pending marker goes, which advances the scheduled watermark.
+        completed = tasks.DynamoDeleteItem(
+            self, "Title completed",
+            table=catalog,
+            key={"title_id": tasks.DynamoAttributeValue.from_string(PENDING_KEY),
+                 "record": tasks.DynamoAttributeValue.from_string(sfn.JsonPath.string_at("$.title_id"))},
+            result_path=sfn.JsonPath.DISCARD,
+        )  # fmt: skip
+        finalize.next(completed)
+        finalize_failed.next(completed)
         return parallel.next(finalize)
 
     def _chain(self, chain: list[JobSpec], job_definitions) -> sfn.IChainable:

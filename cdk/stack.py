@@ -80,6 +80,7 @@ class PrismStack(Stack):
                 "PRISM_PIPELINE_VERSION": config.pipeline_version,
                 "PRISM_VIDEO_SUFFIXES": ",".join(config.video_suffixes),
                 "PRISM_WATERMARK_OVERLAP_S": str(config.watermark_overlap_s),
+                "PRISM_MAX_TITLES_PER_RUN": str(config.titles_per_run),
             },
             runtime=LAMBDA_RUNTIME,
             architecture=lambda_.Architecture.X86_64 if config.lambda_architecture == "x86_64" else lambda_.Architecture.ARM_64,
@@ -130,7 +131,12 @@ class PrismStack(Stack):
 
         storage.grant_input_read(fns["Discover"], list_objects=True)
         storage.grant_artifacts(fns["Discover"], prefix=RUNS_PREFIX, write=True)
-        storage.grant_catalog(fns["Discover"], write=False)
+        storage.grant_catalog(fns["Discover"], write=True)  # the watermark
+        # Title lookups 100 at a time, and the pending markers of the titles a run takes on.
+        fns["Discover"].add_to_role_policy(iam.PolicyStatement(
+            actions=["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem", "dynamodb:DeleteItem"],
+            resources=[storage.catalog.table_arn]))  # fmt: skip
+        storage.grant_artifacts(fns["Summarise"], prefix=RUNS_PREFIX, write=True)  # Map results in, summary out
         storage.grant_artifacts(fns["Finalize"], prefix=TITLES_PREFIX, write=True)
         storage.grant_catalog(fns["Finalize"], write=True)
         storage.grant_catalog(fns["RecordFailure"], write=True)

@@ -29,6 +29,7 @@ class Settings:
     job_queues: dict[str, str]  # run mode -> job queue ARN
     video_suffixes: tuple[str, ...]
     watermark_overlap_s: int
+    max_titles_per_run: int  # a scheduled run takes at most this many titles; the rest wait for the next run
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -45,6 +46,7 @@ class Settings:
             job_queues=json.loads(env.get("PRISM_JOB_QUEUES", "{}")),
             video_suffixes=tuple(s.strip().lower() for s in env.get("PRISM_VIDEO_SUFFIXES", ".mp4").split(",")),
             watermark_overlap_s=int(env.get("PRISM_WATERMARK_OVERLAP_S", "3600")),
+            max_titles_per_run=int(env.get("PRISM_MAX_TITLES_PER_RUN", "1000")),
         )
 
 

@@ -238,7 +238,7 @@ def test_state_machine_maps_titles_and_runs_job_chains_in_parallel(synthesized, 
         choice = states[f"Run {spec.name}?"]
         assert choice["Choices"][0]["Variable"] == f"$.title.jobs.{spec.name}.run"
     assert jobs["visual job"]["Next"] == "Run embeddings?"  # embeddings after visual, in its branch
-    assert "Summarise" in asl["States"] and "Save watermark" in asl["States"]
+    assert "Summarise" in asl["States"]
     assert states["Finalize title"]["Catch"][0]["Next"] == "Record finalize failure"
 
 
@@ -449,3 +449,44 @@ def test_the_embeddings_job_names_its_model_and_requires_it(synthesized, env):
             assert variables["PRISM_MODEL_LOCATION"] == config.model_location
         else:
             assert "PRISM_EMBEDDINGS_MODEL" not in variables and "PRISM_REQUIRE_MODELS" not in variables
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_nothing_that_grows_with_the_catalogue_travels_in_the_state(synthesized, env):
+    """Back-catalogue runs: item list read from S3, Map results written to S3, a capped run that fits its timeout,
+    and the watermark advanced by each completed title (its pending marker deleted)."""
+    from cdk.orchestration import PENDING_KEY
+    from prism.cloud.catalog import PENDING_KEY as CATALOG_PENDING_KEY
+
+    config = ENVIRONMENTS[env]
+    _, t = synthesized[env]
+    asl = definition(t)
+    titles = asl["States"]["Titles"]
+    assert titles["ItemReader"]["ReaderConfig"]["InputType"] == "JSON"
+    assert titles["ResultWriter"]["Resource"].endswith(":states:::s3:putObject")
+    assert titles["ResultWriter"]["Parameters"]["Prefix"] == "_prism/runs/map-results"
+    discover = asl["States"]["Discover titles"]["ResultSelector"]
+    assert "skipped.$" not in discover and "not_found.$" not in discover and "lists_key.$" in discover
+    states = all_states(asl["States"])
+    completed = states["Title completed"]
+    assert completed["Resource"].endswith(":states:::dynamodb:deleteItem")
+    assert completed["Parameters"]["Key"] == {"title_id": {"S": PENDING_KEY}, "record": {"S.$": "$.title_id"}}
+    assert PENDING_KEY == CATALOG_PENDING_KEY
+    assert states["Finalize title"]["Next"] == "Title completed" and states["Title failed"]["Next"] == "Title completed"
+    assert "Save watermark" not in states  # no longer only on a fully successful run
+    (machine,) = t.find_resources("AWS::StepFunctions::StateMachine").values()
+    assert asl["TimeoutSeconds"] == 12 * 3600
+    limit = config.titles_per_run
+    assert -(-limit // config.max_concurrent_titles) * config.title_minutes <= 12 * 60
+    for fn in t.find_resources("AWS::Lambda::Function").values():
+        assert fn["Properties"]["Environment"]["Variables"]["PRISM_MAX_TITLES_PER_RUN"] == str(limit)
+
+
+def test_max_titles_per_run_must_finish_within_the_execution_timeout():
+    config = load("dev")
+    # visual then embeddings, each possibly after a Spot wait and with one retry: 140 min, 5 rounds in 12 h
+    assert config.title_minutes == (30 + 2 * 35) + (30 + 2 * 5)
+    assert config.titles_per_run == 5 * config.max_concurrent_titles == 25
+    with pytest.raises(ValueError, match="max_titles_per_run must be 1..25"):
+        load("dev", max_titles_per_run=26)
+    assert load("dev", max_titles_per_run=10).titles_per_run == 10

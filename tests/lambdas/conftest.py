@@ -14,6 +14,10 @@ What is patched, and why:
 - moto 5.2's Step Functions port has empty request/response normalisation for the Batch
   integration (ASL ``JobName`` is passed to boto as is, so ``submitJob`` fails with
   ``'JobName'``); the upstream (LocalStack) normalisation through botocore's shapes is restored.
+- moto 5.2's Distributed Map ``ResultWriter`` writes a manifest that lists no result files (a
+  TODO in ``resource_eval_s3``): it is completed to write the children's results as
+  ``SUCCEEDED_0.json`` in the documented format (``Status``, ``Input``/``Output`` as JSON strings)
+  and list it, which is what ``summarise`` reads in AWS.
 """
 
 from __future__ import annotations
@@ -105,6 +109,29 @@ def _restore_batch_normalisation() -> None:
     StateTaskServiceBatch._normalise_response = normalise_response
 
 
+def _complete_result_writer() -> None:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.result_writer.resource_eval import (
+        resource_eval_s3,
+    )
+
+    def put_object(env, resource_runtime_part, state_credentials):
+        parameters = env.stack.pop()
+        results = env.stack.pop()
+        s3 = resource_eval_s3.ResourceEvalS3._get_s3_client(resource_runtime_part=resource_runtime_part,
+                                                            state_credentials=state_credentials)  # fmt: skip
+        map_run_arn = env.map_run_record_pool_manager.get_all().pop().map_run_arn
+        prefix = parameters["Prefix"].rstrip("/") + "/" + map_run_arn.split(":")[-1] + "/"
+        children = [{"Status": "SUCCEEDED", "Input": "{}", "Output": json.dumps(r)} for r in results]
+        s3.put_object(Bucket=parameters["Bucket"], Key=prefix + "SUCCEEDED_0.json", Body=json.dumps(children).encode())
+        manifest = {"DestinationBucket": parameters["Bucket"], "MapRunArn": map_run_arn, "ResultFiles": {
+            "FAILED": [], "PENDING": [], "SUCCEEDED": [{"Key": prefix + "SUCCEEDED_0.json", "Size": 0}]}}  # fmt: skip
+        s3.put_object(Bucket=parameters["Bucket"], Key=prefix + "manifest.json", Body=json.dumps(manifest).encode())
+        env.stack.append({"MapRunArn": map_run_arn,
+                          "ResultWriterDetails": {"Bucket": parameters["Bucket"], "Key": prefix + "manifest.json"}})  # fmt: skip
+
+    resource_eval_s3.ResourceEvalS3._handle_put_object = staticmethod(put_object)
+
+
 class Deployment:
     """The synthesized stack, created in moto."""
 
@@ -170,7 +197,9 @@ class Deployment:
             self.resolve.refs[logical] = self.resolve.arns[logical] = arn
         for logical, jd in self.resolve.of_type("AWS::Batch::JobDefinition").items():
             container = jd["Properties"]["ContainerProperties"]
-            environment = [{"name": e["Name"], "value": str(self.resolve(e["Value"]))} for e in container["Environment"]]
+            environment = [
+                {"name": e["Name"], "value": str(self.resolve(e["Value"]))} for e in container["Environment"]
+            ]
             arn = self.batch.register_job_definition(
                 jobDefinitionName=logical[:100], type="container",
                 containerProperties={"image": "prism-worker:test", "command": container["Command"],
@@ -291,6 +320,7 @@ def deployment(test_template, tmp_path, monkeypatch):
     from moto.batch_simple.models import BatchSimpleBackend
 
     _restore_batch_normalisation()
+    _complete_result_writer()
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, "testing")
