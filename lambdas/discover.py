@@ -26,7 +26,7 @@ that is current costs one short job).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from _shared import Aws, Settings
@@ -141,7 +141,7 @@ def _delivered(aws: Aws, since: datetime | None) -> dict[str, dict]:
 
 
 def _iso(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return datetime.fromisoformat(value)  # Python 3.11+ reads the "Z" Step Functions writes
 
 
 def _scheduled(aws: Aws, execution: str, started_at: str) -> tuple[list[dict], list[str], list[str], int]:
@@ -181,7 +181,7 @@ def _scheduled(aws: Aws, execution: str, started_at: str) -> tuple[list[dict], l
     catalog.delete_pending(sorted(set(pending) - set(taken)))
     catalog.put_pending(taken, execution)
     listed_through = (
-        left[0][1]["LastModified"].isoformat() if left else (started_at or datetime.now(timezone.utc).isoformat())
+        left[0][1]["LastModified"].isoformat() if left else (started_at or datetime.now(UTC).isoformat())
     )
     catalog.put_run_watermark(listed_through, settings.pipeline_version, execution)
     return items, skipped, [], len(left)
