@@ -44,6 +44,13 @@ HANDLERS = {
 }
 
 
+def _retry_throttling(task: tasks.LambdaInvoke) -> tasks.LambdaInvoke:
+    """LambdaInvoke's default retry leaves out throttling; a Map of many titles meets it at the concurrency limit."""
+    task.add_retry(errors=["Lambda.TooManyRequestsException"], interval=Duration.seconds(2), backoff_rate=2,
+                   max_attempts=8, jitter_strategy=sfn.JitterType.FULL)  # fmt: skip
+    return task
+
+
 def job_chains(jobs: tuple[JobSpec, ...]) -> list[list[JobSpec]]:
     """Split the job graph into independent chains (connected components, in config order)."""
     chains: list[list[JobSpec]] = []
@@ -122,6 +129,7 @@ class Orchestration(Construct):
                              "deferred_count.$": "$.Payload.deferred_count", "started_at.$": "$.Payload.started_at"},
             result_path="$.discovery",
         )  # fmt: skip
+        _retry_throttling(discover)
 
         titles = sfn.DistributedMap(
             self, "Titles",
@@ -147,6 +155,7 @@ class Orchestration(Construct):
             result_selector={"summary.$": "$.Payload"},
             result_path="$.outcome",
         )  # fmt: skip
+        _retry_throttling(summary)
         nothing = sfn.Pass(self, "Nothing to do", result=sfn.Result.from_array([]), result_path="$.results")
         summary.next(sfn.Succeed(self, "Done", output_path="$.outcome.summary"))
         definition = discover.next(
@@ -181,10 +190,10 @@ class Orchestration(Construct):
             result_selector={"title_id.$": "$.Payload.title_id", "status.$": "$.Payload.status",
                              "reason.$": "$.Payload.reason"},
         )  # fmt: skip
-        finalize_failed = self._record_failure("finalize", final=True).next(
-            sfn.Pass(self, "Title failed", parameters={
-                "title_id.$": "$.title.title_id", "status": "failed", "reason.$": "$.failure.reason"})
-        )  # fmt: skip
+        title_failed = sfn.Pass(self, "Title failed", parameters={
+            "title_id.$": "$.title.title_id", "status": "failed", "reason.$": "$.failure.reason"})  # fmt: skip
+        finalize_failed = self._record_failure("finalize", then=title_failed, final=True)
+        _retry_throttling(finalize)
         finalize.add_catch(finalize_failed, errors=["States.ALL"], result_path="$.error")
         # The title is done either way: its pending marker goes, which advances the scheduled watermark.
         completed = tasks.DynamoDeleteItem(
@@ -195,7 +204,7 @@ class Orchestration(Construct):
             result_path=sfn.JsonPath.DISCARD,
         )  # fmt: skip
         finalize.next(completed)
-        finalize_failed.next(completed)
+        title_failed.next(completed)
         return parallel.next(finalize)
 
     def _chain(self, chain: list[JobSpec], job_definitions) -> sfn.IChainable:
@@ -211,8 +220,8 @@ class Orchestration(Construct):
             following = choices[i + 1][1] if i + 1 < len(choices) else end
             job = self._job(spec, job_definitions[spec.name])
             job.add_retry(errors=BATCH_API_ERRORS, interval=Duration.seconds(10), backoff_rate=2, max_attempts=4)
-            failed = self._record_failure(spec.name).next(
-                sfn.Pass(self, f"{spec.name} failed", result_path=sfn.JsonPath.DISCARD)
+            failed = self._record_failure(
+                spec.name, then=sfn.Pass(self, f"{spec.name} failed", result_path=sfn.JsonPath.DISCARD)
             )
             if self._on_demand_queue is not None:
                 job.add_catch(self._capacity_fallback(spec, job_definitions[spec.name], failed, following),
@@ -261,8 +270,10 @@ class Orchestration(Construct):
             "TimeoutSeconds": 6 * 3600,  # queue wait included; the job definition bounds the run itself
         })  # fmt: skip
 
-    def _record_failure(self, job: str, *, final: bool = False) -> tasks.LambdaInvoke:
-        return tasks.LambdaInvoke(
+    def _record_failure(self, job: str, *, then: sfn.IChainable, final: bool = False) -> tasks.LambdaInvoke:
+        """Record the failure, then ``then``; if recording itself fails, the title still goes on to ``then`` with
+        a reason saying so (a failed child would fail the whole Map, every other title with it)."""
+        record = tasks.LambdaInvoke(
             self, f"Record {job} failure",
             lambda_function=self.functions["RecordFailure"],
             payload=sfn.TaskInput.from_object({
@@ -273,6 +284,16 @@ class Orchestration(Construct):
             result_selector={"reason.$": "$.Payload.reason"},
             result_path="$.failure",
         )  # fmt: skip
+        _retry_throttling(record)
+        unrecorded = sfn.Pass(
+            self, f"Record {job} failure failed",
+            parameters={"reason.$": f"States.Format('{{}}: {job} failed, and recording the failure failed: {{}}', "
+                                    "$.title.title_id, $.record_error.Error)"},
+            result_path="$.failure",
+        )  # fmt: skip
+        record.add_catch(unrecorded.next(then), errors=["States.ALL"], result_path="$.record_error")
+        record.next(then)
+        return record
 
     def _grant_batch(self, job_definitions, job_queues) -> None:
         stack = Stack.of(self)

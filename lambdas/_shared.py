@@ -90,9 +90,17 @@ def upstream_of(stage: str, graph: dict[str, list[str]]) -> set[str]:
     return found
 
 
+class EventNotDelivered(RuntimeError):
+    """EventBridge accepted the call but not the entry (``FailedEntryCount``): consumers would never hear of it."""
+
+
 def put_title_event(aws: Aws, detail_type: str, detail: dict) -> None:
-    """One EventBridge event per title (source ``prism``) for content-QC, posters and others."""
-    aws.events.put_events(
+    """One EventBridge event per title (source ``prism``) for content-QC, posters and others.
+
+    PutEvents answers 200 even when an entry fails; a failed entry raises, so the state machine's
+    retry and catch see it instead of the title silently going unannounced.
+    """
+    response = aws.events.put_events(
         Entries=[
             {
                 "Source": EVENT_SOURCE,
@@ -102,3 +110,7 @@ def put_title_event(aws: Aws, detail_type: str, detail: dict) -> None:
             }
         ]
     )
+    if response.get("FailedEntryCount"):
+        entry = next((e for e in response.get("Entries", []) if e.get("ErrorCode")), {})
+        raise EventNotDelivered(f"{detail.get('title_id')}: {detail_type} event not delivered to "
+                                f"{aws.settings.event_bus}: {entry.get('ErrorCode')}: {entry.get('ErrorMessage')}")  # fmt: skip

@@ -325,6 +325,21 @@ def _sync_models(location: str, dest: Path, s3=None) -> None:
             s3.download_file(bucket, obj["Key"], str(target))
 
 
+TRANSIENT_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled", "RequestThrottledException",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException", "RequestLimitExceeded", "SlowDown",
+    "RequestTimeout", "RequestTimeoutException", "InternalError", "InternalServerError", "ServiceUnavailable",
+    "TransactionInProgressException",
+})  # fmt: skip
+
+
+def is_transient(exc) -> bool:
+    """Worth a retry: throttling, timeouts and server errors; not AccessDenied or a missing object."""
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return error.get("Code") in TRANSIENT_CODES or status >= 500
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes")
 
@@ -376,7 +391,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, ListingDenied) as exc:  # not worth a retry: the deployment is wrong
         log.warning("configuration error: %s", exc)
         return EXIT_CONFIG
-    except (ClientError, BotoCoreError) as exc:
+    except ClientError as exc:
+        if not is_transient(exc):  # AccessDenied, NoSuchKey...: a retry gets the same answer
+            log.warning("AWS refused the job (not retried): %s", exc)
+            return EXIT_CONFIG
+        log.warning("transient AWS error, the job will be retried: %s", exc)
+        return EXIT_TRANSIENT
+    except BotoCoreError as exc:  # connection errors, timeouts
         log.warning("transient AWS error, the job will be retried: %s", exc)
         return EXIT_TRANSIENT
     except PrismError as exc:

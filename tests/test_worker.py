@@ -11,7 +11,7 @@ from moto import mock_aws
 from prism.cloud.catalog import DynamoCatalog
 from prism.errors import ConfigError
 from prism.synth import Shot, Title, build_title
-from prism.worker import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, Job, main, run_job
+from prism.worker import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_TRANSIENT, Job, main, run_job
 
 REGION = "us-east-1"
 INPUT, ARTIFACTS, TABLE = "media-input", "prism-artifacts", "prism-catalog"
@@ -279,3 +279,23 @@ def test_a_stage_without_its_model_fails_the_cloud_job_instead_of_skipping(aws, 
         monkeypatch.setenv(name, value)
     assert main([]) == EXIT_CONFIG  # not retried, and record_failure marks the stage failed
     assert _keys(s3) == {}  # nothing ran, nothing was downloaded or written
+
+
+@pytest.mark.parametrize(("code", "status", "exit_code"), [
+    ("AccessDenied", 403, EXIT_CONFIG), ("NoSuchKey", 404, EXIT_CONFIG),
+    ("SlowDown", 503, EXIT_TRANSIENT), ("ThrottlingException", 400, EXIT_TRANSIENT), ("InternalError", 500, EXIT_TRANSIENT),
+])  # fmt: skip
+def test_only_transient_aws_errors_are_retried(monkeypatch, code, status, exit_code):
+    """Batch retries exit 75; an AccessDenied retried three times only delays the failure."""
+    from botocore.exceptions import ClientError
+
+    import prism.worker
+
+    def refuse(job):
+        raise ClientError({"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                          "GetObject")  # fmt: skip
+
+    monkeypatch.setattr(prism.worker, "run_job", refuse)
+    argv = ["--stages", "cues", "--title-id", "T", "--source", "s3://b/T.mp4", "--artifacts-bucket", "a",
+            "--catalog-table", "t"]  # fmt: skip
+    assert main(argv) == exit_code

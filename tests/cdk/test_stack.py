@@ -490,3 +490,21 @@ def test_max_titles_per_run_must_finish_within_the_execution_timeout():
     with pytest.raises(ValueError, match="max_titles_per_run must be 1..25"):
         load("dev", max_titles_per_run=26)
     assert load("dev", max_titles_per_run=10).titles_per_run == 10
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_lambda_throttling_is_retried_and_a_failed_failure_record_does_not_fail_the_run(synthesized, env):
+    _, t = synthesized[env]
+    states = all_states(definition(t)["States"])
+    invokes = {n: s for n, s in states.items() if s.get("Resource", "").endswith(":states:::lambda:invoke")}
+    assert len(invokes) >= 4
+    for name, state in invokes.items():
+        assert ["Lambda.TooManyRequestsException"] in [r["ErrorEquals"] for r in state["Retry"]], name
+    records = {n: s for n, s in invokes.items() if n.startswith("Record ")}
+    assert len(records) == len(ENVIRONMENTS[env].jobs) + 1  # each job, and finalize
+    for name, state in records.items():
+        (catch,) = state["Catch"]
+        assert catch["ErrorEquals"] == ["States.ALL"] and catch["Next"] == f"{name} failed"
+        fallback = states[catch["Next"]]
+        assert fallback["ResultPath"] == "$.failure" and "reason.$" in fallback["Parameters"]
+        assert fallback["Next"] == state["Next"]  # the title carries on as if it had been recorded

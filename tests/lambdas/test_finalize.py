@@ -93,3 +93,47 @@ def test_a_denied_listing_is_a_clear_configuration_error(deployment, s3_calls, c
         finalize(d)
     assert "Caught exception in event_parser" in caplog.text  # Powertools logs it; the state machine's catch records it
     caplog.clear()
+
+
+def test_stage_duration_metric_has_the_dimensions_the_dashboard_reads(
+    deployment, s3_calls, test_template, capsys, monkeypatch
+):
+    """Powertools adds ``service`` to single_metric's dimensions; a widget without it graphs nothing."""
+    d = deployment
+    (function,) = [r["Properties"] for r in test_template["Resources"].values()
+                   if r["Type"] == "AWS::Lambda::Function" and r["Properties"]["Handler"] == "finalize.handler"]  # fmt: skip
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", function["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"])
+    stored_keyframes(d, ["keyframes.parquet", *KEYFRAMES])
+    capsys.readouterr()
+
+    finalize(d)
+
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"StageDuration"' in line]
+    (metric,) = [m for m in emf if m.get("_aws")]
+    (dimensions,) = metric["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
+    published = ("Prism", "StageDuration", frozenset((name, metric[name]) for name in dimensions))
+    (dashboard,) = [r for r in test_template["Resources"].values() if r["Type"] == "AWS::CloudWatch::Dashboard"]
+    body = json.loads(
+        "".join(p if isinstance(p, str) else "REF" for p in dashboard["Properties"]["DashboardBody"]["Fn::Join"][1])
+    )
+    graphed = {(m[0], m[1], frozenset(zip(m[2:-1:2], m[3:-1:2], strict=True)))
+               for w in body["widgets"] for m in w["properties"].get("metrics", [])}  # fmt: skip
+    assert published in graphed, (published, graphed)
+
+
+def test_an_event_bridge_entry_that_failed_fails_finalize(deployment, s3_calls, monkeypatch, caplog):
+    """PutEvents answers 200 with FailedEntryCount; ignoring it loses the title's event silently."""
+    import _shared
+
+    class Events:
+        def put_events(self, Entries):
+            return {"FailedEntryCount": 1, "Entries": [{"ErrorCode": "InternalFailure", "ErrorMessage": "try again"}]}
+
+    monkeypatch.setattr(_shared.Aws, "events", property(lambda self: Events()))
+    stored_keyframes(deployment, ["keyframes.parquet", *KEYFRAMES])
+
+    with pytest.raises(
+        _shared.EventNotDelivered, match=rf"{TITLE}: Title Preprocessed event not delivered .*InternalFailure"
+    ):
+        finalize(deployment)
+    caplog.clear()
