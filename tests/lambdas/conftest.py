@@ -220,6 +220,8 @@ class Deployment:
         handlers, common_env = {}, {}
         for logical, fn in self.resolve.of_type("AWS::Lambda::Function").items():
             props = fn["Properties"]
+            if not props.get("Runtime", "").startswith("python"):
+                continue  # CDK's own providers (dev's bucket auto-delete), not part of a run
             env = {k: str(self.resolve(v)) for k, v in props["Environment"]["Variables"].items()}
             arn = client.create_function(
                 FunctionName=logical[:64], Runtime=props["Runtime"], Role=role, Handler=props["Handler"],
