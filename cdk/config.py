@@ -353,6 +353,10 @@ class PipelineConfig:
     stack_name: str = "Prism-pipeline"
     image_repository: str = "prism-worker"  # ECR, in the tooling account; every environment pulls from it
     images_to_keep: int = 50  # ECR lifecycle: older commit tags expire (keep enough to roll back)
+    # Docker Hub credentials (a Secrets Manager secret named ecr-pullthroughcache/...) for the ECR pull-through
+    # cache the worker image's nvidia/cuda base comes through; None: pull from Docker Hub directly
+    docker_hub_secret_arn: str | None = None
+    base_image_cache_prefix: str = "docker-hub"
     # The test + synth step runs .ci/run (scripts/setup.sh targets Debian), so a Debian image with Node for the CLI.
     synth_image: str = "public.ecr.aws/docker/library/node:22-bookworm"
     cdk_cli: str = "aws-cdk@2"
@@ -409,4 +413,5 @@ PIPELINE = PipelineConfig(
         PromotionStage("prod", approval=True),
     ),
     approval_emails=("prism-leads@example.com",),
+    docker_hub_secret_arn="arn:aws:secretsmanager:ap-northeast-2:444444444444:secret:ecr-pullthroughcache/docker-hub-AbCdEf",
 )

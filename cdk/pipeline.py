@@ -79,10 +79,12 @@ class PrismPipelineStack(Stack):
             code_build_defaults=pipelines.CodeBuildOptions(
                 build_environment=codebuild.BuildEnvironment(build_image=codebuild.LinuxBuildImage.STANDARD_7_0)),
         )  # fmt: skip
+        base_pull = self._base_image_cache()
         self.image_build = pipelines.CodeBuildStep(
             "BuildWorkerImage",
             input=source,
-            env={"IMAGE_TAG": commit, "IMAGE_REPOSITORY_URI": self.images.repository_uri},
+            env={"IMAGE_TAG": commit, "IMAGE_REPOSITORY_URI": self.images.repository_uri,
+                 **({"BASE_REGISTRY": self.base_registry} if base_pull else {})},
             build_environment=codebuild.BuildEnvironment(
                 build_image=codebuild.LinuxBuildImage.STANDARD_7_0, privileged=True,
                 compute_type=codebuild.ComputeType.LARGE),
@@ -91,6 +93,7 @@ class PrismPipelineStack(Stack):
                 iam.PolicyStatement(actions=[*IMAGE_PULL_ACTIONS, *IMAGE_PUSH_ACTIONS],
                                     resources=[self.images.repository_arn]),
                 iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"]),
+                *base_pull,
             ],
             timeout=Duration.minutes(120),
         )  # fmt: skip
@@ -109,6 +112,20 @@ class PrismPipelineStack(Stack):
         self._grant_connection()
         self.topic = self._notifications()
         self._suppress()
+
+    def _base_image_cache(self) -> list[iam.PolicyStatement]:
+        """Docker Hub's nvidia/cuda through an ECR pull-through cache: no anonymous pull limits, and the base
+        image is scanned and kept in the account. Returns what the image build needs to pull through it."""
+        if not self.config.docker_hub_secret_arn:
+            return []
+        prefix = self.config.base_image_cache_prefix
+        ecr.CfnPullThroughCacheRule(
+            self, "DockerHubCache", ecr_repository_prefix=prefix, upstream_registry="docker-hub",
+            upstream_registry_url="registry-1.docker.io", credential_arn=self.config.docker_hub_secret_arn)  # fmt: skip
+        self.base_registry = f"{self.account}.dkr.ecr.{self.region}.{self.url_suffix}/{prefix}"
+        cached = self.format_arn(service="ecr", resource="repository", resource_name=f"{prefix}/*")
+        return [iam.PolicyStatement(actions=[*IMAGE_PULL_ACTIONS, "ecr:BatchImportUpstreamImage", "ecr:CreateRepository"],
+                                    resources=[cached])]  # fmt: skip
 
     def _environments(self, image_tag: str, version: str):
         return [self.config.environment(s, image_tag=image_tag, version=version) for s in self.config.stages]
@@ -220,6 +237,9 @@ class PrismPipelineStack(Stack):
             self.image_build.project,
             [{"id": "AwsSolutions-IAM5", "reason": "ecr:GetAuthorizationToken has no resource-level permissions; "
               "pushes are limited to the worker image repository.", "applies_to": ["Resource::*"]},
+             {"id": "AwsSolutions-IAM5", "reason": "The pull-through cache creates one repository per upstream image "
+              "under its prefix on first pull (docker-hub/*); the build may pull, import and create only there.",
+              "applies_to": [{"regex": "/^Resource::arn:<AWS::Partition>:ecr:.*:repository\\/.*\\/\\*$/g"}]},
              {"id": "AwsSolutions-CB3", "reason": "docker build needs privileged mode; the project builds only "
               "containers/Dockerfile from this repository's commit."}],
             apply_to_children=True,

@@ -117,6 +117,25 @@ def test_worker_image_is_built_privileged_and_tagged_with_the_commit(pipeline):
     assert (ROOT / "containers/publish.sh").exists()
 
 
+def test_the_cuda_base_image_comes_through_an_ecr_pull_through_cache(pipeline):
+    _, template, stages = pipeline
+    template.has_resource_properties("AWS::ECR::PullThroughCacheRule", {
+        "EcrRepositoryPrefix": "docker-hub", "UpstreamRegistryUrl": "registry-1.docker.io",
+        "CredentialArn": PIPELINE.docker_hub_secret_arn})  # fmt: skip
+    (image,) = actions(stages, "Image")
+    (project,) = [p for k, p in template.find_resources("AWS::CodeBuild::Project").items()
+                  if k.startswith("PipelineImageBuildWorkerImage")]  # fmt: skip
+    registry = {e["Name"]: e["Value"] for e in project["Properties"]["Environment"]["EnvironmentVariables"]}[
+        "BASE_REGISTRY"
+    ]
+    assert json.dumps(registry).count(f"{PIPELINE.account}.dkr.ecr.{PIPELINE.region}.") == 1
+    assert json.dumps(registry).endswith('/docker-hub"]]}')
+    dockerfile = (ROOT / "containers/Dockerfile").read_text()
+    assert "ARG CUDA_IMAGE=${BASE_REGISTRY}/nvidia/cuda:" in dockerfile and "-runtime-ubuntu" in dockerfile
+    assert "cudnn-runtime" not in dockerfile.split("ARG CUDA_IMAGE=")[1].splitlines()[0]  # torch's wheels bring cuDNN
+    assert '--build-arg "BASE_REGISTRY=' in (ROOT / "containers/publish.sh").read_text()
+
+
 @pytest.mark.parametrize("env", ["dev", "staging", "prod"])
 def test_every_environment_runs_the_commits_image_from_the_tooling_repository(pipeline, env):
     stack, _, _ = pipeline
