@@ -144,6 +144,8 @@ class Deployment:
         self.batch = boto3.client("batch", region_name=REGION)
         self.worker_runs: list[tuple[str, str, str]] = []  # (title_id, stage, status), per stage of each job
         self.jobs_run: list[tuple[str, str, str]] = []  # (title_id, job, PRISM_STAGES)
+        self.queues_used: list[tuple[str, str, str]] = []  # (title_id, job, queue's logical id), every submitted job
+        self.spot_short = False  # jobs on the Spot-first queue are cancelled for capacity, as its time limit would
         self._lock = threading.Lock()
         role = boto3.client("iam", region_name=REGION).create_role(
             RoleName="prism-test", AssumeRolePolicyDocument="{}")["Role"]["Arn"]  # fmt: skip
@@ -188,6 +190,7 @@ class Deployment:
             self.bus = name
 
     def _batch(self, role: str) -> None:
+        self.queue_names: dict[str, str] = {}
         ce = self.batch.create_compute_environment(
             computeEnvironmentName="prism-test", type="UNMANAGED", serviceRole=role)["computeEnvironmentArn"]  # fmt: skip
         for logical in self.resolve.of_type("AWS::Batch::JobQueue"):
@@ -195,6 +198,7 @@ class Deployment:
                 jobQueueName=logical[:100], state="ENABLED", priority=1,
                 computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}])["jobQueueArn"]  # fmt: skip
             self.resolve.refs[logical] = self.resolve.arns[logical] = arn
+            self.queue_names[arn] = logical
         for logical, jd in self.resolve.of_type("AWS::Batch::JobDefinition").items():
             container = jd["Properties"]["ContainerProperties"]
             environment = [
@@ -258,6 +262,16 @@ class Deployment:
         if include_start_attempt:
             job._start_attempt()
         env = {e["name"]: e["value"] for e in job._get_container_property("environment", [])}
+        queue = self.queue_names[job.job_queue.arn]
+        with self._lock:
+            self.queues_used.append((env["PRISM_TITLE_ID"], env["PRISM_JOB"], queue))
+        if self.spot_short and queue.startswith("ComputeScheduledQueue"):
+            # what the queue's jobStateTimeLimitActions does after spot_wait_minutes at its head
+            job.job_stopped_reason = (
+                "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - Service cannot fulfill the capacity requested"
+            )
+            job._mark_stopped(success=False)
+            return
         result = run_job(
             Job(stages=tuple(env["PRISM_STAGES"].split(",")), title_id=env["PRISM_TITLE_ID"],
                 source_uri=env["PRISM_SOURCE_URI"], artifacts_bucket=env["PRISM_ARTIFACTS_BUCKET"],
