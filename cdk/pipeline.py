@@ -187,7 +187,7 @@ class PrismPipelineStack(Stack):
             raise RuntimeError("the Source action has no role to grant the connection to")
         for role in roles:
             role.add_to_principal_policy(iam.PolicyStatement(
-                actions=["codeconnections:UseConnection", "codestar-connections:UseConnection"],
+                actions=["codeconnections:UseConnection"],  # CDK grants the codestar-connections: one
                 resources=[self.config.connection_arn]))  # fmt: skip
 
     def _notifications(self) -> sns.Topic | None:
