@@ -151,8 +151,9 @@ def _scheduled(aws: Aws, execution: str, started_at: str) -> tuple[list[dict], l
     since = None
     mark = catalog.run_watermark("scheduled")
     pending = catalog.pending()
-    if mark and mark.get("pipeline_version") == settings.pipeline_version and mark.get("listed_through"):
-        low = min([_iso(mark["listed_through"]), *(_iso(at) for at in pending.values())])
+    listed = (mark or {}).get("listed_through") or (mark or {}).get("started_at")  # started_at: before markers
+    if mark and mark.get("pipeline_version") == settings.pipeline_version and listed:
+        low = min([_iso(listed), *(_iso(at) for at in pending.values())])
         since = low - timedelta(seconds=settings.watermark_overlap_s)
     candidates = sorted(_delivered(aws, since).items(), key=lambda c: (c[1]["LastModified"], c[0]))
     items, skipped, taken = [], [], {}

@@ -491,7 +491,7 @@ def test_nothing_that_grows_with_the_catalogue_travels_in_the_state(synthesized,
     assert asl["TimeoutSeconds"] == 12 * 3600
     limit = config.titles_per_run
     assert -(-limit // config.max_concurrent_titles) * config.title_minutes <= 12 * 60
-    for fn in t.find_resources("AWS::Lambda::Function").values():
+    for fn in t.find_resources("AWS::Lambda::Function", {"Properties": {"Runtime": "python3.13"}}).values():
         assert fn["Properties"]["Environment"]["Variables"]["PRISM_MAX_TITLES_PER_RUN"] == str(limit)
 
 
