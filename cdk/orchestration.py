@@ -20,13 +20,13 @@ import json
 
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_batch as batch
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
-from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
 from cdk.compute import CAPACITY_SHORT
@@ -209,8 +209,6 @@ class Orchestration(Construct):
 
     def _chain(self, chain: list[JobSpec], job_definitions) -> sfn.IChainable:
         """Each job in turn, if the title's ``jobs.<job>.run``; a failed job is recorded and ends the chain."""
-        start: sfn.IChainable | None = None
-        previous_choice: sfn.Choice | None = None
         end = sfn.Pass(self, f"{chain[0].name} chain done", result_path=sfn.JsonPath.DISCARD)
         choices = []
         for spec in chain:
