@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 POWERTOOLS_LAYER_ACCOUNT = "017000801446"
+EXECUTION_TIMEOUT_HOURS = 12  # the state machine's timeout (cdk/orchestration.py)
+MODEL_DIR = "/opt/prism/models"  # containers/Dockerfile: PRISM_MODEL_DIR, where weights are baked or synced
+# Stages whose model is configuration, not shipped in a wheel: the config field naming it, and the worker's variable.
+MODEL_STAGES = {"embeddings": ("embeddings_model", "PRISM_EMBEDDINGS_MODEL")}
 # vCPUs, MiB and GPUs of the instance types configs name: a job must fit one of its environment's types.
 INSTANCE_SIZES = {
     "g6.xlarge": (4, 16_384, 1), "g6.2xlarge": (8, 32_768, 1), "g6.4xlarge": (16, 65_536, 1),
@@ -123,8 +127,10 @@ class EnvironmentConfig:
     schedule_enabled: bool = True
     # compute
     gpu_instance_types: tuple[str, ...] = ("g6.xlarge", "g6.2xlarge", "g5.xlarge", "g5.2xlarge")
-    max_vcpus: int = 64
+    max_vcpus: int = 64  # the cap for spot and on-demand together
     spot: bool = True  # spot first with on-demand fallback; False: on-demand only
+    on_demand_max_vcpus: int | None = None  # on-demand's part of max_vcpus when spot; None: half
+    spot_wait_minutes: int = 30  # a job waiting this long for Spot capacity is resubmitted on demand
     root_volume_gib: int = 200  # scratch space for the source and decodes
     vpc_cidr: str = "10.40.0.0/16"
     # worker image, built and pushed by the pipeline (see containers/)
@@ -132,10 +138,19 @@ class EnvironmentConfig:
     image_tag: str = "latest"  # also the pipeline version discover compares against, unless `version` is set
     image_repository_arn: str | None = None  # the pipeline's, in the tooling account; None: image_repository here
     version: str | None = None  # the pipeline version discover compares; None: image_tag
-    model_location: str | None = None  # s3://bucket/prefix; None = weights baked into the image
+    model_location: str | None = (
+        None  # s3://bucket/prefix synced to MODEL_DIR at job start; None = baked into the image
+    )
+    # The embeddings model: a directory (transformers save_pretrained) under model_location or baked into the image
+    # under MODEL_DIR. Required when the embeddings stage is deployed: without it every title would "succeed"
+    # with embeddings skipped.
+    embeddings_model: str | None = None
     jobs: tuple[JobSpec, ...] = DEFAULT_JOBS
     # orchestration
     max_concurrent_titles: int = 20
+    # titles a scheduled run takes at most (the rest wait for the next run): sized so a run finishes within the
+    # state machine's timeout even when every title takes its jobs' full time; None: the most that fits
+    max_titles_per_run: int | None = None
     watermark_overlap_s: int = 3600
     lambda_architecture: str = "x86_64"
     powertools_layer_version: int = 18
@@ -146,8 +161,11 @@ class EnvironmentConfig:
     retain_data: bool = False  # RETAIN the bucket, table and key on stack deletion
     alarm_emails: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
-    # the tooling account whose pipeline runs the post-deploy smoke test (a role it may assume); None: no role
-    smoke_test_account: str | None = None
+    # the role (ARN) of the pipeline's smoke-test step, trusted to assume this environment's smoke-test role; None: no role
+    smoke_test_caller_arn: str | None = None
+    # accounts other than this one that own buckets the workers read (the upstream input bucket, the model bucket):
+    # the S3 gateway endpoint's policy allows only this account's buckets, these, and ECR's layer bucket
+    external_bucket_accounts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -156,8 +174,20 @@ class EnvironmentConfig:
             raise ValueError(f"{self.name}: {exc}") from exc
         if not self.availability_zones:
             raise ValueError(f"{self.name}: list at least one availability zone")
-        if self.max_vcpus < max(j.vcpus for j in self.jobs):
+        largest = max(j.vcpus for j in self.jobs)
+        if self.max_vcpus < largest:
             raise ValueError(f"{self.name}: max_vcpus is below the largest job")
+        if self.spot and min(self.on_demand_vcpus, self.max_vcpus - self.on_demand_vcpus) < largest:
+            raise ValueError(
+                f"{self.name}: spot and on-demand split max_vcpus={self.max_vcpus} "
+                f"(on demand {self.on_demand_vcpus}); each part must fit the largest job ({largest})"
+            )
+        if self.max_titles_per_run is not None and not 1 <= self.max_titles_per_run <= self.titles_per_run_limit:
+            raise ValueError(f"{self.name}: max_titles_per_run must be 1..{self.titles_per_run_limit}: "
+                             f"{self.max_concurrent_titles} at a time, each up to {self.title_minutes} min, must "
+                             f"finish within the {EXECUTION_TIMEOUT_HOURS} h execution timeout")  # fmt: skip
+        if not 10 <= self.spot_wait_minutes <= 24 * 60:
+            raise ValueError(f"{self.name}: spot_wait_minutes must be 10..1440")
         sizes = [INSTANCE_SIZES[t] for t in self.gpu_instance_types if t in INSTANCE_SIZES]
         for job in self.jobs:  # ECS keeps some memory for itself, hence the 5% margin
             if sizes and not any(job.vcpus <= c and job.memory_mib <= m * 0.95 and job.gpus <= g for c, m, g in sizes):
@@ -166,10 +196,42 @@ class EnvironmentConfig:
             raise ValueError(f"{self.name}: log_retention_days must be one of {LOG_RETENTION_DAYS}")
         if self.model_location and not self.model_location.startswith("s3://"):
             raise ValueError(f"{self.name}: model_location must be an s3:// URI")
+        deployed = {s for j in self.jobs for s in j.stages}
+        for stage, (setting, _) in MODEL_STAGES.items():
+            model = getattr(self, setting)
+            if stage in deployed and not model:
+                raise ValueError(
+                    f"{self.name}: the {stage} stage is deployed but {setting} is not set; name the model directory "
+                    f"(under model_location, or baked into the image under {MODEL_DIR}; docs/deploy.md, Model weights)"
+                )
+            if model and (model.startswith("/") or ".." in model.split("/")):
+                raise ValueError(f"{self.name}: {setting} is a directory relative to {MODEL_DIR}, got {model!r}")
 
     @property
     def stack_name(self) -> str:
         return f"Prism-{self.name}"
+
+    @property
+    def title_minutes(self) -> int:
+        """What a title may take: its longest chain of jobs, each waiting for Spot and then run twice (a retry)."""
+        from cdk.orchestration import job_chains
+
+        return max(sum(j.timeout_minutes * 2 + self.spot_wait_minutes for j in chain) for chain in job_chains(self.jobs))
+
+    @property
+    def titles_per_run_limit(self) -> int:
+        return max(1, EXECUTION_TIMEOUT_HOURS * 60 // self.title_minutes) * self.max_concurrent_titles
+
+    @property
+    def titles_per_run(self) -> int:
+        return self.max_titles_per_run or self.titles_per_run_limit
+
+    @property
+    def on_demand_vcpus(self) -> int:
+        """On-demand's share of ``max_vcpus`` (all of it without spot): the two never add up to more."""
+        if not self.spot:
+            return self.max_vcpus
+        return self.on_demand_max_vcpus if self.on_demand_max_vcpus is not None else self.max_vcpus // 2
 
     @property
     def pipeline_version(self) -> str:
@@ -186,6 +248,12 @@ class EnvironmentConfig:
             f"arn:aws:lambda:{self.region}:{POWERTOOLS_LAYER_ACCOUNT}:layer:"
             f"AWSLambdaPowertoolsPythonV3-python313-{arch}:{self.powertools_layer_version}"
         )
+
+    def model_environment(self, job: JobSpec) -> dict[str, str]:
+        """The worker variables naming the models of ``job``'s stages, and that a missing one fails the job."""
+        env = {var: f"{MODEL_DIR}/{getattr(self, setting)}"
+               for stage, (setting, var) in MODEL_STAGES.items() if stage in job.stages}  # fmt: skip
+        return {**env, "PRISM_REQUIRE_MODELS": "true"} if env else {}
 
     def stage_graph(self) -> dict[str, list[str]]:
         """Stage -> stages it requires, in job order (so every stage comes after those it requires)."""
@@ -208,6 +276,8 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         gpu_instance_types=("g6.xlarge", "g6.2xlarge", "g5.xlarge", "g5.2xlarge"),
         max_vcpus=16,
         image_tag="dev",
+        model_location="s3://prism-models-dev/v1/",
+        embeddings_model="siglip-base-patch16-224",
         max_concurrent_titles=5,
         log_retention_days=14,
         noncurrent_version_days=7,
@@ -222,6 +292,8 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         input_prefix="transcoded/",
         max_vcpus=64,
         image_tag="staging",
+        model_location="s3://prism-models-staging/v1/",
+        embeddings_model="siglip-base-patch16-224",
         log_retention_days=30,
         retain_data=True,
     ),
@@ -235,6 +307,8 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         input_bucket_kms_key_arn=None,
         max_vcpus=512,
         image_tag="prod",
+        model_location="s3://prism-models-prod/v1/",
+        embeddings_model="siglip-base-patch16-224",
         max_concurrent_titles=100,
         log_retention_days=365,
         noncurrent_version_days=90,
@@ -279,12 +353,17 @@ class PipelineConfig:
     stack_name: str = "Prism-pipeline"
     image_repository: str = "prism-worker"  # ECR, in the tooling account; every environment pulls from it
     images_to_keep: int = 50  # ECR lifecycle: older commit tags expire (keep enough to roll back)
+    # Docker Hub credentials (a Secrets Manager secret named ecr-pullthroughcache/...) for the ECR pull-through
+    # cache the worker image's nvidia/cuda base comes through; None: pull from Docker Hub directly
+    docker_hub_secret_arn: str | None = None
+    base_image_cache_prefix: str = "docker-hub"
     # The test + synth step runs .ci/run (scripts/setup.sh targets Debian), so a Debian image with Node for the CLI.
     synth_image: str = "public.ecr.aws/docker/library/node:22-bookworm"
     cdk_cli: str = "aws-cdk@2"
     smoke_title: str = "prism-smoke-sample"  # a short video under the dev input prefix (docs/deploy.md)
     smoke_stages: tuple[str, ...] = ()  # () = every stage: the new image must run them all
     smoke_timeout_minutes: int = 50  # GPU instances start from zero and pull the image first
+    smoke_test_caller_role_name: str = "prism-pipeline-smoke-test"  # the smoke-test step's CodeBuild role
     approval_topic_name: str | None = "prism-pipeline-approvals"  # SNS topic for approval requests; None: no topic
     approval_emails: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
@@ -308,13 +387,17 @@ class PipelineConfig:
     def image_repository_arn(self) -> str:
         return f"arn:aws:ecr:{self.region}:{self.account}:repository/{self.image_repository}"
 
+    @property
+    def smoke_test_caller_arn(self) -> str:
+        return f"arn:aws:iam::{self.account}:role/{self.smoke_test_caller_role_name}"
+
     def environment(self, stage: PromotionStage, *, image_tag: str, version: str) -> EnvironmentConfig:
         """The stage's environment as the pipeline deploys it: its account, this pipeline's image and version."""
         base = ENVIRONMENTS[stage.env]
         return replace(
             base, account=stage.account or base.account, image_repository=self.image_repository,
             image_repository_arn=self.image_repository_arn, image_tag=image_tag, version=version,
-            smoke_test_account=self.account if stage.smoke_test else None,
+            smoke_test_caller_arn=self.smoke_test_caller_arn if stage.smoke_test else None,
         )  # fmt: skip
 
 
@@ -330,4 +413,5 @@ PIPELINE = PipelineConfig(
         PromotionStage("prod", approval=True),
     ),
     approval_emails=("prism-leads@example.com",),
+    docker_hub_secret_arn="arn:aws:secretsmanager:ap-northeast-2:444444444444:secret:ecr-pullthroughcache/docker-hub-AbCdEf",
 )

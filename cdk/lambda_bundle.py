@@ -3,12 +3,17 @@
 ``prism.artifacts`` (layout, manifest schema), ``prism.catalog`` (records) and ``prism.cloud``
 (DynamoDB catalog, S3 keys) import only the standard library and boto3, so they are copied as
 is; everything else in ``prism`` (media, stages, torch) stays out of the Lambda.
+
+``prism.__version__`` comes from the installed distribution's metadata, which a plain copy of the
+sources lacks (it would read ``0.0.0+source`` in every record the handlers write); the bundle
+therefore carries a minimal ``prism_video-<version>.dist-info`` with the version in pyproject.toml.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import tomllib
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,4 +34,10 @@ def lambda_bundle() -> str:
             shutil.copytree(src, out / "prism" / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(src, out / "prism" / name)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    dist_info = out / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+    )
     return str(out)

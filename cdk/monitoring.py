@@ -14,6 +14,9 @@ from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 NAMESPACE = "Prism"
+# Powertools adds the function's service as a dimension to every metric, single_metric included: a widget
+# that leaves it out reads a metric nobody publishes.
+FINALIZE_SERVICE = "prism-finalize"
 
 
 class Monitoring(Construct):
@@ -38,9 +41,9 @@ class Monitoring(Construct):
         action = cw_actions.SnsAction(self.topic)
 
         titles_failed = cw.Metric(namespace=NAMESPACE, metric_name="TitlesFailed",
-                                  dimensions_map={"service": "prism-finalize"}, statistic="Sum", period=Duration.hours(1))
+                                  dimensions_map={"service": FINALIZE_SERVICE}, statistic="Sum", period=Duration.hours(1))
         titles_ok = cw.Metric(namespace=NAMESPACE, metric_name="TitlesSucceeded",
-                              dimensions_map={"service": "prism-finalize"}, statistic="Sum", period=Duration.hours(1))  # fmt: skip
+                              dimensions_map={"service": FINALIZE_SERVICE}, statistic="Sum", period=Duration.hours(1))  # fmt: skip
         self.alarms = {
             "ExecutionsFailed": state_machine.metric_failed(period=Duration.minutes(5), statistic="Sum"),
             "ExecutionsTimedOut": state_machine.metric_timed_out(period=Duration.minutes(5), statistic="Sum"),
@@ -76,7 +79,7 @@ class Monitoring(Construct):
                              statistic="Sum", period=Duration.minutes(5), label=label)  # fmt: skip
 
         durations = [
-            cw.Metric(namespace=NAMESPACE, metric_name="StageDuration", dimensions_map={"stage": s},
+            cw.Metric(namespace=NAMESPACE, metric_name="StageDuration", dimensions_map={"stage": s, "service": FINALIZE_SERVICE},
                       statistic="p90", period=Duration.hours(1), label=f"{s} p90 (s)")
             for s in stage_names
         ]  # fmt: skip

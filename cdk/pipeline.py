@@ -79,10 +79,12 @@ class PrismPipelineStack(Stack):
             code_build_defaults=pipelines.CodeBuildOptions(
                 build_environment=codebuild.BuildEnvironment(build_image=codebuild.LinuxBuildImage.STANDARD_7_0)),
         )  # fmt: skip
+        base_pull = self._base_image_cache()
         self.image_build = pipelines.CodeBuildStep(
             "BuildWorkerImage",
             input=source,
-            env={"IMAGE_TAG": commit, "IMAGE_REPOSITORY_URI": self.images.repository_uri},
+            env={"IMAGE_TAG": commit, "IMAGE_REPOSITORY_URI": self.images.repository_uri,
+                 **({"BASE_REGISTRY": self.base_registry} if base_pull else {})},
             build_environment=codebuild.BuildEnvironment(
                 build_image=codebuild.LinuxBuildImage.STANDARD_7_0, privileged=True,
                 compute_type=codebuild.ComputeType.LARGE),
@@ -91,11 +93,13 @@ class PrismPipelineStack(Stack):
                 iam.PolicyStatement(actions=[*IMAGE_PULL_ACTIONS, *IMAGE_PUSH_ACTIONS],
                                     resources=[self.images.repository_arn]),
                 iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"]),
+                *base_pull,
             ],
             timeout=Duration.minutes(120),
         )  # fmt: skip
         self.pipeline.add_wave("Image", pre=[self.image_build])
 
+        self._smoke_role: iam.Role | None = None
         self.stages: dict[str, PrismStage] = {}
         self.smoke_tests: dict[str, pipelines.CodeBuildStep] = {}
         for promotion, env in zip(config.stages, self._environments(image_tag, version)):
@@ -105,8 +109,23 @@ class PrismPipelineStack(Stack):
             self.pipeline.add_stage(stage, pre=pre if promotion.approval else [], post=post)
 
         self.pipeline.build_pipeline()
+        self._grant_connection()
         self.topic = self._notifications()
         self._suppress()
+
+    def _base_image_cache(self) -> list[iam.PolicyStatement]:
+        """Docker Hub's nvidia/cuda through an ECR pull-through cache: no anonymous pull limits, and the base
+        image is scanned and kept in the account. Returns what the image build needs to pull through it."""
+        if not self.config.docker_hub_secret_arn:
+            return []
+        prefix = self.config.base_image_cache_prefix
+        ecr.CfnPullThroughCacheRule(
+            self, "DockerHubCache", ecr_repository_prefix=prefix, upstream_registry="docker-hub",
+            upstream_registry_url="registry-1.docker.io", credential_arn=self.config.docker_hub_secret_arn)  # fmt: skip
+        self.base_registry = f"{self.account}.dkr.ecr.{self.region}.{self.url_suffix}/{prefix}"
+        cached = self.format_arn(service="ecr", resource="repository", resource_name=f"{prefix}/*")
+        return [iam.PolicyStatement(actions=[*IMAGE_PULL_ACTIONS, "ecr:BatchImportUpstreamImage", "ecr:CreateRepository"],
+                                    resources=[cached])]  # fmt: skip
 
     def _environments(self, image_tag: str, version: str):
         return [self.config.environment(s, image_tag=image_tag, version=version) for s in self.config.stages]
@@ -142,10 +161,34 @@ class PrismPipelineStack(Stack):
                                   "SMOKE_TEST_ROLE_ARN": stage.outputs["SmokeTestRoleArn"]},
             install_commands=["python3 -m pip install -q boto3"],
             commands=["python3 -m prism.cloud.smoke " + " ".join(_quote(a) for a in args)],
+            role=self._smoke_test_caller_role(),
             role_policy_statements=[iam.PolicyStatement(actions=["sts:AssumeRole"], resources=[role_arn])],
             timeout=Duration.minutes(self.config.smoke_timeout_minutes + 10),
         )  # fmt: skip
         return step
+
+    def _smoke_test_caller_role(self) -> iam.Role:
+        """The smoke-test step's CodeBuild role, with the fixed name each environment's smoke-test role trusts."""
+        if self._smoke_role is None:
+            self._smoke_role = iam.Role(self, "SmokeTestCaller", role_name=self.config.smoke_test_caller_role_name,
+                                        assumed_by=iam.ServicePrincipal("codebuild.amazonaws.com"))  # fmt: skip
+        return self._smoke_role
+
+    def _grant_connection(self) -> None:
+        """The source action's role gets ``codeconnections:UseConnection`` beside CDK's ``codestar-connections:``.
+
+        CDK grants only the old ``codestar-connections:UseConnection``; a connection whose ARN is
+        ``arn:aws:codeconnections:...`` (every connection created since the rename) is authorised
+        by the new prefix, and without it the Source action fails (cfn-lint I3510).
+        """
+        source = self.pipeline.pipeline.node.find_child("Source")
+        roles = [c for c in source.node.find_all() if isinstance(c, iam.Role)]
+        if not roles:
+            raise RuntimeError("the Source action has no role to grant the connection to")
+        for role in roles:
+            role.add_to_principal_policy(iam.PolicyStatement(
+                actions=["codeconnections:UseConnection"],  # CDK grants the codestar-connections: one
+                resources=[self.config.connection_arn]))  # fmt: skip
 
     def _notifications(self) -> sns.Topic | None:
         """Approval requests and failed/succeeded executions, by email (or any subscriber of the topic)."""
@@ -155,7 +198,8 @@ class PrismPipelineStack(Stack):
                       description="Prism pipeline notifications topic")  # fmt: skip
         key.add_to_resource_policy(iam.PolicyStatement(
             principals=[iam.ServicePrincipal("codestar-notifications.amazonaws.com")],
-            actions=["kms:GenerateDataKey*", "kms:Decrypt"], resources=["*"]))  # fmt: skip
+            actions=["kms:GenerateDataKey*", "kms:Decrypt"], resources=["*"],
+            conditions={"StringEquals": {"aws:SourceAccount": self.account}}))  # fmt: skip
         topic = sns.Topic(self, "Notifications", topic_name=self.config.approval_topic_name, master_key=key,
                           enforce_ssl=True)  # fmt: skip
         for email in self.config.approval_emails:
@@ -179,6 +223,8 @@ class PrismPipelineStack(Stack):
         NagSuppressions.add_resource_suppressions(self.pipeline.pipeline, [generated], apply_to_children=True)
         for project in self._codebuild_projects():
             NagSuppressions.add_resource_suppressions(project, [generated], apply_to_children=True)
+        if self._smoke_role is not None:  # the smoke-test step's role carries the same generated grants
+            NagSuppressions.add_resource_suppressions(self._smoke_role, [generated], apply_to_children=True)
         NagSuppressions.add_resource_suppressions(
             self.pipeline.self_mutation_project,
             [{"id": "AwsSolutions-IAM5", "reason": "Self-mutation runs cdk deploy: it assumes the CDK bootstrap "
@@ -191,6 +237,9 @@ class PrismPipelineStack(Stack):
             self.image_build.project,
             [{"id": "AwsSolutions-IAM5", "reason": "ecr:GetAuthorizationToken has no resource-level permissions; "
               "pushes are limited to the worker image repository.", "applies_to": ["Resource::*"]},
+             {"id": "AwsSolutions-IAM5", "reason": "The pull-through cache creates one repository per upstream image "
+              "under its prefix on first pull (docker-hub/*); the build may pull, import and create only there.",
+              "applies_to": [{"regex": "/^Resource::arn:<AWS::Partition>:ecr:.*:repository\\/.*\\/\\*$/g"}]},
              {"id": "AwsSolutions-CB3", "reason": "docker build needs privileged mode; the project builds only "
               "containers/Dockerfile from this repository's commit."}],
             apply_to_children=True,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, Stack, Tags
+from aws_cdk import CfnOutput, Duration, Stack, Tags
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -18,9 +18,15 @@ from cdk.smoke import SmokeTestAccess
 from cdk.storage import RUNS_PREFIX, TITLES_PREFIX, Storage
 
 RETENTION = {
-    1: logs.RetentionDays.ONE_DAY, 7: logs.RetentionDays.ONE_WEEK, 14: logs.RetentionDays.TWO_WEEKS,
-    30: logs.RetentionDays.ONE_MONTH, 60: logs.RetentionDays.TWO_MONTHS, 90: logs.RetentionDays.THREE_MONTHS,
-    180: logs.RetentionDays.SIX_MONTHS, 365: logs.RetentionDays.ONE_YEAR, 731: logs.RetentionDays.TWO_YEARS,
+    1: logs.RetentionDays.ONE_DAY,
+    7: logs.RetentionDays.ONE_WEEK,
+    14: logs.RetentionDays.TWO_WEEKS,
+    30: logs.RetentionDays.ONE_MONTH,
+    60: logs.RetentionDays.TWO_MONTHS,
+    90: logs.RetentionDays.THREE_MONTHS,
+    180: logs.RetentionDays.SIX_MONTHS,
+    365: logs.RetentionDays.ONE_YEAR,
+    731: logs.RetentionDays.TWO_YEARS,
 }
 LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_13  # the newest runtime the Powertools V3 layer in config targets
 
@@ -54,8 +60,11 @@ class PrismStack(Stack):
             self, "Compute",
             availability_zones=config.availability_zones, vpc_cidr=config.vpc_cidr,
             instance_types=config.gpu_instance_types, max_vcpus=config.max_vcpus, spot=config.spot,
+            on_demand_max_vcpus=config.on_demand_vcpus, spot_wait=Duration.minutes(config.spot_wait_minutes),
             root_volume_gib=config.root_volume_gib, image_repository=config.image_repository,
+            external_bucket_accounts=config.external_bucket_accounts,
             image_tag=config.image_tag, image_repository_arn=config.image_repository_arn, jobs=config.jobs, environment=worker_env,
+            job_environment={j.name: config.model_environment(j) for j in config.jobs},
             log_retention=retention,
         )  # fmt: skip
         self.orchestration = orchestration = Orchestration(
@@ -71,6 +80,7 @@ class PrismStack(Stack):
                 "PRISM_PIPELINE_VERSION": config.pipeline_version,
                 "PRISM_VIDEO_SUFFIXES": ",".join(config.video_suffixes),
                 "PRISM_WATERMARK_OVERLAP_S": str(config.watermark_overlap_s),
+                "PRISM_MAX_TITLES_PER_RUN": str(config.titles_per_run),
             },
             runtime=LAMBDA_RUNTIME,
             architecture=lambda_.Architecture.X86_64 if config.lambda_architecture == "x86_64" else lambda_.Architecture.ARM_64,
@@ -88,11 +98,12 @@ class PrismStack(Stack):
             dashboard_name=f"prism-{config.name}",
         )  # fmt: skip
         self.smoke_test = (
-            SmokeTestAccess(self, "SmokeTest", trusted_account=config.smoke_test_account,
+            SmokeTestAccess(self, "SmokeTest", caller_arn=config.smoke_test_caller_arn,
                             role_name=config.smoke_test_role_name, state_machine=orchestration.state_machine)
-            if config.smoke_test_account else None
+            if config.smoke_test_caller_arn else None
         )  # fmt: skip
         self._grant()
+        self._scope_key_policy_services()
         self.outputs = self._outputs()
         self._suppress()
 
@@ -109,15 +120,23 @@ class PrismStack(Stack):
         storage.grant_catalog(job_role, write=True)
         if self.config.model_location:
             bucket, _, prefix = self.config.model_location.removeprefix("s3://").partition("/")
-            job_role.add_to_principal_policy(iam.PolicyStatement(
-                actions=["s3:GetObject"], resources=[f"arn:{self.partition}:s3:::{bucket}/{prefix}*"]))
+            job_role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    actions=["s3:GetObject"], resources=[f"arn:{self.partition}:s3:::{bucket}/{prefix}*"]
+                )
+            )
             job_role.add_to_principal_policy(iam.PolicyStatement(
                 actions=["s3:ListBucket"], resources=[f"arn:{self.partition}:s3:::{bucket}"],
                 conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}}))  # fmt: skip
 
         storage.grant_input_read(fns["Discover"], list_objects=True)
         storage.grant_artifacts(fns["Discover"], prefix=RUNS_PREFIX, write=True)
-        storage.grant_catalog(fns["Discover"], write=False)
+        storage.grant_catalog(fns["Discover"], write=True)  # the watermark
+        # Title lookups 100 at a time, and the pending markers of the titles a run takes on.
+        fns["Discover"].add_to_role_policy(iam.PolicyStatement(
+            actions=["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem", "dynamodb:DeleteItem"],
+            resources=[storage.catalog.table_arn]))  # fmt: skip
+        storage.grant_artifacts(fns["Summarise"], prefix=RUNS_PREFIX, write=True)  # Map results in, summary out
         storage.grant_artifacts(fns["Finalize"], prefix=TITLES_PREFIX, write=True)
         storage.grant_catalog(fns["Finalize"], write=True)
         storage.grant_catalog(fns["RecordFailure"], write=True)
@@ -126,10 +145,21 @@ class PrismStack(Stack):
         # The run's title list is read by the Distributed Map, and its watermark written, by the state machine.
         storage.grant_key(self.orchestration.state_machine, write=True)
         # Services that publish to the KMS-encrypted alarm topic.
+        # aws:SourceAccount: only on behalf of this account's rules and alarms (no confused deputy).
         for service in ("events.amazonaws.com", "cloudwatch.amazonaws.com"):
             storage.key.add_to_resource_policy(iam.PolicyStatement(
                 principals=[iam.ServicePrincipal(service)], actions=["kms:GenerateDataKey", "kms:Decrypt"],
-                resources=["*"]))  # fmt: skip
+                resources=["*"], conditions={"StringEquals": {"aws:SourceAccount": self.account}}))  # fmt: skip
+
+    def _scope_key_policy_services(self) -> None:
+        """``aws:SourceAccount`` on every service principal in the key policy, including the statement
+        CDK adds for EventBridge when a rule targets the encrypted alarm topic (no confused deputy)."""
+        key = self.storage.key.node.default_child
+        statements = self.resolve(key.key_policy)["Statement"]
+        for i, statement in enumerate(statements):
+            if "Service" in statement.get("Principal", {}) and "Condition" not in statement:
+                key.add_property_override(f"KeyPolicy.Statement.{i}.Condition",
+                                          {"StringEquals": {"aws:SourceAccount": self.account}})  # fmt: skip
 
     def _outputs(self) -> dict[str, CfnOutput]:
         """What the operator CLI (``prism reprocess|status --env``) and the pipeline's smoke test read."""

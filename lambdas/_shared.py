@@ -29,6 +29,7 @@ class Settings:
     job_queues: dict[str, str]  # run mode -> job queue ARN
     video_suffixes: tuple[str, ...]
     watermark_overlap_s: int
+    max_titles_per_run: int  # a scheduled run takes at most this many titles; the rest wait for the next run
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -45,6 +46,7 @@ class Settings:
             job_queues=json.loads(env.get("PRISM_JOB_QUEUES", "{}")),
             video_suffixes=tuple(s.strip().lower() for s in env.get("PRISM_VIDEO_SUFFIXES", ".mp4").split(",")),
             watermark_overlap_s=int(env.get("PRISM_WATERMARK_OVERLAP_S", "3600")),
+            max_titles_per_run=int(env.get("PRISM_MAX_TITLES_PER_RUN", "1000")),
         )
 
 
@@ -88,9 +90,17 @@ def upstream_of(stage: str, graph: dict[str, list[str]]) -> set[str]:
     return found
 
 
+class EventNotDelivered(RuntimeError):
+    """EventBridge accepted the call but not the entry (``FailedEntryCount``): consumers would never hear of it."""
+
+
 def put_title_event(aws: Aws, detail_type: str, detail: dict) -> None:
-    """One EventBridge event per title (source ``prism``) for content-QC, posters and others."""
-    aws.events.put_events(
+    """One EventBridge event per title (source ``prism``) for content-QC, posters and others.
+
+    PutEvents answers 200 even when an entry fails; a failed entry raises, so the state machine's
+    retry and catch see it instead of the title silently going unannounced.
+    """
+    response = aws.events.put_events(
         Entries=[
             {
                 "Source": EVENT_SOURCE,
@@ -100,3 +110,7 @@ def put_title_event(aws: Aws, detail_type: str, detail: dict) -> None:
             }
         ]
     )
+    if response.get("FailedEntryCount"):
+        entry = next((e for e in response.get("Entries", []) if e.get("ErrorCode")), {})
+        raise EventNotDelivered(f"{detail.get('title_id')}: {detail_type} event not delivered to "
+                                f"{aws.settings.event_bus}: {entry.get('ErrorCode')}: {entry.get('ErrorMessage')}")  # fmt: skip

@@ -1,11 +1,19 @@
 """``discover``: which titles a run processes, written to S3 as the Distributed Map's item list.
 
-Scheduled runs take the videos delivered under the input prefix since the last completed
-scheduled run (minus an overlap, so nothing delivered during a run is missed) and drop those
-the catalog shows were already processed from the same object (ETag) by the current pipeline
-version, whatever their status: a title that failed on bad input is retried when it is
-delivered again, by a new pipeline version, or by a manual run. After a pipeline version
-change the watermark is ignored and every delivered title is considered again.
+Scheduled runs take the videos delivered under the input prefix since the watermark (minus an
+overlap, so nothing delivered during a run is missed), oldest first, and drop those the catalog
+shows were already processed from the same object (ETag) by the current pipeline version,
+whatever their status: a title that failed on bad input is retried when it is delivered again,
+by a new pipeline version, or by a manual run. After a pipeline version change the watermark is
+ignored and every delivered title is considered again.
+
+A back-catalogue must not break a run: a run takes at most ``max_titles_per_run`` titles (the
+rest wait for the next run), and nothing that grows with the catalogue travels in the state: the
+item list and the skipped / not-found lists are written to S3, the output holds counts and keys.
+The watermark advances per completed title: each title a run takes gets a ``#PENDING`` marker,
+deleted by the state machine when the title completes; the next run lists from the oldest marker
+still there (a run that died or timed out) or from ``listed_through``, the delivery time of the
+first title this run left for later (or the run's start when it took them all).
 
 Manual runs take the given title ids and stages; a stage's upstream stages are added when the
 catalog has no succeeded record for them. Each item says, per Batch job, whether it runs and
@@ -18,7 +26,7 @@ that is current costs one short job).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from _shared import Aws, Settings
@@ -67,25 +75,32 @@ def handler(event: DiscoverEvent, context: LambdaContext) -> dict:
     unknown = sorted(set(request.stages) - set(settings.stage_graph))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; this pipeline runs {list(settings.stage_graph)}")
+    deferred = 0
     if request.mode == "scheduled":
-        items, skipped, not_found = _scheduled(aws)
+        items, skipped, not_found, deferred = _scheduled(aws, event.execution, event.started_at)
     else:
         items, skipped, not_found = _manual(aws, request)
-    key = f"{RUNS_PREFIX}/{event.execution}/titles.json"
-    aws.s3.put_object(
-        Bucket=settings.artifacts_bucket, Key=key, Body=json.dumps(items, ensure_ascii=False).encode(),
-        ContentType="application/json",
-    )  # fmt: skip
-    logger.info("discovered", extra={"count": len(items), "skipped": len(skipped), "not_found": not_found})
+    run = f"{RUNS_PREFIX}/{event.execution}"
+    _put_json(aws, f"{run}/titles.json", items)
+    _put_json(aws, f"{run}/discovery.json", {"skipped": skipped, "not_found": not_found, "deferred": deferred})
+    logger.info("discovered", extra={"count": len(items), "skipped": len(skipped), "not_found": len(not_found),
+                                     "deferred": deferred})  # fmt: skip
     return {
         "mode": request.mode,
         "items_bucket": settings.artifacts_bucket,
-        "items_key": key,
+        "items_key": f"{run}/titles.json",
+        "lists_key": f"{run}/discovery.json",
         "count": len(items),
-        "skipped": skipped,
-        "not_found": not_found,
+        "skipped_count": len(skipped),
+        "not_found_count": len(not_found),
+        "deferred_count": deferred,
         "started_at": event.started_at,
     }
+
+
+def _put_json(aws: Aws, key: str, value) -> None:
+    aws.s3.put_object(Bucket=aws.settings.artifacts_bucket, Key=key, ContentType="application/json",
+                      Body=json.dumps(value, ensure_ascii=False).encode())  # fmt: skip
 
 
 def _item(settings: Settings, mode: str, title_id: str, uri: str, etag: str, run: set[str], force: bool) -> dict:
@@ -94,8 +109,11 @@ def _item(settings: Settings, mode: str, title_id: str, uri: str, etag: str, run
         "source_uri": uri,
         "source_etag": etag,
         "stages": [s for s in settings.stage_graph if s in run],
-        "jobs": {job: {"run": bool(chosen), "stages": ",".join(chosen)}
-                 for job, spec in settings.jobs.items() for chosen in [[s for s in spec["stages"] if s in run]]},
+        "jobs": {
+            job: {"run": bool(chosen), "stages": ",".join(chosen)}
+            for job, spec in settings.jobs.items()
+            for chosen in [[s for s in spec["stages"] if s in run]]
+        },
         "force": "true" if force else "false",
         "job_queue": settings.job_queues.get(mode, ""),
     }
@@ -114,30 +132,60 @@ def _delivered(aws: Aws, since: datetime | None) -> dict[str, dict]:
                 continue
             title_id = title_id_for(obj["Key"])
             if title_id in found and found[title_id]["LastModified"] >= obj["LastModified"]:
-                logger.warning("title id clash, keeping the newer object", extra={"title_id": title_id, "key": obj["Key"]})
+                logger.warning(
+                    "title id clash, keeping the newer object", extra={"title_id": title_id, "key": obj["Key"]}
+                )
                 continue
             found[title_id] = obj
     return found
 
 
-def _scheduled(aws: Aws) -> tuple[list[dict], list[str], list[str]]:
+def _iso(value: str) -> datetime:
+    return datetime.fromisoformat(value)  # Python 3.11+ reads the "Z" Step Functions writes
+
+
+def _scheduled(aws: Aws, execution: str, started_at: str) -> tuple[list[dict], list[str], list[str], int]:
+    """(items, skipped, not found, titles left for the next run); records the watermark and pending markers."""
     settings = aws.settings
+    catalog = aws.catalog
     since = None
-    mark = aws.catalog.run_watermark("scheduled")
-    if mark and mark.get("pipeline_version") == settings.pipeline_version:
-        since = datetime.fromisoformat(mark["started_at"].replace("Z", "+00:00")) - timedelta(
-            seconds=settings.watermark_overlap_s
-        )
-    items, skipped = [], []
-    for title_id, obj in sorted(_delivered(aws, since).items()):
-        etag = obj["ETag"].strip('"')
-        known = aws.catalog.get_item(title_id, "TITLE")
-        if known and known.get("source_etag") == etag and known.get("pipeline_version") == settings.pipeline_version:
-            skipped.append(title_id)
-            continue
-        uri = str(S3Uri(settings.input_bucket, obj["Key"]))
-        items.append(_item(settings, "scheduled", title_id, uri, etag, set(settings.stage_graph), False))
-    return items, skipped, []
+    mark = catalog.run_watermark("scheduled")
+    pending = catalog.pending()
+    listed = (mark or {}).get("listed_through") or (mark or {}).get("started_at")  # started_at: before markers
+    if mark and mark.get("pipeline_version") == settings.pipeline_version and listed:
+        low = min([_iso(listed), *(_iso(at) for at in pending.values())])
+        since = low - timedelta(seconds=settings.watermark_overlap_s)
+    candidates = sorted(_delivered(aws, since).items(), key=lambda c: (c[1]["LastModified"], c[0]))
+    items, skipped, taken = [], [], {}
+    position = 0
+    while position < len(candidates) and len(items) < settings.max_titles_per_run:
+        batch = candidates[position : position + 100]
+        known = catalog.titles_by_id([title_id for title_id, _ in batch])
+        for title_id, obj in batch:
+            if len(items) >= settings.max_titles_per_run:
+                break
+            position += 1
+            etag = obj["ETag"].strip('"')
+            record = known.get(title_id)
+            if (
+                record
+                and record.get("source_etag") == etag
+                and record.get("pipeline_version") == settings.pipeline_version
+            ):
+                skipped.append(title_id)
+                continue
+            uri = str(S3Uri(settings.input_bucket, obj["Key"]))
+            items.append(_item(settings, "scheduled", title_id, uri, etag, set(settings.stage_graph), False))
+            taken[title_id] = obj["LastModified"].isoformat()
+    left = candidates[position:]
+    # Markers of titles this run did not take are done, gone from the input, or after listed_through.
+    catalog.delete_pending(sorted(set(pending) - set(taken)))
+    catalog.put_pending(taken, execution)
+    listed_through = (
+        left[0][1]["LastModified"].isoformat() if left else (started_at or datetime.now(UTC).isoformat())
+    )
+    catalog.put_run_watermark(listed_through, settings.pipeline_version, execution)
+    return items, skipped, [], len(left)
 
 
 def _manual(aws: Aws, event: RunRequest) -> tuple[list[dict], list[str], list[str]]:

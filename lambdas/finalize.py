@@ -21,7 +21,7 @@ from pydantic import Field
 
 from prism.artifacts import is_blocked, manifest_schema, new_manifest, now_iso
 from prism.catalog import TitleRecord
-from prism.cloud.s3 import artifact_key, manifest_key, object_exists
+from prism.cloud.s3 import artifact_key, existing_keys, manifest_key, title_prefix
 
 logger = Logger(service="prism-finalize")
 metrics = Metrics(namespace="Prism", service="prism-finalize")
@@ -51,15 +51,21 @@ def handler(event: FinalizeEvent, context: LambdaContext) -> dict:
 
     for name, item in items.items():
         manifest["stages"][name] = item.get("manifest_entry") or _entry_from_record(item)
+    stored: set[str] | None = None  # the title's keys, listed once when a succeeded stage needs checking
     for name in event.stages:
         entry = manifest["stages"].get(name)
         if entry is None:
             manifest["stages"][name] = _missing_entry(name)
         elif entry["status"] == "succeeded":
-            missing = [rel for rel in entry["outputs"] if not object_exists(aws.s3, settings.artifacts_bucket,
-                                                                             artifact_key(event.title_id, rel))]
+            if stored is None:
+                stored = existing_keys(aws.s3, settings.artifacts_bucket, title_prefix(event.title_id))
+            missing = [rel for rel in entry["outputs"] if artifact_key(event.title_id, rel) not in stored]
             if missing:
-                entry.update(status="failed", outputs=[], reason=f"{event.title_id}: stage {name} outputs missing in S3: {missing}")
+                entry.update(
+                    status="failed",
+                    outputs=[],
+                    reason=f"{event.title_id}: stage {name} outputs missing in S3: {missing}",
+                )
     manifest["updated_at"] = now_iso()
     validate(event=manifest, schema=_schema())
     aws.s3.put_object(
@@ -91,7 +97,9 @@ def handler(event: FinalizeEvent, context: LambdaContext) -> dict:
         "execution": event.execution,
     }
     put_title_event(aws, TITLE_PREPROCESSED if status == "succeeded" else TITLE_FAILED, detail)
-    metrics.add_metric(name="TitlesSucceeded" if status == "succeeded" else "TitlesFailed", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(
+        name="TitlesSucceeded" if status == "succeeded" else "TitlesFailed", unit=MetricUnit.Count, value=1
+    )
     for name, entry in this_run.items():
         if entry["status"] == "succeeded" and entry.get("duration_s"):
             with single_metric(
@@ -119,7 +127,9 @@ def _existing_manifest(aws: Aws, title_id: str) -> dict[str, Any] | None:
 
 def _source_facts(items, event: FinalizeEvent) -> dict[str, Any]:
     """The newest source facts a stage job recorded for this object, else what the event knows."""
-    facts = [i["source"] for i in items if isinstance(i.get("source"), dict) and i["source"].get("etag") == event.source_etag]
+    facts = [
+        i["source"] for i in items if isinstance(i.get("source"), dict) and i["source"].get("etag") == event.source_etag
+    ]
     if facts:
         return max(facts, key=lambda f: f.get("probe") is not None)
     return {"uri": event.source_uri, "bytes": None, "sha256": None, "etag": event.source_etag, "probe": None}

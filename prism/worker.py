@@ -43,7 +43,15 @@ from typing import Any
 from prism import __version__
 from prism.catalog import StageRecord, TitleRecord
 from prism.cloud.catalog import DynamoCatalog
-from prism.cloud.s3 import S3Uri, artifact_key, content_type, object_exists, upload_order
+from prism.cloud.s3 import (
+    ListingDenied,
+    S3Uri,
+    artifact_key,
+    content_type,
+    existing_keys,
+    title_prefix,
+    upload_order,
+)
 from prism.errors import ConfigError, PrismError
 from prism.runner import Runner, StageOutcome, fingerprint
 from prism.stages.base import Stage, registry, resolve_order
@@ -67,6 +75,7 @@ class Job:
     pipeline_version: str = __version__
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> its parameters
     name: str = ""  # the job definition's group (PRISM_JOB), for logs
+    require_models: bool = False  # PRISM_REQUIRE_MODELS (the cloud): a stage without its model is a config error
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -150,6 +159,8 @@ def run_job(job: Job, *, s3=None, dynamodb=None, work_dir: Path | None = None) -
     s3 = s3 or boto3.client("s3")
     catalog = DynamoCatalog(job.catalog_table, client=dynamodb)
     stages = _make_stages(job)
+    if job.require_models:
+        _check_models(stages)
     src = S3Uri.parse(job.source_uri)
     head = s3.head_object(Bucket=src.bucket, Key=src.key)
     etag = head["ETag"].strip('"')
@@ -222,6 +233,29 @@ def _make_stages(job: Job) -> dict[str, Stage]:
     return {name: known[name](job.params.get(name)) for name in resolve_order(list(job.stages)) if name in job.stages}
 
 
+def _embeddings_model(stage: Stage) -> None:
+    from prism.stages.embeddings import model_location, resolve_model_dir
+
+    resolve_model_dir(model_location(stage.params.model))
+
+
+# Stages whose weights are configuration (no model ships in a wheel): how to tell they are there.
+MODEL_CHECKS = {"embeddings": _embeddings_model}
+
+
+def _check_models(stages: dict[str, Stage]) -> None:
+    """Locally a stage without its model ends ``skipped``; in the cloud that would count the title as
+    succeeded and spend a GPU job on nothing, so the job fails at once (exit 2, not retried)."""
+    from prism.errors import ModelUnavailable
+
+    for name, stage in stages.items():
+        if check := MODEL_CHECKS.get(name):
+            try:
+                check(stage)
+            except ModelUnavailable as exc:
+                raise ConfigError(f"stage {name} has no model in this worker: {exc}") from exc
+
+
 def _records(catalog: DynamoCatalog, job: Job, stages: dict[str, Stage]) -> dict[str, StageRecord]:
     """Current records of the job's stages and of the stages they require."""
     names = dict.fromkeys([*stages, *(dep for stage in stages.values() for dep in stage.requires)])
@@ -236,6 +270,7 @@ def _plan(s3, job: Job, stages: dict[str, Stage], records: dict[str, StageRecord
             expected[name] = record.fingerprint
     run: list[str] = []
     reused: dict[str, StageOutcome] = {}
+    stored: set[str] | None = None  # the title's keys in S3, listed once (not a HeadObject per file)
     for name, stage in stages.items():
         deps = [expected.get(d) for d in stage.requires]
         expected[name] = fingerprint(sha, stage, deps) if all(deps) else None
@@ -246,8 +281,11 @@ def _plan(s3, job: Job, stages: dict[str, Stage], records: dict[str, StageRecord
             and previous is not None
             and previous.status == "succeeded"
             and previous.fingerprint == expected[name]
-            and all(object_exists(s3, job.artifacts_bucket, artifact_key(job.title_id, rel)) for rel in previous.outputs)
         )
+        if current:
+            if stored is None:
+                stored = existing_keys(s3, job.artifacts_bucket, title_prefix(job.title_id))
+            current = all(artifact_key(job.title_id, rel) in stored for rel in previous.outputs)
         if current:
             log.info("%s/%s is up to date (fingerprint %s); not running it", job.title_id, name, expected[name])
             reused[name] = StageOutcome(name, "skipped", UP_TO_DATE, outputs=previous.outputs, reused=True)
@@ -257,8 +295,11 @@ def _plan(s3, job: Job, stages: dict[str, Stage], records: dict[str, StageRecord
     upstream = {}
     for dep in needed:  # a required stage that neither runs here nor succeeded is left out: the runner blocks on it
         record = records.get(dep)
-        if record is not None and record.status == "succeeded" and record.fingerprint and (
-            dep not in stages or dep in reused
+        if (
+            record is not None
+            and record.status == "succeeded"
+            and record.fingerprint
+            and (dep not in stages or dep in reused)
         ):
             upstream[dep] = record
     return _Plan(run, reused, upstream)
@@ -277,11 +318,26 @@ def _sync_models(location: str, dest: Path, s3=None) -> None:
     bucket, prefix = parsed.netloc, parsed.path.strip("/") + "/"
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            target = dest / obj["Key"][len(prefix):]
+            target = dest / obj["Key"][len(prefix) :]
             if target.exists() and target.stat().st_size == obj["Size"]:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, obj["Key"], str(target))
+
+
+TRANSIENT_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled", "RequestThrottledException",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException", "RequestLimitExceeded", "SlowDown",
+    "RequestTimeout", "RequestTimeoutException", "InternalError", "InternalServerError", "ServiceUnavailable",
+    "TransactionInProgressException",
+})  # fmt: skip
+
+
+def is_transient(exc) -> bool:
+    """Worth a retry: throttling, timeouts and server errors; not AccessDenied or a missing object."""
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return error.get("Code") in TRANSIENT_CODES or status >= 500
 
 
 def _truthy(value: str | None) -> bool:
@@ -301,6 +357,8 @@ def parse_args(argv: list[str] | None = None) -> Job:
     parser.add_argument("--pipeline-version", default=env.get("PRISM_PIPELINE_VERSION", __version__))
     parser.add_argument("--params", default=env.get("PRISM_PARAMS"), help='JSON: {"<stage>": {parameters}}')
     parser.add_argument("--force", action="store_true", default=_truthy(env.get("PRISM_FORCE")))
+    parser.add_argument("--require-models", action="store_true", default=_truthy(env.get("PRISM_REQUIRE_MODELS")),
+                        help="fail (exit 2) when a stage's model is missing instead of skipping the stage")  # fmt: skip
     args = parser.parse_args(argv)
     missing = [n for n in ("stages", "title_id", "source", "artifacts_bucket", "catalog_table") if not getattr(args, n)]
     if missing:
@@ -315,7 +373,7 @@ def parse_args(argv: list[str] | None = None) -> Job:
     return Job(
         stages=stages, title_id=args.title_id, source_uri=args.source, artifacts_bucket=args.artifacts_bucket,
         catalog_table=args.catalog_table, force=args.force, pipeline_version=args.pipeline_version, params=params,
-        name=args.job,
+        name=args.job, require_models=args.require_models,
     )  # fmt: skip
 
 
@@ -330,10 +388,16 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = Path(os.environ.get("PRISM_MODEL_DIR", "/opt/prism/models"))
             _sync_models(location, model_dir)
         result = run_job(job)
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError, ListingDenied) as exc:  # not worth a retry: the deployment is wrong
         log.warning("configuration error: %s", exc)
         return EXIT_CONFIG
-    except (ClientError, BotoCoreError) as exc:
+    except ClientError as exc:
+        if not is_transient(exc):  # AccessDenied, NoSuchKey...: a retry gets the same answer
+            log.warning("AWS refused the job (not retried): %s", exc)
+            return EXIT_CONFIG
+        log.warning("transient AWS error, the job will be retried: %s", exc)
+        return EXIT_TRANSIENT
+    except BotoCoreError as exc:  # connection errors, timeouts
         log.warning("transient AWS error, the job will be retried: %s", exc)
         return EXIT_TRANSIENT
     except PrismError as exc:

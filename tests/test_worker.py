@@ -9,8 +9,9 @@ import pytest
 from moto import mock_aws
 
 from prism.cloud.catalog import DynamoCatalog
+from prism.errors import ConfigError
 from prism.synth import Shot, Title, build_title
-from prism.worker import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, Job, main, run_job
+from prism.worker import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_TRANSIENT, Job, main, run_job
 
 REGION = "us-east-1"
 INPUT, ARTIFACTS, TABLE = "media-input", "prism-artifacts", "prism-catalog"
@@ -260,3 +261,41 @@ def test_a_group_runs_only_the_listed_stages_and_those_not_up_to_date(aws, tiny_
     counted.update(downloads=0, decodes=0)
     assert run_job(_job(stages=VISUAL), s3=s3, dynamodb=ddb, work_dir=tmp_path).status == "skipped"
     assert counted == {"downloads": 0, "decodes": 0}
+
+
+def test_a_stage_without_its_model_fails_the_cloud_job_instead_of_skipping(aws, tiny_video, monkeypatch):
+    """In the cloud (PRISM_REQUIRE_MODELS) embeddings without a model must not end 'skipped' and count as done."""
+    s3, _ = aws
+    s3.upload_file(str(tiny_video), INPUT, "delivered/Episode 1.mp4")
+    monkeypatch.delenv("PRISM_EMBEDDINGS_MODEL", raising=False)
+    with pytest.raises(ConfigError, match="stage embeddings has no model in this worker: no image-text model"):
+        run_job(_job(stages=("embeddings",), require_models=True))
+    monkeypatch.setenv("PRISM_EMBEDDINGS_MODEL", "/opt/prism/models/not-there")
+    for name, value in {
+        "PRISM_STAGES": "embeddings", "PRISM_JOB": "embeddings", "PRISM_TITLE_ID": "Episode-1",
+        "PRISM_SOURCE_URI": f"s3://{INPUT}/delivered/Episode 1.mp4", "PRISM_ARTIFACTS_BUCKET": ARTIFACTS,
+        "PRISM_CATALOG_TABLE": TABLE, "PRISM_REQUIRE_MODELS": "true",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    assert main([]) == EXIT_CONFIG  # not retried, and record_failure marks the stage failed
+    assert _keys(s3) == {}  # nothing ran, nothing was downloaded or written
+
+
+@pytest.mark.parametrize(("code", "status", "exit_code"), [
+    ("AccessDenied", 403, EXIT_CONFIG), ("NoSuchKey", 404, EXIT_CONFIG),
+    ("SlowDown", 503, EXIT_TRANSIENT), ("ThrottlingException", 400, EXIT_TRANSIENT), ("InternalError", 500, EXIT_TRANSIENT),
+])  # fmt: skip
+def test_only_transient_aws_errors_are_retried(monkeypatch, code, status, exit_code):
+    """Batch retries exit 75; an AccessDenied retried three times only delays the failure."""
+    from botocore.exceptions import ClientError
+
+    import prism.worker
+
+    def refuse(job):
+        raise ClientError({"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                          "GetObject")  # fmt: skip
+
+    monkeypatch.setattr(prism.worker, "run_job", refuse)
+    argv = ["--stages", "cues", "--title-id", "T", "--source", "s3://b/T.mp4", "--artifacts-bucket", "a",
+            "--catalog-table", "t"]  # fmt: skip
+    assert main(argv) == exit_code

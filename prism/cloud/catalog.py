@@ -9,8 +9,12 @@ Item layout (one table, ``PAY_PER_REQUEST``):
   strings, written by the worker so ``finalize`` can assemble the manifest without races.
 - Title items may carry ``source_etag`` and ``pipeline_version``, which ``discover`` compares
   to decide whether a delivered title was already processed.
-- ``#RUN``/``scheduled`` holds the watermark of the last completed scheduled run
+- ``#RUN``/``scheduled`` holds the scheduled runs' watermark: ``listed_through`` (every title
+  delivered before it was processed or is pending) and the ``pipeline_version`` it holds for
   (``#`` never occurs in a title id).
+- ``#PENDING``/``<title_id>`` marks a title a scheduled run took on, with its ``delivered_at``;
+  the state machine deletes it when the title completes (succeeded or failed). The oldest marker
+  holds the watermark back, so it advances per completed title and a run that dies loses nothing.
 - Source hashes are cached under ``#HASH``/``<s3 uri>#<etag>``.
 - The ``record-index`` GSI (``record``, ``title_id``) lists all titles without a scan.
 """
@@ -28,6 +32,7 @@ TITLE = "TITLE"
 STAGE_PREFIX = "STAGE#"
 RECORD_INDEX = "record-index"
 RUN_KEY = "#RUN"
+PENDING_KEY = "#PENDING"
 HASH_KEY = "#HASH"
 
 
@@ -137,6 +142,51 @@ class DynamoCatalog:
 
     def run_watermark(self, mode: str = "scheduled") -> dict[str, Any] | None:
         return self.get_item(RUN_KEY, mode)
+
+    def put_run_watermark(self, listed_through: str, pipeline_version: str, execution: str,
+                          mode: str = "scheduled") -> None:  # fmt: skip
+        self._put({"title_id": RUN_KEY, "record": mode, "listed_through": listed_through,
+                   "pipeline_version": pipeline_version, "execution": execution})  # fmt: skip
+
+    def titles_by_id(self, title_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Title items of ``title_ids`` (those that exist), 100 keys per BatchGetItem."""
+        found: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(title_ids), 100):
+            keys = [{"title_id": {"S": t}, "record": {"S": TITLE}} for t in dict.fromkeys(title_ids[i : i + 100])]
+            request = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                resp = self._client.batch_get_item(RequestItems=request)
+                for item in resp.get("Responses", {}).get(self.table_name, []):
+                    plain = self._plain(item)
+                    found[plain["title_id"]] = plain
+                request = resp.get("UnprocessedKeys") or None
+        return found
+
+    def put_pending(self, titles: dict[str, str], execution: str) -> None:
+        """Mark ``titles`` (title id -> delivered_at) as taken on by a scheduled run, 25 per BatchWriteItem."""
+        items = list(titles.items())
+        for i in range(0, len(items), 25):
+            writes = [{"PutRequest": {"Item": {"title_id": {"S": PENDING_KEY}, "record": {"S": t},
+                                               "delivered_at": {"S": at}, "execution": {"S": execution}}}}
+                      for t, at in items[i : i + 25]]  # fmt: skip
+            request = {self.table_name: writes}
+            while request:
+                request = self._client.batch_write_item(RequestItems=request).get("UnprocessedItems") or None
+
+    def delete_pending(self, title_ids: list[str]) -> None:
+        for i in range(0, len(title_ids), 25):
+            deletes = [{"DeleteRequest": {"Key": {"title_id": {"S": PENDING_KEY}, "record": {"S": t}}}}
+                       for t in title_ids[i : i + 25]]  # fmt: skip
+            request = {self.table_name: deletes}
+            while request:
+                request = self._client.batch_write_item(RequestItems=request).get("UnprocessedItems") or None
+
+    def pending(self) -> dict[str, str]:
+        """Titles a scheduled run took on that have not completed: title id -> delivered_at."""
+        items = self._query(
+            KeyConditionExpression="title_id = :p", ExpressionAttributeValues={":p": {"S": PENDING_KEY}}
+        )
+        return {i["record"]: i["delivered_at"] for i in items}
 
 
 def _record(cls: type, item: dict[str, Any]) -> Any:

@@ -51,13 +51,28 @@ def upload_order(outputs: list[str]) -> list[str]:
     return sorted(outputs, key=lambda rel: (rel.count("/") == 0, rel))
 
 
-def object_exists(s3, bucket: str, key: str) -> bool:
+class ListingDenied(PermissionError):
+    """S3 refused to list a prefix: the caller's role lacks ``s3:ListBucket`` for it (a deployment fault)."""
+
+
+def existing_keys(s3, bucket: str, prefix: str) -> set[str]:
+    """Every key under ``prefix``, from ListObjectsV2 (one call per 1,000 keys).
+
+    One listing per title instead of a HeadObject per file: a 2-hour title has thousands of
+    keyframes, and without an unconditional ``s3:ListBucket`` S3 answers HeadObject on a missing
+    key with 403, not 404, which cannot be told apart from a real denial. A denied listing raises
+    :class:`ListingDenied` naming the bucket and prefix.
+    """
     from botocore.exceptions import ClientError
 
+    keys: set[str] = set()
     try:
-        s3.head_object(Bucket=bucket, Key=key)
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys.update(obj["Key"] for obj in page.get("Contents", []))
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
+        error = exc.response.get("Error", {})
+        if error.get("Code") in ("AccessDenied", "403", "AllAccessDisabled"):
+            raise ListingDenied(f"cannot list s3://{bucket}/{prefix} ({error.get('Code')}): the role needs "
+                                f"s3:ListBucket with s3:prefix {prefix}* on {bucket}") from exc  # fmt: skip
         raise
-    return True
+    return keys

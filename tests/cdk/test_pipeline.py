@@ -117,6 +117,24 @@ def test_worker_image_is_built_privileged_and_tagged_with_the_commit(pipeline):
     assert (ROOT / "containers/publish.sh").exists()
 
 
+def test_the_cuda_base_image_comes_through_an_ecr_pull_through_cache(pipeline):
+    _, template, _ = pipeline
+    template.has_resource_properties("AWS::ECR::PullThroughCacheRule", {
+        "EcrRepositoryPrefix": "docker-hub", "UpstreamRegistryUrl": "registry-1.docker.io",
+        "CredentialArn": PIPELINE.docker_hub_secret_arn})  # fmt: skip
+    (project,) = [p for k, p in template.find_resources("AWS::CodeBuild::Project").items()
+                  if k.startswith("PipelineImageBuildWorkerImage")]  # fmt: skip
+    registry = {e["Name"]: e["Value"] for e in project["Properties"]["Environment"]["EnvironmentVariables"]}[
+        "BASE_REGISTRY"
+    ]
+    assert json.dumps(registry).count(f"{PIPELINE.account}.dkr.ecr.{PIPELINE.region}.") == 1
+    assert json.dumps(registry).endswith('/docker-hub"]]}')
+    dockerfile = (ROOT / "containers/Dockerfile").read_text()
+    assert "ARG CUDA_IMAGE=${BASE_REGISTRY}/nvidia/cuda:" in dockerfile and "-runtime-ubuntu" in dockerfile
+    assert "cudnn-runtime" not in dockerfile.split("ARG CUDA_IMAGE=")[1].splitlines()[0]  # torch's wheels bring cuDNN
+    assert '--build-arg "BASE_REGISTRY=' in (ROOT / "containers/publish.sh").read_text()
+
+
 @pytest.mark.parametrize("env", ["dev", "staging", "prod"])
 def test_every_environment_runs_the_commits_image_from_the_tooling_repository(pipeline, env):
     stack, _, _ = pipeline
@@ -150,11 +168,22 @@ def test_smoke_test_after_dev_uses_the_state_machine_output_through_the_dev_role
     }])}})  # fmt: skip
     # Only dev grants the tooling account a smoke-test role, and only to start and read executions.
     dev = Template.from_stack(stack.stages["dev"].stack)
+    # It trusts the smoke-test step's CodeBuild role, not the whole tooling account.
+    caller = f"arn:aws:iam::{PIPELINE.account}:role/{PIPELINE.smoke_test_caller_role_name}"
     dev.has_resource_properties("AWS::IAM::Role", {
         "RoleName": "prism-dev-smoke-test",
-        "AssumeRolePolicyDocument": {"Statement": [Match.object_like({"Principal": {"AWS": Match.object_like(
-            {"Fn::Join": ["", Match.array_with([f":iam::{PIPELINE.account}:root"])]})}})]},
+        "AssumeRolePolicyDocument": {"Statement": [Match.object_like({
+            "Principal": {"AWS": Match.object_like({"Fn::Join": ["", Match.array_with([f":iam::{PIPELINE.account}:root"])]})},
+            "Condition": {"ArnEquals": {"aws:PrincipalArn": caller}}})]},
     })  # fmt: skip
+    roles = template.find_resources(
+        "AWS::IAM::Role", {"Properties": {"RoleName": PIPELINE.smoke_test_caller_role_name}}
+    )
+    (caller_role,) = roles
+    (project,) = [
+        p for k, p in template.find_resources("AWS::CodeBuild::Project").items() if k.startswith("PipelinedevSmokeTest")
+    ]
+    assert project["Properties"]["ServiceRole"] == {"Fn::GetAtt": [caller_role, "Arn"]}
     actions_granted = set()
     for policy in dev.find_resources("AWS::IAM::Policy").values():
         if "SmokeTest" in json.dumps(policy["Properties"]["Roles"]):
@@ -165,6 +194,28 @@ def test_smoke_test_after_dev_uses_the_state_machine_output_through_the_dev_role
         Template.from_stack(stack.stages[env].stack).resource_properties_count_is(
             "AWS::IAM::Role", {"RoleName": Match.string_like_regexp("smoke")}, 0
         )
+
+
+def test_the_source_action_may_use_a_codeconnections_connection(pipeline):
+    """``arn:aws:codeconnections:`` connections need ``codeconnections:UseConnection`` (cfn-lint I3510)."""
+    _, template, stages = pipeline
+    (source,) = actions(stages, "Source")
+    granted = set()
+    for policy in template.find_resources("AWS::IAM::Policy").values():
+        if {"Fn::GetAtt": [policy["Properties"]["Roles"][0]["Ref"], "Arn"]} != source["RoleArn"]:
+            continue
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if statement["Resource"] == PIPELINE.connection_arn:
+                granted |= set(statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+    assert PIPELINE.connection_arn.startswith("arn:aws:codeconnections:")
+    assert {"codeconnections:UseConnection", "codestar-connections:UseConnection"} <= granted
+
+
+def test_the_notifications_key_serves_codestar_notifications_only_for_this_account(pipeline):
+    _, template, _ = pipeline
+    template.has_resource_properties("AWS::KMS::Key", {"KeyPolicy": {"Statement": Match.array_with([Match.object_like({
+        "Principal": {"Service": "codestar-notifications.amazonaws.com"},
+        "Condition": {"StringEquals": {"aws:SourceAccount": PIPELINE.account}}})])}})  # fmt: skip
 
 
 def test_cross_account_deployment_through_bootstrap_roles(pipeline):

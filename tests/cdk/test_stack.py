@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from aws_cdk.assertions import Annotations, Match
 
-from cdk.config import ENVIRONMENTS, JobSpec, check_jobs, load, registered_stage_graph
+from cdk.config import DEFAULT_JOBS, ENVIRONMENTS, JobSpec, check_jobs, load, registered_stage_graph
 from cdk.orchestration import job_chains
 
 ENVS = ["dev", "staging", "prod"]
@@ -19,6 +19,15 @@ def definition(template) -> dict:
     (machine,) = template.find_resources("AWS::StepFunctions::StateMachine").values()
     parts = machine["Properties"]["DefinitionString"]["Fn::Join"][1]
     return json.loads("".join(p if isinstance(p, str) else "REF" for p in parts))
+
+
+def stack_of(config):
+    """A one-off stack for a config variant (the session fixture covers the configured environments)."""
+    from aws_cdk import App, Environment
+
+    from cdk.stack import PrismStack
+
+    return PrismStack(App(), "Variant", config=config, env=Environment(account=config.account, region=config.region))
 
 
 def all_states(states: dict) -> dict:
@@ -47,8 +56,16 @@ def test_artifacts_bucket_is_encrypted_versioned_private_and_tls_only(synthesize
             Match.object_like({"Id": "run-items", "Prefix": "_prism/runs/"}),
         ])},
     })  # fmt: skip
-    t.has_resource_properties("AWS::S3::BucketPolicy", {"PolicyDocument": {"Statement": Match.array_with([
-        Match.object_like({"Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})])}})
+    t.has_resource_properties(
+        "AWS::S3::BucketPolicy",
+        {
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [Match.object_like({"Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})]
+                )
+            }
+        },
+    )
     t.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
 
 
@@ -69,26 +86,90 @@ def test_catalog_table_matches_the_dynamo_catalog_layout(synthesized, env):
 
 
 @pytest.mark.parametrize("env", ENVS)
-def test_gpu_batch_spot_first_with_on_demand_fallback_scaling_to_zero(synthesized, env):
+def test_buckets_empty_themselves_on_delete_only_where_data_is_not_retained(synthesized, env):
+    """A non-empty bucket cannot be deleted: a dev stack would fail to destroy and leave its buckets behind."""
+    retain = ENVIRONMENTS[env].retain_data
+    _, t = synthesized[env]
+    buckets = t.find_resources("AWS::S3::Bucket")
+    emptied = t.find_resources("Custom::S3AutoDeleteObjects")
+    assert len(buckets) == 2 and len(emptied) == (0 if retain else 2)
+    for bucket in buckets.values():
+        assert bucket["DeletionPolicy"] == ("Retain" if retain else "Delete")
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_gpu_batch_on_al2023_nvidia_scaling_to_zero_within_one_vcpu_cap(synthesized, env):
     config = ENVIRONMENTS[env]
     _, t = synthesized[env]
-    t.resource_count_is("AWS::Batch::ComputeEnvironment", 2)
-    for kind in ("SPOT", "EC2"):
-        t.has_resource_properties("AWS::Batch::ComputeEnvironment", {"ComputeResources": Match.object_like({
-            "Type": kind, "MinvCpus": 0, "MaxvCpus": config.max_vcpus,
-            "InstanceTypes": list(config.gpu_instance_types),
-            "Ec2Configuration": [{"ImageType": "ECS_AL2_NVIDIA"}],
-        })})  # fmt: skip
-    queues = t.find_resources("AWS::Batch::JobQueue")
-    assert sorted(q["Properties"]["Priority"] for q in queues.values()) == [10, 100]
-    for queue in queues.values():
-        orders = [c["Order"] for c in queue["Properties"]["ComputeEnvironmentOrder"]]
-        assert orders == [1, 2]  # spot, then on-demand
+    environments = t.find_resources("AWS::Batch::ComputeEnvironment")
+    assert len(environments) == 2
+    resources = {e["Properties"]["ComputeResources"]["Type"]: e["Properties"]["ComputeResources"]
+                 for e in environments.values()}  # fmt: skip
+    assert sorted(resources) == ["EC2", "SPOT"]
+    for compute in resources.values():
+        assert compute["MinvCpus"] == 0 and compute["InstanceTypes"] == list(config.gpu_instance_types)
+        assert compute["Ec2Configuration"] == [{"ImageType": "ECS_AL2023_NVIDIA"}]  # AL2 is past end of support
+    # spot and on-demand share the cap: falling back never doubles it
+    assert resources["SPOT"]["MaxvCpus"] + resources["EC2"]["MaxvCpus"] == config.max_vcpus
+    assert min(r["MaxvCpus"] for r in resources.values()) >= max(j.vcpus for j in config.jobs)
     t.resource_count_is("AWS::EC2::NatGateway", 0)
     endpoints = t.find_resources("AWS::EC2::VPCEndpoint")
     services = json.dumps([e["Properties"]["ServiceName"] for e in endpoints.values()])
     for name in ("s3", "dynamodb", "ecr.api", "ecr.dkr", "logs", "ecs"):
         assert name in services
+
+
+def _queues(template) -> dict[int, dict]:
+    """Priority -> queue properties, with each compute environment reference replaced by SPOT or EC2."""
+    kinds = {k: v["Properties"]["ComputeResources"]["Type"]
+             for k, v in template.find_resources("AWS::Batch::ComputeEnvironment").items()}  # fmt: skip
+    queues = {}
+    for queue in template.find_resources("AWS::Batch::JobQueue").values():
+        props = dict(queue["Properties"])
+        props["order"] = [kinds[c["ComputeEnvironment"].get("Ref") or c["ComputeEnvironment"]["Fn::GetAtt"][0]]
+                          for c in sorted(props["ComputeEnvironmentOrder"], key=lambda c: c["Order"])]  # fmt: skip
+        queues[props["Priority"]] = props
+    return queues
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_spot_queue_gives_up_on_short_capacity_and_the_job_runs_on_demand(synthesized, env):
+    """A queue moves to its next environment only when the first is full or INVALID, not when Spot is short."""
+    config = ENVIRONMENTS[env]
+    _, t = synthesized[env]
+    queues = _queues(t)
+    assert {p: q["order"] for p, q in queues.items()} == {100: ["EC2", "SPOT"], 10: ["SPOT", "EC2"], 50: ["EC2"]}
+    assert queues[10]["JobStateTimeLimitActions"] == [{
+        "Action": "CANCEL", "MaxTimeSeconds": config.spot_wait_minutes * 60,
+        "Reason": "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY", "State": "RUNNABLE"}]  # fmt: skip
+    states = all_states(definition(t)["States"])
+    for spec in config.jobs:
+        job = states[f"{spec.name} job"]
+        assert [c["ErrorEquals"] for c in job["Catch"]] == [["States.TaskFailed"], ["States.ALL"]]
+        choice = states[job["Catch"][0]["Next"]]
+        assert choice["Choices"][1] == {"Variable": "$.error.Cause", "StringMatches": "*INSUFFICIENT_INSTANCE_CAPACITY*",
+                                        "Next": f"{spec.name} job on demand"}  # fmt: skip
+        assert choice["Default"] == job["Catch"][1]["Next"]  # any other failure is recorded as before
+        on_demand = states[f"{spec.name} job on demand"]
+        assert "JobQueue.$" not in on_demand["Parameters"] and on_demand["Parameters"]["JobQueue"] == "REF"
+        assert on_demand["Parameters"]["JobDefinition"] == job["Parameters"]["JobDefinition"]
+        assert on_demand["Next"] == job["Next"] and on_demand["Catch"][0]["Next"] == job["Catch"][1]["Next"]
+
+
+def test_without_spot_there_is_one_on_demand_environment_and_no_fallback():
+    from aws_cdk.assertions import Template
+
+    t = Template.from_stack(stack_of(load("dev", account="123456789012", spot=False)))
+    (compute,) = t.find_resources("AWS::Batch::ComputeEnvironment").values()
+    assert compute["Properties"]["ComputeResources"]["MaxvCpus"] == ENVIRONMENTS["dev"].max_vcpus
+    assert {p: q["order"] for p, q in _queues(t).items()} == {100: ["EC2"], 10: ["EC2"]}
+    assert not [n for n in all_states(definition(t)["States"]) if n.endswith("on demand")]
+
+
+def test_the_vcpu_split_must_fit_the_largest_job():
+    with pytest.raises(ValueError, match="each part must fit the largest job"):
+        load("dev", max_vcpus=16, on_demand_max_vcpus=12)  # spot would get 4 < 8 (visual)
+    assert load("dev", max_vcpus=16, on_demand_max_vcpus=8).on_demand_vcpus == 8
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -97,7 +178,10 @@ def test_one_job_definition_per_job_with_its_stages_resources_timeout_and_retrie
     _, t = synthesized[env]
     t.resource_count_is("AWS::Batch::JobDefinition", len(config.jobs))
     for spec in config.jobs:
-        requirements = [{"Type": "MEMORY", "Value": str(spec.memory_mib)}, {"Type": "VCPU", "Value": str(int(spec.vcpus))}]
+        requirements = [
+            {"Type": "MEMORY", "Value": str(spec.memory_mib)},
+            {"Type": "VCPU", "Value": str(int(spec.vcpus))},
+        ]
         if spec.gpus:
             requirements.append({"Type": "GPU", "Value": str(spec.gpus)})
         t.has_resource_properties("AWS::Batch::JobDefinition", {
@@ -116,6 +200,9 @@ def test_one_job_definition_per_job_with_its_stages_resources_timeout_and_retrie
                 {"Action": "EXIT", "OnReason": "*"},
             ]},
         })  # fmt: skip
+    for name, job_definition in t.find_resources("AWS::Batch::JobDefinition").items():
+        # a deploy with a new image tag must not deregister the revision that jobs in flight use
+        assert job_definition["Properties"]["ResourceRetentionPolicy"] == {"SkipDeregisterOnUpdate": True}, name
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -152,18 +239,18 @@ def test_state_machine_maps_titles_and_runs_job_chains_in_parallel(synthesized, 
     (parallel,) = [s for s in states.values() if s["Type"] == "Parallel"]
     assert len(parallel["Branches"]) == len(job_chains(config.jobs)) == 2  # visual -> embeddings, and audio
     jobs = {n: s for n, s in states.items() if s.get("Resource", "").endswith(":batch:submitJob.sync")}
-    assert sorted(jobs) == sorted(f"{j.name} job" for j in config.jobs)
+    assert sorted(jobs) == sorted(f"{j.name} job{m}" for j in config.jobs for m in ("", " on demand"))
     for spec in config.jobs:
         job = jobs[f"{spec.name} job"]
         assert job["Parameters"]["JobQueue.$"] == "$.title.job_queue"
         overrides = job["Parameters"]["ContainerOverrides"]["Environment"]
         assert {"Name": "PRISM_STAGES", "Value.$": f"$.title.jobs.{spec.name}.stages"} in overrides
-        assert job["Catch"][0]["ErrorEquals"] == ["States.ALL"]
+        assert job["Catch"][-1]["ErrorEquals"] == ["States.ALL"]
         assert job["Retry"][0]["ErrorEquals"][0].startswith("Batch.")
         choice = states[f"Run {spec.name}?"]
         assert choice["Choices"][0]["Variable"] == f"$.title.jobs.{spec.name}.run"
     assert jobs["visual job"]["Next"] == "Run embeddings?"  # embeddings after visual, in its branch
-    assert "Summarise" in asl["States"] and "Save watermark" in asl["States"]
+    assert "Summarise" in asl["States"]
     assert states["Finalize title"]["Catch"][0]["Next"] == "Record finalize failure"
 
 
@@ -229,8 +316,14 @@ def test_schedule_events_and_alarms(synthesized, env):
     t.has_resource_properties("AWS::Events::EventBus", {"Name": f"prism-{env}"})
     t.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()})
     t.resource_count_is("AWS::CloudWatch::Alarm", 4)
-    t.has_resource_properties("AWS::Events::Rule", {"EventPattern": Match.object_like({
-        "source": ["aws.batch"], "detail": Match.object_like({"status": ["FAILED"]})})})
+    t.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": Match.object_like(
+                {"source": ["aws.batch"], "detail": Match.object_like({"status": ["FAILED"]})}
+            )
+        },
+    )
     t.resource_count_is("AWS::CloudWatch::Dashboard", 1)
     outputs = t.find_outputs("*")
     assert {"StateMachineArn", "CatalogTableName", "ArtifactsBucketName"} <= set(outputs)
@@ -239,7 +332,8 @@ def test_schedule_events_and_alarms(synthesized, env):
 @pytest.mark.parametrize("env", ENVS)
 def test_lambdas_use_powertools_layer_and_no_docker_bundling(synthesized, env):
     _, t = synthesized[env]
-    t.resource_count_is("AWS::Lambda::Function", 4)
+    handlers = t.find_resources("AWS::Lambda::Function", {"Properties": {"Runtime": "python3.13"}})
+    assert len(handlers) == 4
     for handler in ("discover.handler", "finalize.handler", "record_failure.handler", "summarise.handler"):
         t.has_resource_properties("AWS::Lambda::Function", {
             "Handler": handler, "Runtime": "python3.13",
@@ -286,3 +380,143 @@ def test_synthesis_needs_no_context_lookups(synthesized, env):
     manifest = json.loads((Path(assembly.directory) / "manifest.json").read_text())
     assert not manifest.get("missing")
     assert stack.availability_zones == list(ENVIRONMENTS[env].availability_zones)
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_gateway_endpoints_reach_only_this_accounts_resources_and_ecr_layers(synthesized, env):
+    _, t = synthesized[env]
+    endpoints = {e["Properties"]["ServiceName"]["Fn::Join"][1][-1]: e["Properties"]
+                 for e in t.find_resources("AWS::EC2::VPCEndpoint", {"Properties": {"VpcEndpointType": "Gateway"}}).values()}  # fmt: skip
+    s3_policy = endpoints[".s3"]["PolicyDocument"]["Statement"]
+    assert [s["Sid"] for s in s3_policy] == ["OwnAccountBuckets", "EcrImageLayers"]
+    own, layers = s3_policy
+    assert own["Condition"] == {"StringEquals": {"aws:ResourceAccount": ["123456789012"]}} and own["Resource"] == "*"
+    assert layers["Action"] == "s3:GetObject"
+    assert layers["Resource"] == {
+        "Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":s3:::prod-ap-northeast-2-starport-layer-bucket/*"]]
+    }
+    (tables,) = endpoints[".dynamodb"]["PolicyDocument"]["Statement"]
+    assert tables["Condition"] == {"StringEquals": {"aws:ResourceAccount": "123456789012"}}
+
+
+def test_upstream_bucket_accounts_are_allowed_through_the_s3_endpoint():
+    from aws_cdk.assertions import Template
+
+    config = load("dev", account="123456789012", external_bucket_accounts=("999999999999",))
+    t = Template.from_stack(stack_of(config))
+    t.has_resource_properties(
+        "AWS::EC2::VPCEndpoint",
+        {
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [
+                        Match.object_like(
+                            {
+                                "Sid": "OwnAccountBuckets",
+                                "Condition": {
+                                    "StringEquals": {"aws:ResourceAccount": ["123456789012", "999999999999"]}
+                                },
+                            }
+                        )
+                    ]
+                )
+            }
+        },
+    )
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_service_principals_in_the_key_policy_act_only_for_this_account(synthesized, env):
+    _, t = synthesized[env]
+    for key in t.find_resources("AWS::KMS::Key").values():
+        for statement in key["Properties"]["KeyPolicy"]["Statement"]:
+            service = statement.get("Principal", {}).get("Service")
+            if service:
+                assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == "123456789012", statement
+
+
+def test_embeddings_without_a_configured_model_fails_at_synth():
+    """Otherwise every title 'succeeds' with embeddings skipped, after spending a GPU job on it."""
+    with pytest.raises(ValueError, match="the embeddings stage is deployed but embeddings_model is not set"):
+        load("dev", embeddings_model=None)
+    with pytest.raises(ValueError, match="relative to /opt/prism/models"):
+        load("dev", embeddings_model="/tmp/siglip")
+    visual_only = tuple(j for j in DEFAULT_JOBS if j.name == "visual")
+    graph = {s: d for s, d in registered_stage_graph().items() if s in visual_only[0].stages}
+    with pytest.MonkeyPatch.context() as patch:  # a deployment without embeddings needs no model
+        import cdk.config
+
+        patch.setattr(cdk.config, "registered_stage_graph", lambda: graph)
+        assert load("dev", embeddings_model=None, jobs=visual_only).embeddings_model is None
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_embeddings_job_names_its_model_and_requires_it(synthesized, env):
+    config = ENVIRONMENTS[env]
+    _, t = synthesized[env]
+    for job_definition in t.find_resources("AWS::Batch::JobDefinition").values():
+        variables = {e["Name"]: e["Value"] for e in job_definition["Properties"]["ContainerProperties"]["Environment"]}
+        if variables["PRISM_JOB"] == "embeddings":
+            assert variables["PRISM_EMBEDDINGS_MODEL"] == f"/opt/prism/models/{config.embeddings_model}"
+            assert variables["PRISM_REQUIRE_MODELS"] == "true"
+            assert variables["PRISM_MODEL_LOCATION"] == config.model_location
+        else:
+            assert "PRISM_EMBEDDINGS_MODEL" not in variables and "PRISM_REQUIRE_MODELS" not in variables
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_nothing_that_grows_with_the_catalogue_travels_in_the_state(synthesized, env):
+    """Back-catalogue runs: item list read from S3, Map results written to S3, a capped run that fits its timeout,
+    and the watermark advanced by each completed title (its pending marker deleted)."""
+    from cdk.orchestration import PENDING_KEY
+    from prism.cloud.catalog import PENDING_KEY as CATALOG_PENDING_KEY
+
+    config = ENVIRONMENTS[env]
+    _, t = synthesized[env]
+    asl = definition(t)
+    titles = asl["States"]["Titles"]
+    assert titles["ItemReader"]["ReaderConfig"]["InputType"] == "JSON"
+    assert titles["ResultWriter"]["Resource"].endswith(":states:::s3:putObject")
+    assert titles["ResultWriter"]["Parameters"]["Prefix"] == "_prism/runs/map-results"
+    discover = asl["States"]["Discover titles"]["ResultSelector"]
+    assert "skipped.$" not in discover and "not_found.$" not in discover and "lists_key.$" in discover
+    states = all_states(asl["States"])
+    completed = states["Title completed"]
+    assert completed["Resource"].endswith(":states:::dynamodb:deleteItem")
+    assert completed["Parameters"]["Key"] == {"title_id": {"S": PENDING_KEY}, "record": {"S.$": "$.title_id"}}
+    assert PENDING_KEY == CATALOG_PENDING_KEY
+    assert states["Finalize title"]["Next"] == "Title completed" and states["Title failed"]["Next"] == "Title completed"
+    assert "Save watermark" not in states  # no longer only on a fully successful run
+    assert asl["TimeoutSeconds"] == 12 * 3600
+    limit = config.titles_per_run
+    assert -(-limit // config.max_concurrent_titles) * config.title_minutes <= 12 * 60
+    for fn in t.find_resources("AWS::Lambda::Function", {"Properties": {"Runtime": "python3.13"}}).values():
+        assert fn["Properties"]["Environment"]["Variables"]["PRISM_MAX_TITLES_PER_RUN"] == str(limit)
+
+
+def test_max_titles_per_run_must_finish_within_the_execution_timeout():
+    config = load("dev")
+    # visual then embeddings, each possibly after a Spot wait and with one retry: 140 min, 5 rounds in 12 h
+    assert config.title_minutes == (30 + 2 * 35) + (30 + 2 * 5)
+    assert config.titles_per_run == 5 * config.max_concurrent_titles == 25
+    with pytest.raises(ValueError, match="max_titles_per_run must be 1..25"):
+        load("dev", max_titles_per_run=26)
+    assert load("dev", max_titles_per_run=10).titles_per_run == 10
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_lambda_throttling_is_retried_and_a_failed_failure_record_does_not_fail_the_run(synthesized, env):
+    _, t = synthesized[env]
+    states = all_states(definition(t)["States"])
+    invokes = {n: s for n, s in states.items() if s.get("Resource", "").endswith(":states:::lambda:invoke")}
+    assert len(invokes) >= 4
+    for name, state in invokes.items():
+        assert ["Lambda.TooManyRequestsException"] in [r["ErrorEquals"] for r in state["Retry"]], name
+    records = {n: s for n, s in invokes.items() if n.startswith("Record ")}
+    assert len(records) == len(ENVIRONMENTS[env].jobs) + 1  # each job, and finalize
+    for name, state in records.items():
+        (catch,) = state["Catch"]
+        assert catch["ErrorEquals"] == ["States.ALL"] and catch["Next"] == f"{name} failed"
+        fallback = states[catch["Next"]]
+        assert fallback["ResultPath"] == "$.failure" and "reason.$" in fallback["Parameters"]
+        assert fallback["Next"] == state["Next"]  # the title carries on as if it had been recorded

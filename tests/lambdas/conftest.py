@@ -14,6 +14,10 @@ What is patched, and why:
 - moto 5.2's Step Functions port has empty request/response normalisation for the Batch
   integration (ASL ``JobName`` is passed to boto as is, so ``submitJob`` fails with
   ``'JobName'``); the upstream (LocalStack) normalisation through botocore's shapes is restored.
+- moto 5.2's Distributed Map ``ResultWriter`` writes a manifest that lists no result files (a
+  TODO in ``resource_eval_s3``): it is completed to write the children's results as
+  ``SUCCEEDED_0.json`` in the documented format (``Status``, ``Input``/``Output`` as JSON strings)
+  and list it, which is what ``summarise`` reads in AWS.
 """
 
 from __future__ import annotations
@@ -105,6 +109,29 @@ def _restore_batch_normalisation() -> None:
     StateTaskServiceBatch._normalise_response = normalise_response
 
 
+def _complete_result_writer() -> None:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.result_writer.resource_eval import (
+        resource_eval_s3,
+    )
+
+    def put_object(env, resource_runtime_part, state_credentials):
+        parameters = env.stack.pop()
+        results = env.stack.pop()
+        s3 = resource_eval_s3.ResourceEvalS3._get_s3_client(resource_runtime_part=resource_runtime_part,
+                                                            state_credentials=state_credentials)  # fmt: skip
+        map_run_arn = env.map_run_record_pool_manager.get_all().pop().map_run_arn
+        prefix = parameters["Prefix"].rstrip("/") + "/" + map_run_arn.split(":")[-1] + "/"
+        children = [{"Status": "SUCCEEDED", "Input": "{}", "Output": json.dumps(r)} for r in results]
+        s3.put_object(Bucket=parameters["Bucket"], Key=prefix + "SUCCEEDED_0.json", Body=json.dumps(children).encode())
+        manifest = {"DestinationBucket": parameters["Bucket"], "MapRunArn": map_run_arn, "ResultFiles": {
+            "FAILED": [], "PENDING": [], "SUCCEEDED": [{"Key": prefix + "SUCCEEDED_0.json", "Size": 0}]}}  # fmt: skip
+        s3.put_object(Bucket=parameters["Bucket"], Key=prefix + "manifest.json", Body=json.dumps(manifest).encode())
+        env.stack.append({"MapRunArn": map_run_arn,
+                          "ResultWriterDetails": {"Bucket": parameters["Bucket"], "Key": prefix + "manifest.json"}})  # fmt: skip
+
+    resource_eval_s3.ResourceEvalS3._handle_put_object = staticmethod(put_object)
+
+
 class Deployment:
     """The synthesized stack, created in moto."""
 
@@ -117,6 +144,8 @@ class Deployment:
         self.batch = boto3.client("batch", region_name=REGION)
         self.worker_runs: list[tuple[str, str, str]] = []  # (title_id, stage, status), per stage of each job
         self.jobs_run: list[tuple[str, str, str]] = []  # (title_id, job, PRISM_STAGES)
+        self.queues_used: list[tuple[str, str, str]] = []  # (title_id, job, queue's logical id), every submitted job
+        self.spot_short = False  # jobs on the Spot-first queue are cancelled for capacity, as its time limit would
         self._lock = threading.Lock()
         role = boto3.client("iam", region_name=REGION).create_role(
             RoleName="prism-test", AssumeRolePolicyDocument="{}")["Role"]["Arn"]  # fmt: skip
@@ -161,6 +190,7 @@ class Deployment:
             self.bus = name
 
     def _batch(self, role: str) -> None:
+        self.queue_names: dict[str, str] = {}
         ce = self.batch.create_compute_environment(
             computeEnvironmentName="prism-test", type="UNMANAGED", serviceRole=role)["computeEnvironmentArn"]  # fmt: skip
         for logical in self.resolve.of_type("AWS::Batch::JobQueue"):
@@ -168,9 +198,12 @@ class Deployment:
                 jobQueueName=logical[:100], state="ENABLED", priority=1,
                 computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}])["jobQueueArn"]  # fmt: skip
             self.resolve.refs[logical] = self.resolve.arns[logical] = arn
+            self.queue_names[arn] = logical
         for logical, jd in self.resolve.of_type("AWS::Batch::JobDefinition").items():
             container = jd["Properties"]["ContainerProperties"]
-            environment = [{"name": e["Name"], "value": str(self.resolve(e["Value"]))} for e in container["Environment"]]
+            environment = [
+                {"name": e["Name"], "value": str(self.resolve(e["Value"]))} for e in container["Environment"]
+            ]
             arn = self.batch.register_job_definition(
                 jobDefinitionName=logical[:100], type="container",
                 containerProperties={"image": "prism-worker:test", "command": container["Command"],
@@ -191,6 +224,8 @@ class Deployment:
         handlers, common_env = {}, {}
         for logical, fn in self.resolve.of_type("AWS::Lambda::Function").items():
             props = fn["Properties"]
+            if not props.get("Runtime", "").startswith("python"):
+                continue  # CDK's own providers (dev's bucket auto-delete), not part of a run
             env = {k: str(self.resolve(v)) for k, v in props["Environment"]["Variables"].items()}
             arn = client.create_function(
                 FunctionName=logical[:64], Runtime=props["Runtime"], Role=role, Handler=props["Handler"],
@@ -227,6 +262,16 @@ class Deployment:
         if include_start_attempt:
             job._start_attempt()
         env = {e["name"]: e["value"] for e in job._get_container_property("environment", [])}
+        queue = self.queue_names[job.job_queue.arn]
+        with self._lock:
+            self.queues_used.append((env["PRISM_TITLE_ID"], env["PRISM_JOB"], queue))
+        if self.spot_short and queue.startswith("ComputeScheduledQueue"):
+            # what the queue's jobStateTimeLimitActions does after spot_wait_minutes at its head
+            job.job_stopped_reason = (
+                "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - Service cannot fulfill the capacity requested"
+            )
+            job._mark_stopped(success=False)
+            return
         result = run_job(
             Job(stages=tuple(env["PRISM_STAGES"].split(",")), title_id=env["PRISM_TITLE_ID"],
                 source_uri=env["PRISM_SOURCE_URI"], artifacts_bucket=env["PRISM_ARTIFACTS_BUCKET"],
@@ -291,6 +336,7 @@ def deployment(test_template, tmp_path, monkeypatch):
     from moto.batch_simple.models import BatchSimpleBackend
 
     _restore_batch_normalisation()
+    _complete_result_writer()
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, "testing")

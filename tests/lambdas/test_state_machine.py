@@ -26,7 +26,9 @@ def videos(tmp_path_factory):
 
 
 def deliver(d, videos, *names, broken=()):
-    d.s3.create_bucket(Bucket=INPUT_BUCKET) if INPUT_BUCKET not in [b["Name"] for b in d.s3.list_buckets()["Buckets"]] else None
+    d.s3.create_bucket(Bucket=INPUT_BUCKET) if INPUT_BUCKET not in [
+        b["Name"] for b in d.s3.list_buckets()["Buckets"]
+    ] else None
     for name in names:
         d.s3.upload_file(str(videos[name]), INPUT_BUCKET, f"{PREFIX}{name}.mp4")
     for name in broken:
@@ -119,7 +121,12 @@ def test_a_failing_title_is_recorded_with_its_reason_while_the_other_succeeds(de
 
     assert out["succeeded"] == ["Ep-1"]
     (failed,) = out["failed"]
-    assert failed["title_id"] == "Broken" and out["counts"] == {"succeeded": 1, "failed": 1, "skipped": 0, "not_found": 0}
+    assert failed["title_id"] == "Broken" and out["counts"] == {
+        "succeeded": 1,
+        "failed": 1,
+        "skipped": 0,
+        "not_found": 0,
+    }
     assert "Broken.mp4" in failed["reason"]
     catalog = DynamoCatalog(d.table, client=d.ddb)
     for name in VISUAL:  # every stage of the failed job, with the worker's own reason
@@ -200,3 +207,18 @@ def test_a_job_whose_worker_recorded_a_failure_keeps_its_records(deployment, mon
     assert [catalog.get_stage("Ep-1", s).status for s in ("shots", "keyframes")] == ["succeeded", "succeeded"]
     assert catalog.get_stage("Ep-1", "cues").reason == "Ep 1.mp4: cues broke"
     assert catalog.get_stage("Ep-1", "embeddings").reason == blocked_reason(["cues"])  # the job stopped its chain
+
+
+def test_a_job_cancelled_for_want_of_spot_capacity_runs_again_on_demand(deployment, videos):
+    """The scheduled queue cancels a job stuck RUNNABLE for Spot capacity; the run resubmits it on demand."""
+    d = deployment
+    deliver(d, videos, "Ep 1")
+    d.spot_short = True
+
+    out = d.start({"mode": "scheduled"})
+
+    assert out["succeeded"] == ["Ep-1"] and out["failed"] == []
+    assert [(t, j, q.split("Queue")[0]) for t, j, q in d.queues_used] == [
+        ("Ep-1", "visual", "ComputeScheduled"), ("Ep-1", "visual", "ComputeOnDemand")]  # fmt: skip
+    assert d.jobs_run == [("Ep-1", "visual", ",".join(VISUAL))]  # the worker ran once, on demand
+    assert DynamoCatalog(d.table, client=d.ddb).get_title("Ep-1").status == "succeeded"
