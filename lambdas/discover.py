@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 from _shared import Aws, Settings
 from aws_lambda_powertools import Logger
@@ -50,13 +50,19 @@ class RunRequest(BaseModel):
     titles: list[str] = Field(default_factory=list)
     stages: list[str] = Field(default_factory=list)
     force: bool = False
+    # The audio stage's language hint (ISO 639-1/-2, e.g. "ko") for every title of a manual run, and per title;
+    # a title named in neither gets the environment's default hint.
+    language: str = Field(default="", pattern=r"^([a-z]{2,3})?$")
+    language_hints: dict[str, Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _manual_needs_titles(self) -> RunRequest:
         if self.mode == "manual" and not self.titles:
             raise ValueError("a manual run needs at least one title id in 'titles'")
-        if self.mode == "scheduled" and (self.titles or self.stages or self.force):
-            raise ValueError("a scheduled run takes no titles, stages or force")
+        if self.mode == "scheduled" and (self.titles or self.stages or self.force or self.language or self.language_hints):
+            raise ValueError("a scheduled run takes no titles, stages, force or language hints")
+        if stray := sorted(set(self.language_hints) - set(self.titles)):
+            raise ValueError(f"language_hints name titles this run does not take: {stray}")
         return self
 
 
@@ -103,7 +109,8 @@ def _put_json(aws: Aws, key: str, value) -> None:
                       Body=json.dumps(value, ensure_ascii=False).encode())  # fmt: skip
 
 
-def _item(settings: Settings, mode: str, title_id: str, uri: str, etag: str, run: set[str], force: bool) -> dict:
+def _item(settings: Settings, mode: str, title_id: str, uri: str, etag: str, run: set[str], force: bool,
+          language_hint: str = "") -> dict:  # fmt: skip
     return {
         "title_id": title_id,
         "source_uri": uri,
@@ -116,6 +123,7 @@ def _item(settings: Settings, mode: str, title_id: str, uri: str, etag: str, run
         },
         "force": "true" if force else "false",
         "job_queue": settings.job_queues.get(mode, ""),
+        "language_hint": language_hint or settings.language_hint,
     }
 
 
@@ -218,5 +226,6 @@ def _manual(aws: Aws, event: RunRequest) -> tuple[list[dict], list[str], list[st
                     if record is None or record.status != "succeeded":
                         run.add(dep)
         uri = str(S3Uri(obj["Bucket"], obj["Key"]))
-        items.append(_item(settings, "manual", title_id, uri, obj["ETag"].strip('"'), run, event.force))
+        hint = event.language_hints.get(title_id) or event.language
+        items.append(_item(settings, "manual", title_id, uri, obj["ETag"].strip('"'), run, event.force, hint))
     return items, [], not_found

@@ -196,6 +196,7 @@ def reprocess(
     titles: str = typer.Option(..., "--titles", help="Comma-separated title ids."),
     stages: Optional[str] = typer.Option(None, "--stages", "-s", help="Comma-separated stages (default: all)."),
     force: bool = typer.Option(False, "--force", help="Rerun the stages even if their outputs are up to date."),
+    language: str = typer.Option("", "--language", help="Language hint for the audio stage (e.g. ko)."),
 ) -> None:
     """Start a manual Step Functions run of the deployed pipeline for TITLES (see docs/deploy.md)."""
     from prism.cloud.ops import start_manual_run
@@ -203,7 +204,7 @@ def reprocess(
     wanted = [t.strip() for t in titles.split(",") if t.strip()]
     chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else []
     try:
-        arn = start_manual_run(env, wanted, chosen, force)
+        arn = start_manual_run(env, wanted, chosen, force, language=language)
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_USAGE)

@@ -239,8 +239,14 @@ def _embeddings_model(stage: Stage) -> None:
     resolve_model_dir(model_location(stage.params.model))
 
 
-# Stages whose weights are configuration (no model ships in a wheel): how to tell they are there.
-MODEL_CHECKS = {"embeddings": _embeddings_model}
+def _asr_model(stage: Stage) -> None:
+    from prism.audio.speech import resolve_model
+
+    resolve_model(stage.params.model)
+
+
+# Stages whose weights can be configuration (not the ones in a wheel): how to tell they are there.
+MODEL_CHECKS = {"embeddings": _embeddings_model, "audio": _asr_model}
 
 
 def _check_models(stages: dict[str, Stage]) -> None:

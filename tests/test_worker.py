@@ -281,6 +281,13 @@ def test_a_stage_without_its_model_fails_the_cloud_job_instead_of_skipping(aws, 
     assert _keys(s3) == {}  # nothing ran, nothing was downloaded or written
 
 
+def test_a_configured_asr_model_missing_from_the_worker_fails_the_cloud_job(aws, monkeypatch, tmp_path):
+    """Production names large-v3-turbo from the model location; a worker without it must not fall back silently."""
+    monkeypatch.setenv("PRISM_ASR_MODEL", str(tmp_path / "faster-whisper-large-v3-turbo"))
+    with pytest.raises(ConfigError, match="stage audio has no model in this worker: ASR model directory"):
+        run_job(_job(stages=("audio",), require_models=True))
+
+
 @pytest.mark.parametrize(("code", "status", "exit_code"), [
     ("AccessDenied", 403, EXIT_CONFIG), ("NoSuchKey", 404, EXIT_CONFIG),
     ("SlowDown", 503, EXIT_TRANSIENT), ("ThrottlingException", 400, EXIT_TRANSIENT), ("InternalError", 500, EXIT_TRANSIENT),

@@ -23,8 +23,13 @@ def stack_outputs(env: str, *, cloudformation=None) -> dict[str, str]:
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
 
 
-def start_manual_run(env: str, titles: list[str], stages: list[str], force: bool, *, sfn=None, outputs=None) -> str:
-    """Start ``{"mode": "manual", ...}`` on the environment's state machine; returns the execution ARN."""
+def start_manual_run(
+    env: str, titles: list[str], stages: list[str], force: bool, *, language: str = "", sfn=None, outputs=None
+) -> str:
+    """Start ``{"mode": "manual", ...}`` on the environment's state machine; returns the execution ARN.
+
+    ``language`` is the audio stage's language hint for these titles (e.g. ``ko``); "" = the environment's.
+    """
     import boto3
 
     if not titles:
@@ -33,6 +38,8 @@ def start_manual_run(env: str, titles: list[str], stages: list[str], force: bool
     client = sfn or boto3.client("stepfunctions")
     name = f"manual-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     payload = {"mode": "manual", "titles": titles, "stages": stages, "force": force}
+    if language:
+        payload["language"] = language
     return client.start_execution(stateMachineArn=outputs["StateMachineArn"], name=name, input=json.dumps(payload))[
         "executionArn"
     ]

@@ -460,8 +460,46 @@ def test_the_embeddings_job_names_its_model_and_requires_it(synthesized, env):
             assert variables["PRISM_EMBEDDINGS_MODEL"] == f"/opt/prism/models/{config.embeddings_model}"
             assert variables["PRISM_REQUIRE_MODELS"] == "true"
             assert variables["PRISM_MODEL_LOCATION"] == config.model_location
+        elif variables["PRISM_JOB"] == "audio" and config.asr_model:
+            assert "PRISM_EMBEDDINGS_MODEL" not in variables
         else:
             assert "PRISM_EMBEDDINGS_MODEL" not in variables and "PRISM_REQUIRE_MODELS" not in variables
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_audio_job_names_its_asr_model_and_gets_each_titles_language_hint(synthesized, env):
+    """Production transcribes with large-v3-turbo from the model location; dev with the base model in the image.
+    The language hint travels per title (discover's item), defaulting to the environment's."""
+    config = ENVIRONMENTS[env]
+    _, t = synthesized[env]
+    (audio,) = [d for d in t.find_resources("AWS::Batch::JobDefinition").values()
+                if {"Name": "PRISM_JOB", "Value": "audio"} in d["Properties"]["ContainerProperties"]["Environment"]]  # fmt: skip
+    variables = {e["Name"]: e["Value"] for e in audio["Properties"]["ContainerProperties"]["Environment"]}
+    if env == "dev":
+        assert config.asr_model is None and "PRISM_ASR_MODEL" not in variables
+    else:
+        assert config.asr_model == "faster-whisper-large-v3-turbo" and config.language_hint == "ko"
+        assert variables["PRISM_ASR_MODEL"] == "/opt/prism/models/faster-whisper-large-v3-turbo"
+        assert variables["PRISM_REQUIRE_MODELS"] == "true"  # a missing model fails the job, not every title
+    states = all_states(definition(t)["States"])
+    for name, state in states.items():
+        if state.get("Resource", "").endswith(":batch:submitJob.sync"):
+            names = {e["Name"]: e.get("Value.$") for e in state["Parameters"]["ContainerOverrides"]["Environment"]}
+            if name.startswith("audio"):
+                assert names["PRISM_LANGUAGE_HINT"] == "$.title.language_hint"
+            else:
+                assert "PRISM_LANGUAGE_HINT" not in names
+    for fn in t.find_resources("AWS::Lambda::Function").values():
+        variables = fn["Properties"].get("Environment", {}).get("Variables", {})
+        if "PRISM_STAGE_GRAPH" in variables:
+            assert variables["PRISM_LANGUAGE_HINT"] == config.language_hint
+
+
+def test_asr_model_and_language_hint_are_checked():
+    with pytest.raises(ValueError, match="asr_model is a directory relative to /opt/prism/models"):
+        load("dev", asr_model="/models/whisper")
+    with pytest.raises(ValueError, match="language_hint is an ISO 639-1/-2 code"):
+        load("dev", language_hint="Korean")
 
 
 @pytest.mark.parametrize("env", ENVS)

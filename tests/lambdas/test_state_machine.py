@@ -140,6 +140,40 @@ def test_a_failing_title_is_recorded_with_its_reason_while_the_other_succeeds(de
     assert catalog.get_title("Ep-1").status == "succeeded"
 
 
+def run_items(d) -> list[dict]:
+    """The item list discover wrote for the (one) run so far."""
+    keys = [o["Key"] for o in d.s3.list_objects_v2(Bucket=d.artifacts, Prefix="_prism/runs/")["Contents"]]
+    (key,) = [k for k in keys if k.endswith("/titles.json")]
+    return json.loads(d.s3.get_object(Bucket=d.artifacts, Key=key)["Body"].read())
+
+
+def test_a_manual_run_carries_language_hints_to_its_titles(deployment, videos, monkeypatch):
+    """A run's hint per title, else the run's, else the environment's (discover's PRISM_LANGUAGE_HINT)."""
+    d = deployment
+    deliver(d, videos, "Ep 1", "Ep 2")
+    monkeypatch.setenv("PRISM_LANGUAGE_HINT", "ko")
+
+    out = d.start({"mode": "manual", "titles": ["Ep-1", "Ep-2"], "stages": ["cues"], "language_hints": {"Ep-2": "en"}})
+
+    assert sorted(out["succeeded"]) == ["Ep-1", "Ep-2"]
+    assert {i["title_id"]: i["language_hint"] for i in run_items(d)} == {"Ep-1": "ko", "Ep-2": "en"}
+
+
+@pytest.mark.parametrize("request_", [
+    {"mode": "manual", "titles": ["Ep-1"], "language": "Korean"},
+    {"mode": "manual", "titles": ["Ep-1"], "language_hints": {"Ep-1": "ko-KR"}},
+    {"mode": "manual", "titles": ["Ep-1"], "language_hints": {"Ep-9": "ko"}},
+    {"mode": "scheduled", "language": "ko"},
+])  # fmt: skip
+def test_a_run_request_with_a_bad_language_hint_is_refused(request_):
+    from discover import RunRequest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        RunRequest.model_validate(request_)
+    assert RunRequest.model_validate({"mode": "manual", "titles": ["Ep-1"], "language": "ko"}).language == "ko"
+
+
 def test_manual_run_reports_unknown_titles(deployment, videos):
     d = deployment
     deliver(d, videos, "Ep 1")
