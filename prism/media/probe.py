@@ -72,6 +72,15 @@ class MediaInfo:
         starts = [t.start_s for t in self.audio_tracks if t.start_s is not None]
         return min(starts) if starts else (self.start_s or 0.0)
 
+    def audio_start_s(self, track: int, origin_s: float | None = None) -> float:
+        """Where audio track ``track``'s first sample falls on the title clock (t=0 at the first
+        video frame, ``origin_s`` when measured, else as declared): negative when the audio
+        starts first (MPEG-TS, AAC priming), positive when it starts late. 0.0 when unknown."""
+        start = self.audio_tracks[track].start_s if 0 <= track < len(self.audio_tracks) else None
+        if start is None:
+            return 0.0
+        return start - (self.origin_s if origin_s is None else origin_s)
+
     def declared_video_duration_s(self) -> float:
         """The longest span the container claims for the picture, ignoring a start offset.
 

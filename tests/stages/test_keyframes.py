@@ -12,6 +12,7 @@ from PIL import Image
 
 from prism.media import decode_visual, ffmpeg_exe, probe
 from prism.stages.keyframes import KeyframesParams, frame_scores, select_keyframes
+from prism.synth import Shot, Title
 
 
 def test_one_good_keyframe_per_visible_shot(sample_run):
@@ -105,7 +106,7 @@ def test_keyframes_are_the_frames_they_claim_in_other_containers(container_run, 
 def test_keyframe_size_is_the_jpeg_written(media_dir, tmp_path):
     """A stream that changes resolution (as broadcast captures do): each keyframe records its own size."""
     from prism.runner import Runner
-    from prism.synth import Shot, Title, build_title, ffmpeg
+    from prism.synth import build_title, ffmpeg
 
     parts = []
     for i, (shot, (w, h)) in enumerate([(Shot("orange", 2.0), (160, 90)), (Shot("blue", 2.0), (240, 136))]):
@@ -125,3 +126,30 @@ def test_keyframe_size_is_the_jpeg_written(media_dir, tmp_path):
             assert image.size == (row.width, row.height)
             sizes.add(image.size)
     assert sizes == {(160, 90), (240, 136)}
+
+
+def test_spliced_mpegts_keyframes_and_times(make_video, media_dir, tmp_path):
+    """Two programmes cut together as MPEG-TS: timestamps restart at the splice, so a timestamp
+    names two frames. Times stay monotonic on the title clock and each JPEG is still its frame."""
+    from prism.runner import Runner
+    from prism.synth import ffmpeg
+
+    parts = []
+    for name, title in [
+        ("splice-a", Title([Shot("testsrc2", 2.0), Shot("orange", 2.0)], width=160, height=90)),
+        ("splice-b", Title([Shot("mandelbrot", 2.0), Shot("blue", 2.0)], width=160, height=90)),
+    ]:
+        mp4, _ = make_video(f"{name}.mp4", title)
+        ts = media_dir / f"{name}.ts"
+        ffmpeg("-i", str(mp4), "-map", "0", "-c", "copy", str(ts))
+        parts.append(ts.read_bytes())
+    spliced = media_dir / "spliced.ts"
+    spliced.write_bytes(b"".join(parts))
+    [outcome] = Runner(tmp_path).run([spliced], ["shots", "keyframes"])
+    assert outcome.status == "succeeded", outcome
+    tdir = tmp_path / "titles" / spliced.stem
+    shots = pq.read_table(tdir / "shots.parquet").to_pandas()
+    assert len(shots) == 4 and shots.end_s.iloc[-1] == pytest.approx(8.0, abs=1e-3)
+    assert (np.diff(shots.start_s) > 0).all()
+    kf = _assert_jpegs_show_their_frames(tdir, spliced)
+    assert set(kf.shot_index) == {0, 1, 2, 3}
