@@ -270,6 +270,38 @@ class AudioPCM:
         return self.samples.shape[0] / self.sample_rate
 
 
+def align_blocks(
+    blocks: Iterable[np.ndarray], start_s: float, sample_rate: int, block_samples: int
+) -> Iterator[np.ndarray]:
+    """Put a track's sample blocks on the title clock (t=0 at the first video frame).
+
+    ``start_s`` is where the track's first sample falls (``MediaInfo.audio_start_s``): a late
+    track is preceded by that much digital silence, samples before the first frame are dropped.
+    Blocks come out ``block_samples`` long (the last may be shorter), mono or (samples, channels).
+    """
+    shift = round(start_s * sample_rate)
+    drop, pad = max(-shift, 0), max(shift, 0)
+    pending: list[np.ndarray] = []
+    held = 0
+    for block in blocks:
+        if drop:
+            cut = min(drop, block.shape[0])
+            block, drop = block[cut:], drop - cut
+        if pad:
+            zeros = np.zeros((pad, *block.shape[1:]), block.dtype)
+            pending, held, pad = [zeros], pad, 0
+        pending.append(block)
+        held += block.shape[0]
+        if held >= block_samples:
+            merged = np.concatenate(pending)
+            whole = merged.shape[0] - merged.shape[0] % block_samples
+            for i in range(0, whole, block_samples):
+                yield merged[i : i + block_samples]
+            pending, held = [merged[whole:]], merged.shape[0] - whole
+    if held:
+        yield np.concatenate(pending)
+
+
 def audio_blocks(
     path: str | Path,
     track: int = 0,
@@ -280,13 +312,18 @@ def audio_blocks(
 ) -> Iterator[np.ndarray]:
     """Stream audio track ``track`` (0:a:N) as float32 blocks of ``block_s`` seconds (bounded memory).
 
-    ``start_s`` is where the track's first sample falls on the title clock
-    (``MediaInfo.audio_start_s``): a late track is preceded by that much digital silence, samples
-    before the first video frame are dropped, so sample ``i`` is at ``i / sample_rate`` seconds
-    of the title. Blocks are (samples,) for mono and (samples, channels) otherwise; every block
-    but the last holds a whole number of 10 ms windows. Raises MediaError when nothing can be decoded.
+    ``start_s``: see :func:`align_blocks`; with it, sample ``i`` is at ``i / sample_rate`` s of
+    the title. Blocks are (samples,) for mono and (samples, channels) otherwise; every block but
+    the last holds a whole number of 10 ms windows. Raises MediaError when nothing can be decoded.
     """
-    path = Path(path)
+    block_samples = max(1, int(block_s * 100)) * (sample_rate // 100)
+    raw = _decoded_blocks(Path(path), track, sample_rate, channels, block_samples)
+    yield from align_blocks(raw, start_s, sample_rate, block_samples) if start_s else raw
+
+
+def _decoded_blocks(
+    path: Path, track: int, sample_rate: int, channels: int, block_samples: int
+) -> Iterator[np.ndarray]:
     cmd = [
         ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
         "-map", f"0:a:{track}", "-vn", "-sn", "-dn", "-ac", str(channels), "-ar", str(sample_rate),
@@ -297,33 +334,14 @@ def audio_blocks(
     reader = threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True)
     reader.start()
     frame_bytes = 4 * channels
-    block_bytes = max(1, int(block_s * 100)) * (sample_rate // 100) * frame_bytes
-    shift = round(start_s * sample_rate) * frame_bytes
-    drop = max(-shift, 0)
-    pad = max(shift, 0)
-
-    def block(raw: bytes) -> np.ndarray:
-        data = np.frombuffer(raw[: len(raw) - len(raw) % frame_bytes], np.float32)
-        return data if channels == 1 else data.reshape(-1, channels)
-
     total = 0
     assert proc.stdout is not None
     try:
-        while pad >= block_bytes:
-            yield block(bytes(block_bytes))
-            pad -= block_bytes
-        pending = bytes(pad)
-        while buf := proc.stdout.read(block_bytes):
-            total += len(buf) // frame_bytes
-            if drop:
-                cut = min(drop, len(buf))
-                buf, drop = buf[cut:], drop - cut
-            pending += buf
-            while len(pending) >= block_bytes:
-                yield block(pending[:block_bytes])
-                pending = pending[block_bytes:]
-        if pending and total:
-            yield block(pending)
+        while buf := proc.stdout.read(block_samples * frame_bytes):
+            usable = len(buf) - len(buf) % frame_bytes
+            block = np.frombuffer(buf[:usable], np.float32)
+            total += block.size
+            yield block if channels == 1 else block.reshape(-1, channels)
     finally:
         proc.stdout.close()
         returncode = proc.wait()
@@ -378,7 +396,9 @@ def frame_requests(vp: VisualPass, wanted: list[tuple[int, Path]]) -> list[Frame
     return out
 
 
-def _grab(path: Path, out_file: Path, quality: int, select: str, seek_s: float | None, frames: int = 1) -> tuple[list[float], str]:
+def _grab(
+    path: Path, out_file: Path, quality: int, select: str, seek_s: float | None, frames: int = 1
+) -> tuple[list[float], str]:
     """Run one extraction: the source timestamps of the frames that passed ``select`` (the
     ``frames``-th is the one left in ``out_file``; ffmpeg may filter one more before stopping)
     and, on failure, ffmpeg's last line."""

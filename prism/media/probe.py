@@ -246,5 +246,6 @@ def _probe_with_ffmpeg(path: Path) -> MediaInfo:
         raise MediaError(path, "no video or audio stream found")
     start = _START.search(text)
     return MediaInfo(
-        str(path), path.stat().st_size, "unknown", duration, None, video, tuple(audio), float(start[1]) if start else None
+        str(path), path.stat().st_size, "unknown", duration, None, video, tuple(audio),
+        float(start[1]) if start else None,
     )

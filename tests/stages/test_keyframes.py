@@ -89,7 +89,8 @@ def _assert_jpegs_show_their_frames(tdir, path) -> pd.DataFrame:
             assert image.size == (row.width, row.height)
             pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
         errors = np.array([np.abs(pixels - f).mean() if f.shape == pixels.shape else np.inf for f in frames])
-        assert errors[row.frame] <= errors.min() + 1e-3, (row.frame, int(errors.argmin()), errors[row.frame], errors.min())
+        best = int(errors.argmin())
+        assert errors[row.frame] <= errors[best] + 1e-3, (row.frame, best, errors[row.frame], errors[best])
     return kf
 
 

@@ -120,7 +120,8 @@ def test_other_containers_and_start_offsets(container_run, variant):
 def test_lying_container_duration_does_not_stretch_the_last_shot(make_video, media_dir, tmp_path):
     from prism.synth import lie_about_duration
 
-    src, truth = make_video("cuts-2.mp4", Title([Shot("orange", 1.2), Shot("blue", 1.2), Shot("life", 1.2)], width=160, height=90))
+    title = Title([Shot("orange", 1.2), Shot("blue", 1.2), Shot("life", 1.2)], width=160, height=90)
+    src, truth = make_video("cuts-2.mp4", title)
     liar = media_dir / "claims-10h.mp4"
     lie_about_duration(src, liar, 36000.0)
     [outcome] = Runner(tmp_path).run([liar], ["shots"])
@@ -137,7 +138,8 @@ def test_truncated_file_is_processed_and_flagged(make_video, media_dir, tmp_path
     """moov first, then only 10 % of mdat: the decodable part is processed, the shortfall flagged."""
     from prism.synth import truncate_mp4
 
-    src, truth = make_video("long-for-truncation.mp4", Title([Shot("testsrc2", 6.0), Shot("mandelbrot", 6.0)], width=160, height=90))
+    title = Title([Shot("testsrc2", 6.0), Shot("mandelbrot", 6.0)], width=160, height=90)
+    src, truth = make_video("long-for-truncation.mp4", title)
     cut = media_dir / "truncated.mp4"
     truncate_mp4(src, cut, keep=0.10)
     [outcome] = Runner(tmp_path).run([cut], ["shots"])
