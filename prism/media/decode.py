@@ -403,10 +403,10 @@ def _grab(
     ``frames``-th is the one left in ``out_file``; ffmpeg may filter one more before stopping)
     and, on failure, ffmpeg's last line."""
     seek = ["-seek_timestamp", "1", "-ss", f"{seek_s:.6f}", "-noaccurate_seek"] if seek_s and seek_s > 0 else []
-    # setpts=N after showinfo: the JPEG muxer rejects the repeated timestamps of a spliced TS
+    # setpts=N/TB (one second apart) after showinfo: the JPEG encoder rejects the repeated timestamps of a spliced TS
     cmd = [
         ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "info", "-copyts", *seek, "-i", str(path),
-        "-filter_complex", f"[0:v]select='{select}',showinfo,setpts=N[kf]", "-map", "[kf]", "-frames:v", str(frames),
+        "-filter_complex", f"[0:v]select='{select}',showinfo,setpts=N/TB[kf]", "-map", "[kf]", "-frames:v", str(frames),
         "-fps_mode", "passthrough", "-autoscale", "0", "-update", "1", "-q:v", str(quality), "-y", str(out_file),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True)

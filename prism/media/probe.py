@@ -86,8 +86,12 @@ class MediaInfo:
 
         Containers disagree on what ``duration`` means: MPEG-TS gives the span from the first
         timestamp, MP4 and Matroska the end timestamp counted from zero (so a 1000 s start offset
-        makes a 4 s file "1004 s"). The stream's own duration, when present, is a span.
+        makes a 4 s file "1004 s"). The stream's own duration, when present, is a span. MPEG-TS
+        declares nothing: ffprobe estimates its durations from the timestamps at either end, which a
+        splice (timestamps restarting) turns into nonsense, and a cut-off TS simply ends sooner.
         """
+        if "mpegts" in self.format_name:
+            return 0.0
         stream = self.video.duration_s if self.video is not None and self.video.duration_s else 0.0
         fmt = self.duration_s - max(self.start_s or 0.0, 0.0)
         return max(stream, fmt, 0.0)
