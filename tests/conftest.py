@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prism.synth import Title, Truth, build_title, sample_title
+from prism.synth import Shot, Title, Truth, build_title, ffmpeg, sample_title
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +55,53 @@ def sample_run(sample_video, tmp_path_factory):
     out = tmp_path_factory.mktemp("sample-run")
     [outcome] = Runner(out).run([path], ["shots", "keyframes", "cues"])
     return out, truth, outcome
+
+
+# One small title in the containers and timestamp layouts real deliveries come in: MPEG-TS (no
+# index, audio ahead of video), Matroska/WebM, and 1000 s start offsets (broadcast captures).
+CONTAINER_TITLE = Title(
+    [Shot("testsrc2", 2.0), Shot("mandelbrot", 2.0), Shot("life", 2.0)], width=160, height=90, silences=[(3.0, 4.0)]
+)
+CONTAINER_VARIANTS = {  # name -> (extension, ffmpeg output args from the MP4 original)
+    "mkv": ("mkv", ["-c", "copy"]),
+    "webm": ("webm", ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-crf", "32", "-b:v", "0",
+                      "-g", "50", "-c:a", "libopus"]),
+    "ts": ("ts", ["-c", "copy"]),
+    "ts-offset": ("ts", ["-c", "copy", "-output_ts_offset", "1000"]),
+    "mp4-offset": ("mp4", ["-c", "copy", "-output_ts_offset", "1000"]),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def container_video(make_video, media_dir):
+    """``container_video(name)``: CONTAINER_TITLE remuxed (or re-encoded) as CONTAINER_VARIANTS[name]."""
+    cache: dict[str, tuple[Path, Truth]] = {}
+
+    def make(name: str) -> tuple[Path, Truth]:
+        if name not in cache:
+            src, truth = make_video("container.mp4", CONTAINER_TITLE)
+            ext, args = CONTAINER_VARIANTS[name]
+            out = media_dir / f"ctr-{name}.{ext}"
+            ffmpeg("-i", str(src), "-map", "0", *args, str(out))
+            cache[name] = (out, truth)
+        return cache[name]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def container_run(container_video, tmp_path_factory):
+    """``container_run(name)``: that variant through shots, keyframes and cues once per session."""
+    from prism.runner import Runner
+
+    cache: dict[str, tuple] = {}
+
+    def run(name: str):
+        if name not in cache:
+            path, truth = container_video(name)
+            out = tmp_path_factory.mktemp(f"run-{name}")
+            [outcome] = Runner(out).run([path], ["shots", "keyframes", "cues"])
+            cache[name] = (out / "titles" / path.stem, path, truth, outcome)
+        return cache[name]
+
+    return run

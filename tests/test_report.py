@@ -276,3 +276,31 @@ def test_two_thousand_shots_stay_light(tmp_path):
     dom, log = chromium(page, tmp_path, height=1200)
     assert_clean_page(dom, log, 2000)
     assert "audio not run" in dom
+
+
+def test_truncated_title_is_flagged_and_drawn_at_its_decoded_length(tmp_path):
+    """moov first with 10 % of mdat: the report warns, and its timeline spans what was decoded,
+    not the 12 s the container declares."""
+    from prism.synth import truncate_mp4
+
+    full = tmp_path / "whole.mp4"
+    build_title(Title([Shot("testsrc2", 6.0), Shot("mandelbrot", 6.0)], width=160, height=90), full)
+    cut = tmp_path / "cut-short.mp4"
+    truncate_mp4(full, cut, keep=0.10)
+    [outcome] = Runner(tmp_path / "out").run([cut], ["shots", "cues"])
+    assert outcome.status == "succeeded", outcome
+    tdir = title_dir(tmp_path / "out", "cut-short")
+    data = load_title(tdir)
+    decoded = json.loads((tdir / "manifest.json").read_text())["stages"]["shots"]["metrics"]["decoded_duration_s"]
+    assert data.duration_s == pytest.approx(decoded, abs=1e-3) and decoded < 4.0
+    html = render_report(tdir)
+    [warning] = re.findall(r'<div class="warn" role="alert" data-warning="truncated">([^<]*)</div>', html)
+    assert "12.0 s" in warning and "truncated" in warning
+    assert float(re.search(r'"duration":([\d.]+)', html)[1]) == pytest.approx(decoded, abs=1e-3)  # not 12 s
+    assert 'data-warning="truncated"' not in render_report(_untruncated(tmp_path))
+
+
+def _untruncated(tmp_path: Path) -> Path:
+    src = tmp_path / "whole.mp4"
+    Runner(tmp_path / "out").run([src], ["shots"])
+    return title_dir(tmp_path / "out", "whole")

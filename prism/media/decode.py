@@ -13,6 +13,12 @@ overlaps decoding; the 48x27 frames go to a memory-mapped file (bounded memory f
 there (a bilinear halving is an exact 2x2 average) down to about four times the analysis size,
 and only that small frame is downloaded for the same CPU tail. Other values are passed to
 ``-hwaccel`` as they are (decoded frames come back to RAM).
+
+Time convention (docs/artifacts.md): the title clock starts at the first decoded video frame.
+The pass keeps each frame's source timestamp (``-copyts``: what the container stores, 1000 s
+start offsets and MPEG-TS mux delays included) to seek keyframes with, and the title clock is
+those timestamps minus the first one, with backward jumps (MPEG-TS discontinuities) closed up.
+Durations are measured, never read from the container header, which can lie or be truncated.
 """
 
 from __future__ import annotations
@@ -47,7 +53,10 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601 luma of the
 
 Progress = Callable[[int, int | None], None]
 
-_PTS_TIME = re.compile(rb"\bn:\s*\d+\s+pts:\s*-?\d+\s+pts_time:(-?[\d.]+)")
+_PTS_TIME = re.compile(rb"\bn:\s*\d+\s+pts:\s*(-?\d+)\s+pts_time:(-?[\d.e+-]+)")
+_TIME_BASE = re.compile(rb"config in time_base:\s*(\d+)/(\d+)")
+DISCONTINUITY_S = 10.0  # a forward jump this large in MPEG-TS is a splice, not a gap (ffmpeg's dts_delta_threshold)
+TRUNCATED_SHARE = 0.9  # decoded under this share of the declared duration (and 1 s short): flagged
 
 
 class NoFrameDecoded(MediaError):
@@ -69,7 +78,13 @@ class VisualPass:
     diff_prev: np.ndarray  # (N,) mean absolute luma change from the previous frame (0 for the first)
     thumbs: np.ndarray  # (N, 9, 16) uint8 luma thumbnails for near-duplicate checks
     fps: float  # average rate over the decoded frames
-    duration_s: float
+    duration_s: float  # decoded: last frame's time plus one frame, never the container's claim
+    source_times: np.ndarray | None = None  # (N,) float64 source timestamps (seek targets); None if unknown
+
+    @property
+    def origin_s(self) -> float:
+        """Source timestamp of frame 0, the title's time zero (0.0 when unknown)."""
+        return float(self.source_times[0]) if self.source_times is not None and self.frame_count else 0.0
 
     @property
     def frame_count(self) -> int:
@@ -83,10 +98,54 @@ class VisualPass:
         return bool(steps.std() > 0.05 * max(steps.mean(), 1e-9))
 
     def end_time(self, frame: int) -> float:
-        """Time at which exclusive end ``frame`` begins (the title's end for the last frame)."""
+        """Time at which exclusive end ``frame`` begins (the decoded end for the last frame)."""
         if frame < self.frame_count:
             return float(self.times[frame])
-        return float(max(self.duration_s, self.times[-1] + 1.0 / self.fps if self.frame_count else 0.0))
+        return float(self.duration_s)
+
+
+@dataclass(frozen=True)
+class DurationCheck:
+    """Decoded against declared duration: how a truncated file or a lying header is caught."""
+
+    decoded_s: float
+    declared_s: float  # the longest span the container claims for the picture (start offset ignored)
+    container_s: float  # the container's duration field as probed
+
+    @property
+    def truncated(self) -> bool:
+        return self.decoded_s < TRUNCATED_SHARE * self.declared_s and self.declared_s - self.decoded_s >= 1.0
+
+    def metrics(self) -> dict:
+        out = {
+            "decoded_duration_s": round(self.decoded_s, 3),
+            "container_duration_s": round(self.container_s, 3),
+            "truncated": self.truncated,
+        }
+        if self.truncated:
+            out["truncation"] = (
+                f"decoded {self.decoded_s:.1f} s of video, the container declares {self.declared_s:.1f} s: "
+                "file truncated or its duration metadata wrong; results cover the decoded part only"
+            )
+        return out
+
+
+def duration_check(vp: VisualPass, info: MediaInfo) -> DurationCheck:
+    return DurationCheck(vp.duration_s, info.declared_video_duration_s(), info.duration_s)
+
+
+def title_clock(source: np.ndarray, mpegts: bool) -> np.ndarray:
+    """Seconds from the first frame, with timestamp discontinuities (spliced MPEG-TS) closed up."""
+    if source.shape[0] < 2:
+        return source - source[0]
+    steps = np.round(np.diff(source), 9)  # timestamps are exact (pts x time base); keep the sums so
+    broken = steps <= 0
+    if mpegts:
+        broken |= steps > DISCONTINUITY_S
+    if broken.any():
+        good = steps[~broken]
+        steps = np.where(broken, float(np.median(good)) if good.size else 0.04, steps)
+    return np.round(np.concatenate([[0.0], np.cumsum(steps)]), 9)
 
 
 def frame_luma(rgb: np.ndarray) -> np.ndarray:
@@ -151,7 +210,10 @@ def visual_filter_graph(gpu_halvings: list[tuple[int, int]] | None = None) -> st
 
 
 def _visual_pass_command(path: Path, info: MediaInfo | None = None, hwaccel: str | None = None) -> list[str]:
-    """ffmpeg command line of the visual pass (``hwaccel`` defaults to ``$PRISM_HWACCEL``)."""
+    """ffmpeg command line of the visual pass (``hwaccel`` defaults to ``$PRISM_HWACCEL``).
+
+    ``-copyts``: showinfo reports source timestamps, the same clock keyframe seeks use.
+    """
     if hwaccel is None:
         hwaccel = os.environ.get("PRISM_HWACCEL") or ""
     video = info.video if info is not None else None
@@ -164,7 +226,7 @@ def _visual_pass_command(path: Path, info: MediaInfo | None = None, hwaccel: str
     if halvings:
         options += ["-hwaccel_output_format", "cuda"]
     return [
-        ffmpeg_exe(), "-hide_banner", "-loglevel", "info", "-nostdin", *options, "-i", str(path),
+        ffmpeg_exe(), "-hide_banner", "-loglevel", "info", "-nostdin", "-copyts", *options, "-i", str(path),
         "-filter_complex", visual_filter_graph(halvings), "-map", "[out]",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-fps_mode", "passthrough", "-an", "-sn", "-dn", "pipe:1",
     ]  # fmt: skip
@@ -202,10 +264,13 @@ def _run_visual_pass(
     tail: deque[bytes] = deque(maxlen=8)
 
     def read_stderr() -> None:
+        time_base = None
         for line in proc.stderr:
             match = _PTS_TIME.search(line)
-            if match:
-                times.append(float(match[1]))
+            if match:  # pts x time base is exact; pts_time is printed to 6 significant digits only
+                times.append(int(match[1]) * time_base if time_base else float(match[2]))
+            elif tb := _TIME_BASE.search(line):
+                time_base = int(tb[1]) / int(tb[2]) if int(tb[2]) else None
             else:
                 tail.append(line)
 
@@ -261,10 +326,13 @@ def _run_visual_pass(
         raise NoFrameDecoded(path, f"video decode failed: {reason}")
     if returncode != 0:
         raise MediaError(path, f"video decode failed after {count} frames: {_stderr_reason(tail)}")
-    frame_times = np.asarray(times[:count], dtype=np.float64)
-    if frame_times.shape[0] != count:  # showinfo lost: fall back to the average rate
+    source_times: np.ndarray | None = np.asarray(times[:count], dtype=np.float64)
+    if source_times.shape[0] == count:
+        frame_times = title_clock(source_times, "mpegts" in info.format_name)
+    else:  # showinfo lost: fall back to the average rate; keyframes are then taken by frame index
+        source_times = None
         frame_times = np.arange(count, dtype=np.float64) / (info.video.fps or 25.0)
-    span = float(frame_times[-1] - frame_times[0]) if count > 1 else 0.0
+    span = float(frame_times[-1]) if count > 1 else 0.0
     fps = (count - 1) / span if span > 0 else (info.video.fps or 25.0)
     small = np.memmap(small_file, dtype=np.uint8, mode="r", shape=(count, SMALL_H, SMALL_W, 3))
     merged = {key: np.concatenate(parts) for key, parts in features.items()}
@@ -272,7 +340,8 @@ def _run_visual_pass(
         frames_small=small,
         times=frame_times,
         fps=fps,
-        duration_s=max(info.duration_s, float(frame_times[-1]) + 1.0 / fps),
+        duration_s=float(frame_times[-1]) + 1.0 / fps,
+        source_times=source_times,
         **{k: v.astype(np.float32) if k != "thumbs" else v for k, v in merged.items()},
     )
 
@@ -305,15 +374,60 @@ class AudioPCM:
         return self.samples.shape[0] / self.sample_rate
 
 
+def align_blocks(
+    blocks: Iterable[np.ndarray], start_s: float, sample_rate: int, block_samples: int
+) -> Iterator[np.ndarray]:
+    """Put a track's sample blocks on the title clock (t=0 at the first video frame).
+
+    ``start_s`` is where the track's first sample falls (``MediaInfo.audio_start_s``): a late
+    track is preceded by that much digital silence, samples before the first frame are dropped.
+    Blocks come out ``block_samples`` long (the last may be shorter), mono or (samples, channels).
+    """
+    shift = round(start_s * sample_rate)
+    drop, pad = max(-shift, 0), max(shift, 0)
+    pending: list[np.ndarray] = []
+    held = 0
+    for block in blocks:
+        if drop:
+            cut = min(drop, block.shape[0])
+            block, drop = block[cut:], drop - cut
+        if pad:
+            zeros = np.zeros((pad, *block.shape[1:]), block.dtype)
+            pending, held, pad = [zeros], pad, 0
+        pending.append(block)
+        held += block.shape[0]
+        if held >= block_samples:
+            merged = np.concatenate(pending)
+            whole = merged.shape[0] - merged.shape[0] % block_samples
+            for i in range(0, whole, block_samples):
+                yield merged[i : i + block_samples]
+            pending, held = [merged[whole:]], merged.shape[0] - whole
+    if held:
+        yield np.concatenate(pending)
+
+
 def audio_blocks(
-    path: str | Path, track: int = 0, sample_rate: int = 16000, channels: int = 1, block_s: float = 60.0
+    path: str | Path,
+    track: int = 0,
+    sample_rate: int = 16000,
+    channels: int = 1,
+    block_s: float = 60.0,
+    start_s: float = 0.0,
 ) -> Iterator[np.ndarray]:
     """Stream audio track ``track`` (0:a:N) as float32 blocks of ``block_s`` seconds (bounded memory).
 
-    Blocks are (samples,) for mono and (samples, channels) otherwise; every block but the last
-    holds a whole number of 10 ms windows. Raises MediaError when nothing can be decoded.
+    ``start_s``: see :func:`align_blocks`; with it, sample ``i`` is at ``i / sample_rate`` s of
+    the title. Blocks are (samples,) for mono and (samples, channels) otherwise; every block but
+    the last holds a whole number of 10 ms windows. Raises MediaError when nothing can be decoded.
     """
-    path = Path(path)
+    block_samples = max(1, int(block_s * 100)) * (sample_rate // 100)
+    raw = _decoded_blocks(Path(path), track, sample_rate, channels, block_samples)
+    yield from align_blocks(raw, start_s, sample_rate, block_samples) if start_s else raw
+
+
+def _decoded_blocks(
+    path: Path, track: int, sample_rate: int, channels: int, block_samples: int
+) -> Iterator[np.ndarray]:
     cmd = [
         ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
         "-map", f"0:a:{track}", "-vn", "-sn", "-dn", "-ac", str(channels), "-ar", str(sample_rate),
@@ -324,11 +438,10 @@ def audio_blocks(
     reader = threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True)
     reader.start()
     frame_bytes = 4 * channels
-    block_bytes = max(1, int(block_s * 100)) * (sample_rate // 100) * frame_bytes
     total = 0
     assert proc.stdout is not None
     try:
-        while buf := proc.stdout.read(block_bytes):
+        while buf := proc.stdout.read(block_samples * frame_bytes):
             usable = len(buf) - len(buf) % frame_bytes
             block = np.frombuffer(buf[:usable], np.float32)
             total += block.size
@@ -350,31 +463,124 @@ def decode_audio(
     return AudioPCM(samples=data, sample_rate=sample_rate, track=track)
 
 
-def extract_frame(path: str | Path, time_s: float, out_file: str | Path, fps: float, quality: int = 2) -> None:
-    """Write the full-resolution frame shown at ``time_s`` as JPEG, by seeking (no full decode)."""
-    seek = max(0.0, time_s - 0.25 / max(fps, 1.0))
+SEEK_BACK_S = (0.0, 3.0, 20.0)  # where each seek attempt starts before the frame; then a decode from the start
+PTS_TOLERANCE_S = 5e-4
+
+
+@dataclass(frozen=True)
+class FrameRequest:
+    """One frame of the visual pass to write as JPEG, and how to find it again in the source."""
+
+    frame: int  # index in the visual pass
+    out_file: Path
+    source_time_s: float | None  # its source timestamp; None when showinfo gave none
+    occurrence: int = 0  # frames before it with the same source timestamp (spliced MPEG-TS)
+    unique: bool = True  # no other frame has that timestamp, so a seek to it is unambiguous
+
+
+@dataclass(frozen=True)
+class WrittenFrame:
+    out_file: Path
+    width: int  # of the JPEG written
+    height: int
+    method: str  # seek | seek-retry | decode (from the start)
+
+
+def frame_requests(vp: VisualPass, wanted: list[tuple[int, Path]]) -> list[FrameRequest]:
+    """Requests for ``(frame, out_file)`` pairs, with each frame's timestamp and its ambiguity."""
+    if vp.source_times is None:
+        return [FrameRequest(frame, Path(out), None) for frame, out in wanted]
+    ordered = np.sort(vp.source_times)
+    out = []
+    for frame, path in wanted:
+        t = float(vp.source_times[frame])
+        same = int(np.searchsorted(ordered, t + PTS_TOLERANCE_S) - np.searchsorted(ordered, t - PTS_TOLERANCE_S))
+        before = int((np.abs(vp.source_times[:frame] - t) <= PTS_TOLERANCE_S).sum()) if same > 1 else 0
+        out.append(FrameRequest(frame, Path(path), t, before, same == 1))
+    return out
+
+
+def _grab(
+    path: Path, out_file: Path, quality: int, select: str, seek_s: float | None, frames: int = 1
+) -> tuple[list[float], str]:
+    """Run one extraction: the source timestamps of the frames that passed ``select`` (the
+    ``frames``-th is the one left in ``out_file``; ffmpeg may filter one more before stopping)
+    and, on failure, ffmpeg's last line."""
+    seek = ["-seek_timestamp", "1", "-ss", f"{seek_s:.6f}", "-noaccurate_seek"] if seek_s and seek_s > 0 else []
+    # setpts=N/TB (one second apart) after showinfo: the JPEG encoder rejects the repeated timestamps of a spliced TS
     cmd = [
-        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-ss", f"{seek:.6f}",
-        "-i", str(path), "-map", "0:v:0", "-frames:v", "1", "-q:v", str(quality), "-y", str(out_file),
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "info", "-copyts", *seek, "-i", str(path),
+        "-filter_complex", f"[0:v]select='{select}',showinfo,setpts=N/TB[kf]", "-map", "[kf]", "-frames:v", str(frames),
+        "-fps_mode", "passthrough", "-autoscale", "0", "-update", "1", "-q:v", str(quality), "-y", str(out_file),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True)
-    if proc.returncode != 0 or not Path(out_file).exists():
-        raise MediaError(path, f"could not extract frame at {time_s:.3f}s: {_stderr_reason(proc.stderr.splitlines()[-8:])}")
+    pts: list[float] = []
+    time_base = None
+    tail: deque[bytes] = deque(maxlen=8)
+    for line in proc.stderr.splitlines():
+        if match := _PTS_TIME.search(line):
+            pts.append(int(match[1]) * time_base if time_base else float(match[2]))
+        elif tb := _TIME_BASE.search(line):
+            time_base = int(tb[1]) / int(tb[2]) if int(tb[2]) else None
+        elif not line.startswith(b" "):
+            tail.append(line)
+    if proc.returncode != 0 or not out_file.exists():
+        return [], _stderr_reason(tail)
+    return pts, ""
+
+
+def extract_frame(path: str | Path, request: FrameRequest, quality: int = 2) -> WrittenFrame:
+    """Write the full-resolution frame ``request`` names as JPEG, by seeking (no full decode).
+
+    Seeks by source timestamp to just before the frame, decodes forward, keeps the first frame at
+    or after that timestamp and checks (showinfo) that the frame written carries exactly it.
+    Demuxers without an index (MPEG-TS) may land past the frame, or mid-GOP where the decoder
+    skips to the next keyframe: the seek then starts further back, and as a last resort (or for
+    an ambiguous timestamp) the file is decoded from the start to that frame. Raises MediaError.
+    """
+    path, out = Path(path), Path(request.out_file)
+    reason = "no frame decoded"
+    t = request.source_time_s
+    if t is not None and request.unique:
+        for attempt, back in enumerate(SEEK_BACK_S):
+            pts, reason = _grab(path, out, quality, f"gte(t,{t - PTS_TOLERANCE_S:.6f})", t - back - PTS_TOLERANCE_S)
+            if pts and abs(pts[0] - t) <= PTS_TOLERANCE_S:
+                return _written(out, "seek" if attempt == 0 else "seek-retry")
+    if t is not None:  # the (occurrence+1)-th frame carrying that timestamp, counted from the start
+        window = f"between(t,{t - PTS_TOLERANCE_S:.6f},{t + PTS_TOLERANCE_S:.6f})"
+        pts, reason = _grab(path, out, quality, window, None, frames=request.occurrence + 1)
+        if len(pts) > request.occurrence:
+            return _written(out, "decode")
+    else:
+        pts, reason = _grab(path, out, quality, f"eq(n,{request.frame})", None)
+        if pts:
+            return _written(out, "decode")
+    out.unlink(missing_ok=True)
+    where = f"{t:.3f} s (source time)" if t is not None else f"index {request.frame}"
+    raise MediaError(path, f"could not extract frame {request.frame} at {where}: {reason or 'not found in the stream'}")
+
+
+def _written(out: Path, method: str) -> WrittenFrame:
+    from PIL import Image
+
+    with Image.open(out) as image:
+        width, height = image.size
+    return WrittenFrame(out, width, height, method)
 
 
 def extract_frames(
     path: str | Path,
-    requests: list[tuple[float, Path]],
-    fps: float,
+    requests: list[FrameRequest],
     workers: int = 4,
-    on_done: Callable[[Path], None] | None = None,
-) -> None:
-    """Seek and write several frames concurrently (each seek decodes one GOP at most)."""
+    on_done: Callable[[WrittenFrame], None] | None = None,
+) -> list[WrittenFrame]:
+    """Extract several frames concurrently (each seek decodes one GOP or so); results in request order."""
 
-    def one(req: tuple[float, Path]) -> None:
-        extract_frame(path, req[0], req[1], fps)
+    def one(request: FrameRequest) -> WrittenFrame:
+        written = extract_frame(path, request)
         if on_done:
-            on_done(req[1])
+            on_done(written)
+        return written
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(one, requests))
+        return list(pool.map(one, requests))

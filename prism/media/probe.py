@@ -21,6 +21,7 @@ class AudioTrack:
     channels: int
     channel_layout: str | None = None
     language: str | None = None
+    start_s: float | None = None  # source timestamp of the first sample (ffprobe start_time); None if unknown
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class VideoStream:
     variable_frame_rate: bool
     frame_count: int | None
     pix_fmt: str | None = None
+    start_s: float | None = None  # source timestamp of the first frame (ffprobe start_time); None if unknown
+    duration_s: float | None = None  # the stream's own declared duration, when the container gives one
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -45,16 +48,53 @@ class VideoStream:
 
 @dataclass(frozen=True)
 class MediaInfo:
+    """What the container declares. Declared, not measured: durations and start times can lie
+    (lying headers, truncated files); the stages take times from decoded frames instead."""
+
     path: str
     size_bytes: int
     format_name: str
-    duration_s: float
+    duration_s: float  # the container's duration (ffprobe format.duration)
     bit_rate: int | None
     video: VideoStream | None
     audio_tracks: tuple[AudioTrack, ...] = field(default_factory=tuple)
+    start_s: float | None = None  # the container's start time (ffprobe format.start_time)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def origin_s(self) -> float:
+        """Source timestamp of the title's time zero, as declared: the first video frame, else the
+        earliest audio sample. The visual pass measures the real one (``VisualPass.origin_s``)."""
+        if self.video is not None and self.video.start_s is not None:
+            return self.video.start_s
+        starts = [t.start_s for t in self.audio_tracks if t.start_s is not None]
+        return min(starts) if starts else (self.start_s or 0.0)
+
+    def audio_start_s(self, track: int, origin_s: float | None = None) -> float:
+        """Where audio track ``track``'s first sample falls on the title clock (t=0 at the first
+        video frame, ``origin_s`` when measured, else as declared): negative when the audio
+        starts first (MPEG-TS, AAC priming), positive when it starts late. 0.0 when unknown."""
+        start = self.audio_tracks[track].start_s if 0 <= track < len(self.audio_tracks) else None
+        if start is None:
+            return 0.0
+        return start - (self.origin_s if origin_s is None else origin_s)
+
+    def declared_video_duration_s(self) -> float:
+        """The longest span the container claims for the picture, ignoring a start offset.
+
+        Containers disagree on what ``duration`` means: MPEG-TS gives the span from the first
+        timestamp, MP4 and Matroska the end timestamp counted from zero (so a 1000 s start offset
+        makes a 4 s file "1004 s"). The stream's own duration, when present, is a span. MPEG-TS
+        declares nothing: ffprobe estimates its durations from the timestamps at either end, which a
+        splice (timestamps restarting) turns into nonsense, and a cut-off TS simply ends sooner.
+        """
+        if "mpegts" in self.format_name:
+            return 0.0
+        stream = self.video.duration_s if self.video is not None and self.video.duration_s else 0.0
+        fmt = self.duration_s - max(self.start_s or 0.0, 0.0)
+        return max(stream, fmt, 0.0)
 
 
 def _rate(text: str | None) -> float:
@@ -64,6 +104,14 @@ def _rate(text: str | None) -> float:
         return float(Fraction(text))
     except (ValueError, ZeroDivisionError):
         return 0.0
+
+
+def _seconds(text: str | None) -> float | None:
+    """ffprobe's decimal seconds (``start_time``, ``duration``); None for N/A or missing."""
+    try:
+        return float(text) if text not in (None, "", "N/A") else None
+    except ValueError:
+        return None
 
 
 def _rotation(stream: dict) -> int:
@@ -120,6 +168,8 @@ def probe(path: str | Path) -> MediaInfo:
                 variable_frame_rate=bool(avg and nominal and abs(avg - nominal) / nominal > 0.01),
                 frame_count=int(nb) if nb and str(nb).isdigit() else None,
                 pix_fmt=stream.get("pix_fmt"),
+                start_s=_seconds(stream.get("start_time")),
+                duration_s=_seconds(stream.get("duration")),
             )
         elif kind == "audio":
             audio.append(
@@ -130,6 +180,7 @@ def probe(path: str | Path) -> MediaInfo:
                     channels=int(stream.get("channels") or 0),
                     channel_layout=stream.get("channel_layout"),
                     language=(stream.get("tags") or {}).get("language"),
+                    start_s=_seconds(stream.get("start_time")),
                 )
             )
     if video is None and not audio:
@@ -145,6 +196,7 @@ def probe(path: str | Path) -> MediaInfo:
         bit_rate=int(fmt["bit_rate"]) if str(fmt.get("bit_rate", "")).isdigit() else None,
         video=video,
         audio_tracks=tuple(audio),
+        start_s=_seconds(fmt.get("start_time")),
     )
 
 
@@ -154,6 +206,7 @@ def _last_line(text: str) -> str:
 
 
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
+_START = re.compile(r"Duration: .*?, start: (-?[\d.]+)")
 _VIDEO = re.compile(r"Stream #\d+:\d+.*?: Video: (\w+).*?, (\d{2,5})x(\d{2,5})")
 _FPS = re.compile(r"([\d.]+) fps")
 _TBR = re.compile(r"([\d.]+k?) tbr")
@@ -195,4 +248,8 @@ def _probe_with_ffmpeg(path: Path) -> MediaInfo:
             audio.append(AudioTrack(len(audio), am[2], int(am[3]), channels, layout, am[1]))
     if video is None and not audio:
         raise MediaError(path, "no video or audio stream found")
-    return MediaInfo(str(path), path.stat().st_size, "unknown", duration, None, video, tuple(audio))
+    start = _START.search(text)
+    return MediaInfo(
+        str(path), path.stat().st_size, "unknown", duration, None, video, tuple(audio),
+        float(start[1]) if start else None,
+    )

@@ -80,6 +80,7 @@ class TitleData:
     loudness: dict[str, Any] | None = None
     short_term: list[tuple[float, float | None]] = field(default_factory=list)  # dialogue track
     dialogue_track: int = 0
+    warnings: list[str] = field(default_factory=list)  # title-level problems QC must see (truncation)
 
 
 def _read_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
@@ -116,7 +117,16 @@ def load_title(title_dir: str | Path) -> TitleData:
 def _load(tdir: Path, manifest: dict[str, Any], artifact: Any, parts: dict[str, Part]) -> TitleData:
     stages = manifest.get("stages", {})
     probe = (manifest.get("source") or {}).get("probe") or {}
-    data = TitleData(manifest.get("title_id", tdir.name), tdir, manifest, float(probe.get("duration_s") or 0.0), parts)
+    # the decoded duration when a visual stage measured one: the container's claim can lie or be cut short
+    measured = [
+        (e.get("metrics") or {})
+        for e in stages.values()
+        if (e.get("metrics") or {}).get("decoded_duration_s") is not None
+    ]
+    declared = float(probe.get("duration_s") or 0.0)
+    duration = float(measured[0]["decoded_duration_s"]) if measured else declared
+    data = TitleData(manifest.get("title_id", tdir.name), tdir, manifest, duration, parts)
+    data.warnings = sorted({m.get("truncation") or "file truncated" for m in measured if m.get("truncated")})
     if path := artifact("shots", "shots.parquet"):
         data.shots = _read_rows(path)
     if path := artifact("keyframes", "keyframes.parquet"):

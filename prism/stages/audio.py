@@ -37,6 +37,7 @@ from prism.audio.speech import (
 )
 from prism.audio.subtitles import build_cues, rules_for, snap_to_shots, to_srt, to_vtt
 from prism.errors import ConfigError, ModelUnavailable
+from prism.media.decode import align_blocks
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
 from prism.timeline import frame_level_db
 
@@ -202,6 +203,7 @@ class AudioStage(Stage):
         decode_errors: dict[int, int] = {}
         speech_s: dict[int, float] = {}
         done_s = 0.0
+        measured_s = 0.0
         for track in tracks:
             dialogue = track.index == p.track
             stream = TrackStream(
@@ -210,7 +212,8 @@ class AudioStage(Stage):
             vad = StreamingVad(vad_config)
             levels: list[np.ndarray] = []
             spans = []
-            blocks = stream.blocks()
+            start = ctx.info.audio_start_s(track.index)  # title clock: t=0 at the first video frame
+            blocks = align_blocks(stream.blocks(), start, SR, stream.block_samples)
             block = next(blocks, None)
             while block is not None:
                 following = next(blocks, None)
@@ -224,6 +227,10 @@ class AudioStage(Stage):
                 ctx.progress(int(done_s), int(total_s) if total_s else None, f"track {track.index}")
                 block = following
             level = np.concatenate(levels) if levels else np.zeros(0, np.float32)
+            meter = stream.loudness  # its times: from the track's first sample, moved onto the title clock
+            meter.times = [round(t - meter.times[0] + 0.1 + start, 3) for t in meter.times]
+            if dialogue:
+                measured_s = level.size * 0.01  # decoded, not the container's claim
             for row in segment_spans(level, spans, silence_db=p.silence_db, min_span_s=p.min_span_s):
                 segment_rows.append({"track": track.index, **row})
             loudness.append(stream.loudness)
@@ -236,7 +243,7 @@ class AudioStage(Stage):
 
         turns = embedder.turns()
         _label_words(segments, turns)
-        duration_s = ctx.info.duration_s or max((l.times[-1] for l in loudness if l.times), default=0.0)
+        duration_s = measured_s
         # what the title's speech is; an English-only model decodes everything as English but detects nothing
         language = transcriber.reported_language if segments else None
         rules = rules_for(

@@ -4,7 +4,9 @@ Black and frozen come from the shared visual decode pass (no extra decode): a fr
 when at least ``black_pixel_ratio`` of its pixels are darker than 10 % (ffmpeg blackdetect's
 definitions), frozen when it differs from the previous frame by less than ``freeze_max_diff``
 (mean absolute luma, 0..255). Silence comes from a cheap, streamed mono decode of the first audio track:
-10 ms windows whose RMS level stays under ``silence_db`` dBFS.
+10 ms windows whose RMS level stays under ``silence_db`` dBFS, aligned on the title clock (t=0 at
+the first decoded frame): time before a late-starting track counts as silence, audio before the
+first frame is left out.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pyarrow as pa
 from prism.artifacts import write_parquet
 from prism.errors import MediaError
 from prism.media import audio_blocks
+from prism.media.decode import duration_check
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
 from prism.timeline import frame_level_db, runs
 
@@ -103,7 +106,7 @@ class CuesStage(Stage):
         add_frame_spans(
             "frozen", held & ~black, p.freeze_min_s, lambda a, b: vp.diff_prev[a + 1 : b].max(initial=0.0), "max_frame_diff_0_255"
         )
-        metrics: dict = {}
+        metrics: dict = duration_check(vp, ctx.info).metrics()
         tracks = ctx.info.audio_tracks
         if not tracks:
             metrics["silence"] = "not analysed: no audio track"
@@ -111,8 +114,11 @@ class CuesStage(Stage):
             metrics["silence"] = f"not analysed: no audio track {p.audio_track} (file has {len(tracks)})"
         else:
             try:
-                blocks = audio_blocks(ctx.source, p.audio_track, SILENCE_RATE)  # streamed: bounded memory
-                level = np.concatenate([frame_level_db(b, SILENCE_RATE, SILENCE_WINDOW_S) for b in blocks])
+                origin = vp.origin_s if vp.source_times is not None else None
+                start = ctx.info.audio_start_s(p.audio_track, origin)  # on the title clock, as the frames are
+                blocks = audio_blocks(ctx.source, p.audio_track, SILENCE_RATE, start_s=start)  # streamed
+                levels = [frame_level_db(b, SILENCE_RATE, SILENCE_WINDOW_S) for b in blocks]
+                level = np.concatenate(levels) if levels else np.zeros(0, np.float32)  # all before the first frame
                 rows += silence_spans(level, p.silence_db, p.silence_min_s)
             except MediaError as exc:  # a corrupt audio stream must not hide the visual cues
                 metrics["silence"] = f"not analysed: {exc}"

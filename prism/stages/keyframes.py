@@ -4,7 +4,9 @@ Candidates come from the shared decode pass (no extra decode): every frame of th
 from its transitions, scored on sharpness, exposure, contrast and stillness. A shot gets one
 keyframe per ``seconds_per_keyframe`` (at most ``max_per_shot``), each the best of its part of
 the shot and never a near-duplicate of the keyframe before it (16x9 thumbnails compared).
-Only the chosen frames are fetched at full resolution, by seeking.
+Only the chosen frames are fetched at full resolution, by seeking to their source timestamps
+(checked, with a decode from the start as the last resort); each row records the size of the
+JPEG actually written, which can differ from the stream header's (mid-stream resolution changes).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from prism.artifacts import write_parquet
-from prism.media.decode import VisualPass, extract_frames
+from prism.media.decode import VisualPass, WrittenFrame, extract_frames, frame_requests
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
 
 BLACK_FRAME_RATIO = 0.98
@@ -115,37 +117,42 @@ class KeyframesStage(Stage):
             frame: i for frames in by_shot.values() for i, frame in enumerate(sorted(frames, key=lambda f: -scores["quality"][f]))
         }
         (ctx.staging / "keyframes").mkdir()
-        width, height = ctx.info.video.display_size if ctx.info.video else (0, 0)
-        requests, rows = [], []
-        for shot, frame in picks:
-            rel = f"keyframes/{shot:05d}_{frame:07d}.jpg"
-            requests.append((float(vp.times[frame]), ctx.staging / rel))
-            rows.append(
-                {
-                    "shot_index": shot,
-                    "frame": frame,
-                    "time_s": float(vp.times[frame]),
-                    "path": rel,
-                    "width": width,
-                    "height": height,
-                    **{name: float(values[frame]) for name, values in scores.items()},
-                    "rank": rank[frame],
-                }
-            )
+        paths = [f"keyframes/{shot:05d}_{frame:07d}.jpg" for shot, frame in picks]
+        requests = frame_requests(vp, [(frame, ctx.staging / rel) for (_, frame), rel in zip(picks, paths)])
         done = 0
 
-        def fetched(_: object = None) -> None:
+        def fetched(_: WrittenFrame) -> None:
             nonlocal done
             done += 1
             ctx.progress(done, len(requests), "seek")
 
-        extract_frames(ctx.source, requests, vp.fps, workers=self.params.workers, on_done=fetched)
+        written = extract_frames(ctx.source, requests, workers=self.params.workers, on_done=fetched)
+        rows = [
+            {
+                "shot_index": shot,
+                "frame": frame,
+                "time_s": float(vp.times[frame]),
+                "path": rel,
+                "width": jpeg.width,
+                "height": jpeg.height,
+                **{name: float(values[frame]) for name, values in scores.items()},
+                "rank": rank[frame],
+            }
+            for (shot, frame), rel, jpeg in zip(picks, paths, written)
+        ]
         table = pa.Table.from_pylist(rows, schema=KEYFRAMES_SCHEMA)
         write_parquet(ctx.staging / "keyframes.parquet", table)
         covered = len({r["shot_index"] for r in rows})
+        methods = {m: sum(w.method == m for w in written) for m in ("seek", "seek-retry", "decode")}
         return StageResult(
             outputs=["keyframes.parquet", *(r["path"] for r in rows)],
-            metrics={"keyframes": len(rows), "shots_with_keyframe": covered, "shots": shots.num_rows},
+            metrics={
+                "keyframes": len(rows),
+                "shots_with_keyframe": covered,
+                "shots": shots.num_rows,
+                "seeks_retried": methods["seek-retry"],
+                "decoded_from_start": methods["decode"],
+            },
             summary=f"{len(rows)} keyframes for {covered}/{shots.num_rows} shots",
         )
 

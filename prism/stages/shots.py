@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from prism.artifacts import write_parquet
 from prism.errors import ConfigError
+from prism.media.decode import duration_check
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
 
 WINDOW, STEP, CONTEXT = 100, 50, 25  # TransNetV2's sliding window: 100 frames in, middle 50 out
@@ -212,6 +213,8 @@ class ShotsStage(Stage):
         )
         write_parquet(ctx.staging / "shot_scores.parquet", scores)
         cuts = sum(t.kind == "cut" for t in transitions)
+        check = duration_check(vp, ctx.info)
+        flag = f"; TRUNCATED: {check.decoded_s:.1f} s of {check.declared_s:.1f} s decoded" if check.truncated else ""
         return StageResult(
             outputs=["shots.parquet", "shot_scores.parquet"],
             metrics={
@@ -221,8 +224,9 @@ class ShotsStage(Stage):
                 "frames": vp.frame_count,
                 "fps": round(vp.fps, 4),
                 "variable_frame_rate": vp.variable_frame_rate,
+                **check.metrics(),
                 "device": device,
                 "batch_windows": batch,
             },
-            summary=f"{len(rows)} shots ({cuts} cuts, {len(transitions) - cuts} gradual)",
+            summary=f"{len(rows)} shots ({cuts} cuts, {len(transitions) - cuts} gradual){flag}",
         )

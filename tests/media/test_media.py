@@ -342,3 +342,67 @@ def test_visual_pass_stops_ffmpeg_when_the_consumer_fails(small_clip, tmp_path, 
     with pytest.raises(RuntimeError, match="consumer gave up"):
         decode_visual(small_clip[0], probe(small_clip[0]), tmp_path, progress=fail)
     assert threading.active_count() == before  # no reader thread left blocked on a full queue
+
+
+@pytest.mark.parametrize(
+    ("variant", "origin"), [("mp4-offset", 1000.0), ("ts-offset", 1001.4), ("ts", 1.4), ("mkv", 0.0)]
+)
+def test_decode_times_start_at_the_first_frame(container_video, tmp_path, variant, origin):
+    """The title clock starts at the first decoded frame; the source timestamp it maps to is kept."""
+    path, truth = container_video(variant)
+    info = probe(path)
+    vp = decode_visual(path, info, tmp_path)
+    assert vp.frame_count == truth.frame_count
+    assert vp.times[0] == 0.0
+    assert np.allclose(vp.times, np.arange(truth.frame_count) / truth.fps, atol=1e-6)
+    assert vp.duration_s == pytest.approx(truth.frame_count / truth.fps, abs=1e-6)
+    assert vp.origin_s == pytest.approx(origin, abs=0.1)
+    assert np.allclose(vp.source_times - vp.origin_s, vp.times, atol=1e-6)
+    assert info.video.start_s == pytest.approx(vp.origin_s, abs=1e-3)
+    declared = 0.0 if variant.startswith("ts") else truth.frame_count / truth.fps  # a TS declares nothing
+    assert info.declared_video_duration_s() == pytest.approx(declared, abs=0.05)
+
+
+def test_probe_keeps_what_the_container_declares(container_video):
+    path, _ = container_video("mp4-offset")
+    info = probe(path)
+    assert info.duration_s > 1000  # MP4 counts the 1000 s offset into its duration
+    assert info.start_s == pytest.approx(1000.0, abs=0.05)
+    assert info.audio_tracks[0].start_s == pytest.approx(1000.0, abs=0.05)
+    assert -0.05 < info.audio_start_s(0) <= 0.0  # AAC priming: the audio starts a little before the picture
+
+
+def test_title_clock_closes_timestamp_discontinuities():
+    from prism.media.decode import title_clock
+
+    source = np.concatenate([1.4 + np.arange(50) * 0.04, 1.4 + np.arange(50) * 0.04])  # spliced: restarts
+    times = title_clock(source, mpegts=True)
+    assert np.allclose(times, np.arange(100) * 0.04)
+    jump = np.concatenate([np.arange(50) * 0.04, 600 + np.arange(50) * 0.04])  # a 10 min hole in a TS
+    assert title_clock(jump, mpegts=True)[-1] == pytest.approx(99 * 0.04)
+    assert title_clock(jump, mpegts=False)[-1] == pytest.approx(600 + 49 * 0.04)  # VFR gap elsewhere is real
+
+
+def test_duration_check_flags_decoded_far_below_declared():
+    from prism.media.decode import DurationCheck
+
+    assert DurationCheck(decoded_s=2.2, declared_s=22.4, container_s=22.4).truncated
+    assert not DurationCheck(decoded_s=4.0, declared_s=4.02, container_s=4.02).truncated  # TS audio runs longer
+    assert not DurationCheck(decoded_s=0.5, declared_s=1.2, container_s=1.2).truncated  # under a second: noise
+    metrics = DurationCheck(decoded_s=4.0, declared_s=36000.0, container_s=36000.0).metrics()
+    assert metrics["truncated"] and "36000.0 s" in metrics["truncation"]
+
+
+@pytest.mark.parametrize("start_s", [1.5, -0.25, 0.0])
+def test_audio_blocks_shift_onto_the_title_clock(small_clip, start_s):
+    from prism.media import audio_blocks
+
+    plain = decode_audio(small_clip[0], track=0, sample_rate=16000).samples
+    blocks = list(audio_blocks(small_clip[0], track=0, sample_rate=16000, block_s=1.0, start_s=start_s))
+    assert all(b.size == 16000 for b in blocks[:-1])
+    shifted = np.concatenate(blocks)
+    lead = round(start_s * 16000)
+    if lead >= 0:
+        assert not shifted[:lead].any() and np.array_equal(shifted[lead:], plain)
+    else:
+        assert np.array_equal(shifted, plain[-lead:])

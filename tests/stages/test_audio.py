@@ -11,6 +11,7 @@ Stated bounds (the default multilingual Whisper base, int8 on CPU):
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from pathlib import Path
@@ -339,3 +340,34 @@ def test_streaming_vad_matches_whole_track_across_blocks(dialogue):
     assert len(streamed) == len(whole)
     for a, b in zip(whole, streamed):
         assert abs(a.start_s - b.start_s) <= 0.1 and abs(a.end_s - b.end_s) <= 0.1, (a, b)
+
+
+def test_late_audio_is_placed_on_the_title_clock(dialogue, tmp_path):
+    """The same dialogue with its audio starting 1.5 s after the first video frame: words, speech
+    spans and the loudness series move 1.5 s later (t=0 is the first frame, docs/artifacts.md)."""
+    _, tdir = dialogue
+    video = tdir.parents[2] / "dialogue.mp4"
+    late = tmp_path / "late-dialogue.mp4"
+    delayed = ["-itsoffset", "1.5", "-i", str(video)]
+    ffmpeg("-i", str(video), *delayed, "-map", "0:v", "-map", "1:a", "-c", "copy", str(late))
+    _, stage, late_dir = run_audio(tmp_path / "out", late)
+    assert stage.status == "succeeded", stage.reason
+
+    def words(d):
+        segments = json.loads((d / "transcript.json").read_text())["segments"]
+        return [(w["word"], w["start"]) for s in segments for w in s["words"]]
+
+    before, after = words(tdir), words(late_dir)
+    blocks = difflib.SequenceMatcher(a=[w for w, _ in before], b=[w for w, _ in after]).get_matching_blocks()
+    pairs = [(before[m.a + k][1], after[m.b + k][1]) for m in blocks for k in range(m.size)]
+    assert len(pairs) >= 0.8 * len(before)  # Whisper may word a clip a little differently
+    on_time = [abs(b - a - 1.5) <= 0.1 for a, b in pairs]  # (a re-worded phrase can pair a repeated word wrongly)
+    assert sum(on_time) >= 0.9 * len(pairs), [round(b - a, 2) for a, b in pairs]
+    speech = [r for r in pq.read_table(late_dir / "audio_segments.parquet").to_pylist() if r["label"] == "speech"]
+    first = [r for r in pq.read_table(tdir / "audio_segments.parquet").to_pylist() if r["label"] == "speech"]
+    assert speech[0]["start_s"] == pytest.approx(first[0]["start_s"] + 1.5, abs=0.1)
+    series = pq.read_table(late_dir / "loudness_short_term.parquet").column("time_s").to_pylist()
+    assert series[0] == pytest.approx(1.6, abs=0.05)  # the meter starts with the track, 100 ms in
+    original = json.loads((tdir / "transcript.json").read_text())["duration_s"]
+    late_duration = json.loads((late_dir / "transcript.json").read_text())["duration_s"]
+    assert late_duration == pytest.approx(original + 1.5, abs=0.1)  # decoded, on the title clock

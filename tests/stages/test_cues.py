@@ -64,3 +64,32 @@ def test_video_without_audio_still_gets_visual_cues(make_video, tmp_path):
     assert cues.cue_type.tolist() == ["black"]
     manifest_metrics = outcome.stages[0]
     assert manifest_metrics.status == "succeeded"
+
+
+def test_silence_is_on_the_video_clock_when_audio_starts_late(make_video, media_dir, tmp_path):
+    """Audio that starts 1 s after the first frame: its silence is placed on the title clock (t=0 at
+    the first decoded frame), and the second before the audio starts is silent."""
+    from prism.synth import ffmpeg
+
+    title = Title([Shot("testsrc2", 3.0), Shot("life", 3.0)], width=160, height=90, silences=[(2.0, 3.0)])
+    src, _ = make_video("late-audio-src.mp4", title)
+    late = media_dir / "late-audio.mp4"
+    ffmpeg("-i", str(src), "-itsoffset", "1.0", "-i", str(src), "-map", "0:v", "-map", "1:a", "-c", "copy", str(late))
+    [outcome] = Runner(tmp_path).run([late], ["cues"])
+    assert outcome.status == "succeeded"
+    silence = _cues(tmp_path, late.stem).query("cue_type == 'silence'")
+    assert len(silence) == 2, silence
+    assert silence.start_s.tolist() == pytest.approx([0.0, 3.0], abs=0.03)
+    assert silence.end_s.tolist() == pytest.approx([1.0, 4.0], abs=0.03)
+
+
+@pytest.mark.parametrize("variant", ["ts", "ts-offset", "mp4-offset", "mkv", "webm"])
+def test_cues_share_the_title_clock_in_other_containers(container_run, variant):
+    """Silence at 3-4 s of CONTAINER_TITLE stays at 3-4 s whatever the container's start time and
+    however far its audio runs ahead of the first frame (MPEG-TS: 21 ms of AAC priming)."""
+    tdir, _, _, outcome = container_run(variant)
+    assert outcome.status == "succeeded"
+    silence = pq.read_table(tdir / "cues.parquet").to_pandas().query("cue_type == 'silence'")
+    assert len(silence) == 1
+    assert silence.start_s.iloc[0] == pytest.approx(3.0, abs=0.015)
+    assert silence.end_s.iloc[0] == pytest.approx(4.0, abs=0.015)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -16,6 +18,10 @@ TOLERANCE = 2  # frames
 
 def _shots(out, title_id):
     return pq.read_table(out / "titles" / title_id / "shots.parquet").to_pandas()
+
+
+def _metrics(tdir, stage="shots"):
+    return json.loads((tdir / "manifest.json").read_text())["stages"][stage]["metrics"]
 
 
 def test_sample_cuts_within_two_frames(sample_run):
@@ -92,3 +98,56 @@ def test_params_validated_at_construction(bad):
 def test_model_identity_names_weights():
     model = ShotsStage().model()
     assert model.name == "transnetv2" and "weights-sha256=" in model.version
+
+
+@pytest.mark.parametrize("variant", ["mkv", "webm", "ts", "ts-offset", "mp4-offset"])
+def test_other_containers_and_start_offsets(container_run, variant):
+    """Times count from the first decoded frame: a 1000 s start offset or MPEG-TS's 1.4 s mux delay
+    never shows up in them, and the last shot ends where the last frame does."""
+    tdir, _, truth, outcome = container_run(variant)
+    assert outcome.status == "succeeded", outcome
+    shots = pq.read_table(tdir / "shots.parquet").to_pandas()
+    assert len(shots) == 3
+    assert all(abs(a - b) <= TOLERANCE for a, b in zip(shots.start_frame.iloc[1:], truth.cuts))
+    assert shots.start_s.iloc[0] == 0.0
+    assert np.allclose(shots.start_s, shots.start_frame / truth.fps, atol=1e-3)
+    assert shots.end_s.iloc[-1] == pytest.approx(truth.frame_count / truth.fps, abs=1e-3)
+    metrics = _metrics(tdir)
+    assert metrics["decoded_duration_s"] == pytest.approx(truth.frame_count / truth.fps, abs=1e-3)
+    assert metrics["truncated"] is False
+
+
+def test_lying_container_duration_does_not_stretch_the_last_shot(make_video, media_dir, tmp_path):
+    from prism.synth import lie_about_duration
+
+    title = Title([Shot("orange", 1.2), Shot("blue", 1.2), Shot("life", 1.2)], width=160, height=90)
+    src, truth = make_video("cuts-2.mp4", title)
+    liar = media_dir / "claims-10h.mp4"
+    lie_about_duration(src, liar, 36000.0)
+    [outcome] = Runner(tmp_path).run([liar], ["shots"])
+    assert outcome.status == "succeeded"
+    shots = _shots(tmp_path, liar.stem)
+    assert shots.end_frame.iloc[-1] == truth.frame_count
+    assert shots.end_s.iloc[-1] == pytest.approx(truth.frame_count / truth.fps, abs=1e-3)  # not 36000
+    metrics = _metrics(tmp_path / "titles" / liar.stem)
+    assert metrics["container_duration_s"] == pytest.approx(36000.0)
+    assert metrics["truncated"] is True  # the header claims far more than decodes: flagged for QC
+
+
+def test_truncated_file_is_processed_and_flagged(make_video, media_dir, tmp_path):
+    """moov first, then only 10 % of mdat: the decodable part is processed, the shortfall flagged."""
+    from prism.synth import truncate_mp4
+
+    title = Title([Shot("testsrc2", 6.0), Shot("mandelbrot", 6.0)], width=160, height=90)
+    src, truth = make_video("long-for-truncation.mp4", title)
+    cut = media_dir / "truncated.mp4"
+    truncate_mp4(src, cut, keep=0.10)
+    [outcome] = Runner(tmp_path).run([cut], ["shots"])
+    assert outcome.status == "succeeded", outcome
+    metrics = _metrics(tmp_path / "titles" / cut.stem)
+    assert metrics["truncated"] is True
+    assert metrics["container_duration_s"] == pytest.approx(12.0, abs=0.1)
+    assert 0.2 < metrics["decoded_duration_s"] < 4.0
+    shots = _shots(tmp_path, cut.stem)
+    assert shots.end_s.iloc[-1] == pytest.approx(metrics["decoded_duration_s"], abs=1e-3)
+    assert shots.end_frame.iloc[-1] == metrics["frames"] < truth.frame_count
