@@ -129,13 +129,17 @@ def remove_outputs(directory: Path, relatives: list[str] | set[str]) -> None:
     for rel in sorted(relatives):
         path = directory / rel
         path.unlink(missing_ok=True)
-        parent = path.parent
-        while parent != directory and parent.is_relative_to(directory):
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-            parent = parent.parent
+        remove_empty_dirs(path.parent, directory)
+
+
+def remove_empty_dirs(directory: Path, stop: Path) -> None:
+    """Remove ``directory`` and its parents up to (not including) ``stop`` while they are empty."""
+    while directory != stop and directory.is_relative_to(stop):
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+        directory = directory.parent
 
 
 def listed_outputs(manifest: dict[str, Any] | None) -> set[str]:

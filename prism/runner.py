@@ -33,6 +33,7 @@ from prism.artifacts import (
     outputs_intact,
     publish,
     read_manifest,
+    remove_empty_dirs,
     remove_outputs,
     title_dir,
     title_id_for,
@@ -279,7 +280,7 @@ class Runner:
                 outcomes.append(outcome)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
-            _remove_empty(run_dir.parent, run_dir.parent.parent)
+            remove_empty_dirs(run_dir.parent, run_dir.parent.parent)
             shutil.rmtree(tdir / STAGING_DIR, ignore_errors=True)
         return self._finish_title(title_id, source, tdir, manifest, outcomes)
 
@@ -327,7 +328,7 @@ class Runner:
                 if held:
                     log.info("removing %s left by an interrupted run", entry)
                     shutil.rmtree(entry, ignore_errors=True)
-        _remove_empty(work, self.out_dir)
+        remove_empty_dirs(work, self.out_dir)
 
     @contextlib.contextmanager
     def _title_lock(self, title_id: str, *, wait: bool = True) -> Iterator[bool]:
@@ -721,16 +722,6 @@ def _ancestors(name: str, known: dict[str, type[Stage]]) -> set[str]:
             seen.add(dep)
             pending.extend(known[dep].requires)
     return seen
-
-
-def _remove_empty(directory: Path, stop: Path) -> None:
-    """Remove ``directory`` and its parents up to (not including) ``stop`` while they are empty."""
-    while directory != stop and directory.is_relative_to(stop):
-        try:
-            directory.rmdir()
-        except OSError:
-            return
-        directory = directory.parent
 
 
 def _probe_facts(info: MediaInfo) -> dict[str, Any]:
