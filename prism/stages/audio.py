@@ -156,6 +156,7 @@ class AudioStage(Stage):
     name = "audio"
     Params = AudioParams
     execution_params = frozenset({"device", "cpu_threads", "batch_size"})
+    concurrency = "audio"  # its own decode and models: runs beside the visual stages
 
     def model(self) -> ModelInfo:
         try:
@@ -290,7 +291,12 @@ class AudioStage(Stage):
         return StageResult(outputs=list(OUTPUTS), metrics=metrics, summary=summary)
 
     def _shot_changes(self, ctx: StageContext) -> tuple[list[float], float]:
-        """Shot change times from the title's shots.parquet, when the shots stage has run (else none)."""
+        """Shot change times from the title's shots.parquet, when the shots stage has run (else none).
+
+        When this run also runs ``shots`` (in the other thread), wait for it here, after the
+        transcription, so the subtitles never depend on which stage happened to finish first.
+        """
+        ctx.wait_for("shots")
         path = ctx.title_dir / "shots.parquet"
         video = ctx.info.video
         fps = video.fps if video and video.fps else 25.0
