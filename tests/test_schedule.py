@@ -195,3 +195,16 @@ def test_overlap_can_be_turned_off(sample_video, tmp_path, side_by_side, monkeyp
     assert title.status == "succeeded", title.reason
     events = side_by_side
     assert events["listener_start"] >= events["slowvis_end"]
+
+
+def test_a_fresh_run_of_shots_and_audio_snaps_subtitles_to_the_shots_of_the_same_run(sample_video, tmp_path):
+    """The audio stage runs beside shots, so it must wait for shots.parquet before its subtitles:
+    a first run sees every shot change, whichever thread is faster (it read none before the wait)."""
+    video, truth = sample_video
+    title = Runner(tmp_path, overlap=True).run([video], ["shots", "audio"])[0]
+    assert title.status == "succeeded", title.reason
+    manifest = json.loads((title.title_dir / "manifest.json").read_text())
+    shots = manifest["stages"]["shots"]["metrics"]
+    audio = manifest["stages"]["audio"]["metrics"]
+    assert shots["shots"] >= 8  # the sample's cuts, dissolve and fade
+    assert audio["subtitle_shot_changes"] == shots["shots"] - 1
