@@ -214,6 +214,7 @@ def decode_chunked(
 ) -> VisualPass:
     """The visual pass in ``chunks`` concurrent ranges; raises ChunkingFailed (no file left
     behind) when it cannot stand in for the single pass."""
+    work_dir.mkdir(parents=True, exist_ok=True)
     splits = plan_splits(path, info, chunks)
     if not splits:
         raise ChunkingFailed(path, f"no keyframe found to split at (asked for {chunks} chunks)")
