@@ -32,6 +32,9 @@ VARIANTS = {  # name -> (extension, ffmpeg args from the MP4 original)
     # 25 fps for 10 s, then every other frame (12.5 fps) on the original timestamps
     "vfr": ("mp4", ["-vf", "select='lt(n,250)+not(mod(n,2))'", "-fps_mode", "vfr", *H264_GOP, "-an"]),
     "ts": ("ts", ["-c", "copy"]),
+    # open GOPs: B-frames after a keyframe that show before it and reference the previous GOP
+    "open-gop": ("mp4", ["-c:v", "libx264", "-preset", "veryfast", "-x264-params", "open-gop=1:keyint=25:bframes=3",
+                         "-an"]),
 }  # fmt: skip
 FEATURES = ("luma_mean", "luma_std", "dark_ratio", "clip_low", "clip_high", "sharpness", "diff_prev")
 
@@ -67,7 +70,7 @@ def assert_same_pass(chunked: VisualPass, single: VisualPass) -> None:
     assert chunked.fps == pytest.approx(single.fps) and chunked.duration_s == pytest.approx(single.duration_s)
 
 
-@pytest.mark.parametrize("name", ["mp4", "mkv", "webm", "mp4-offset", "vfr"])
+@pytest.mark.parametrize("name", ["mp4", "mkv", "webm", "mp4-offset", "vfr", "open-gop"])
 def test_chunked_pass_equals_single_pass(chunk_video, name, tmp_path):
     path = chunk_video(name)
     info = probe(path)
