@@ -9,6 +9,10 @@ while the main thread reduces each chunk of analysis frames to per-frame measure
 darkness, clipping, sharpness, change from the previous frame, a 16x9 thumbnail), so numpy work
 overlaps decoding; the 48x27 frames go to a memory-mapped file (bounded memory for 2 h+ titles).
 
+Long titles are decoded as several time ranges at once (:mod:`prism.media.chunks`): the same
+command, seeking to a keyframe and trimmed to exact source timestamps, merged into the same
+VisualPass. ``PRISM_DECODE_CHUNKS`` sets how many (1: always one process).
+
 ``PRISM_HWACCEL=cuda`` keeps the frames on the GPU: NVDEC decodes, ``scale_cuda`` halves them
 there (a bilinear halving is an exact 2x2 average) down to about four times the analysis size,
 and only that small frame is downloaded for the same CPU tail. Other values are passed to
@@ -577,9 +581,7 @@ def _decoded_blocks(
         raise MediaError(path, f"audio track {track} decode failed: {reason}")
 
 
-def decode_audio(
-    path: str | Path, track: int = 0, sample_rate: int = 16000, channels: int = 1
-) -> AudioPCM:
+def decode_audio(path: str | Path, track: int = 0, sample_rate: int = 16000, channels: int = 1) -> AudioPCM:
     """Decode a whole audio track to float32 PCM, down-mixed to ``channels`` (short media only)."""
     data = np.concatenate(list(audio_blocks(path, track, sample_rate, channels)))
     return AudioPCM(samples=data, sample_rate=sample_rate, track=track)

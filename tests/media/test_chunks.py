@@ -33,6 +33,7 @@ VARIANTS = {  # name -> (extension, ffmpeg args from the MP4 original)
     "vfr": ("mp4", ["-vf", "select='lt(n,250)+not(mod(n,2))'", "-fps_mode", "vfr", *H264_GOP, "-an"]),
     "ts": ("ts", ["-c", "copy"]),
     # open GOPs: B-frames after a keyframe that show before it and reference the previous GOP
+    "rotated": ("mp4", ["-c", "copy", "-metadata:s:v:0", "rotate=90"]),
     "open-gop": ("mp4", ["-c:v", "libx264", "-preset", "veryfast", "-x264-params", "open-gop=1:keyint=25:bframes=3",
                          "-an"]),
 }  # fmt: skip
@@ -70,7 +71,7 @@ def assert_same_pass(chunked: VisualPass, single: VisualPass) -> None:
     assert chunked.fps == pytest.approx(single.fps) and chunked.duration_s == pytest.approx(single.duration_s)
 
 
-@pytest.mark.parametrize("name", ["mp4", "mkv", "webm", "mp4-offset", "vfr", "open-gop"])
+@pytest.mark.parametrize("name", ["mp4", "mkv", "webm", "mp4-offset", "vfr", "open-gop", "rotated"])
 def test_chunked_pass_equals_single_pass(chunk_video, name, tmp_path):
     path = chunk_video(name)
     info = probe(path)
@@ -86,6 +87,25 @@ def test_chunked_pass_equals_single_pass(chunk_video, name, tmp_path):
         assert chunked.variable_frame_rate
     if name == "mp4-offset":
         assert chunked.origin_s == pytest.approx(1000.0, abs=0.1) and chunked.times[0] == 0.0
+
+
+@pytest.mark.parametrize("damage", ["lying-10h", "truncated"])
+def test_lying_or_truncated_file_gives_the_single_pass(chunk_video, damage, media_dir, tmp_path):
+    """Split targets come from the declared duration: a header claiming 10 hours puts them past
+    the end, a truncated file's index points at data that is not there. Either way the result
+    (chunked or fallen back) is the single pass's."""
+    from prism.synth import lie_about_duration, truncate_mp4
+
+    path = media_dir / f"chunks-{damage}.mp4"
+    if not path.exists():
+        if damage == "truncated":
+            truncate_mp4(chunk_video("mp4"), path, keep=0.6)
+        else:
+            lie_about_duration(chunk_video("mp4"), path, 36000.0)
+    info = probe(path)
+    single = decode_visual(path, info, tmp_path / "single", chunks=1)
+    assert_same_pass(decode_visual(path, info, tmp_path / "chunked", chunks=4), single)
+    assert [p.name for p in (tmp_path / "chunked").iterdir()] == [SMALL_FILE]
 
 
 def test_decode_visual_chunks_from_environment(chunk_video, tmp_path, monkeypatch, caplog):
