@@ -9,6 +9,10 @@ while the main thread reduces each chunk of analysis frames to per-frame measure
 darkness, clipping, sharpness, change from the previous frame, a 16x9 thumbnail), so numpy work
 overlaps decoding; the 48x27 frames go to a memory-mapped file (bounded memory for 2 h+ titles).
 
+Long titles are decoded as several time ranges at once (:mod:`prism.media.chunks`): the same
+command, seeking to a keyframe and trimmed to exact source timestamps, merged into the same
+VisualPass. ``PRISM_DECODE_CHUNKS`` sets how many (1: always one process).
+
 ``PRISM_HWACCEL=cuda`` keeps the frames on the GPU: NVDEC decodes, ``scale_cuda`` halves them
 there (a bilinear halving is an exact 2x2 average) down to about four times the analysis size,
 and only that small frame is downloaded for the same CPU tail. Other values are passed to
@@ -24,6 +28,7 @@ Durations are measured, never read from the container header, which can lie or b
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import re
@@ -32,6 +37,7 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -190,11 +196,33 @@ def cuda_halvings(width: int, height: int) -> list[tuple[int, int]]:
     return steps
 
 
-def visual_filter_graph(gpu_halvings: list[tuple[int, int]] | None = None) -> str:
+@dataclass(frozen=True)
+class SplitPoint:
+    """A source timestamp where one time range of a title ends and the next begins: an exact
+    presentation timestamp (in the filter graph's time base), so ranges meet without rounding."""
+
+    pts: int
+    time_base: Fraction
+
+    @property
+    def seconds(self) -> float:
+        return self.pts * float(self.time_base)  # the same product the pass's source times are
+
+
+def visual_filter_graph(
+    gpu_halvings: list[tuple[int, int]] | None = None,
+    start: SplitPoint | None = None,
+    end: SplitPoint | None = None,
+) -> str:
     """The pass's filter graph: one scale from the source to the analysis frame, the 48x27 frame
     derived from it, both stacked on one output. ``gpu_halvings`` (CUDA frames in) first halves
-    on the GPU with ``scale_cuda`` and downloads only the last, small frame."""
+    on the GPU with ``scale_cuda`` and downloads only the last, small frame. ``start``/``end``
+    keep only frames with ``start <= pts < end`` (``trim`` on exact timestamps, first in the
+    graph, so frames outside the range are never scaled and the pass stops at ``end``)."""
     head = "[0:v]"
+    bounds = ([f"start_pts={start.pts}"] if start else []) + ([f"end_pts={end.pts}"] if end else [])
+    if bounds:
+        head += "trim=" + ":".join(bounds) + ","
     if gpu_halvings:
         last = len(gpu_halvings) - 1
         head += ",".join(
@@ -209,10 +237,19 @@ def visual_filter_graph(gpu_halvings: list[tuple[int, int]] | None = None) -> st
     )
 
 
-def _visual_pass_command(path: Path, info: MediaInfo | None = None, hwaccel: str | None = None) -> list[str]:
+def _visual_pass_command(
+    path: Path,
+    info: MediaInfo | None = None,
+    hwaccel: str | None = None,
+    start: SplitPoint | None = None,
+    end: SplitPoint | None = None,
+    threads: int | None = None,
+) -> list[str]:
     """ffmpeg command line of the visual pass (``hwaccel`` defaults to ``$PRISM_HWACCEL``).
 
-    ``-copyts``: showinfo reports source timestamps, the same clock keyframe seeks use.
+    ``-copyts``: showinfo reports source timestamps, the same clock keyframe seeks use. A range
+    from ``start`` seeks there first (``-seek_timestamp``: by source timestamp, to the keyframe
+    at or before it); exactness comes from the graph's ``trim``, never from the seek.
     """
     if hwaccel is None:
         hwaccel = os.environ.get("PRISM_HWACCEL") or ""
@@ -221,42 +258,110 @@ def _visual_pass_command(path: Path, info: MediaInfo | None = None, hwaccel: str
     if hwaccel == "cuda" and video is not None and not video.rotation:  # autorotate is a CPU filter
         halvings = cuda_halvings(video.width, video.height)
     options: list[str] = []
+    if threads:
+        options += ["-threads", str(threads)]
     if hwaccel:
         options += ["-hwaccel", hwaccel]
     if halvings:
         options += ["-hwaccel_output_format", "cuda"]
+    if start is not None:  # rounded up to the microsecond: the seek lands on the keyframe at or before it
+        options += ["-seek_timestamp", "1", "-ss", f"{math.ceil(start.seconds * 1e6) / 1e6:.6f}", "-noaccurate_seek"]
     return [
         ffmpeg_exe(), "-hide_banner", "-loglevel", "info", "-nostdin", "-copyts", *options, "-i", str(path),
-        "-filter_complex", visual_filter_graph(halvings), "-map", "[out]",
+        "-filter_complex", visual_filter_graph(halvings, start, end), "-map", "[out]",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-fps_mode", "passthrough", "-an", "-sn", "-dn", "pipe:1",
     ]  # fmt: skip
 
 
+SMALL_FILE = "frames_48x27_rgb.u8"
+
+
 def decode_visual(
-    path: str | Path, info: MediaInfo, work_dir: str | Path, progress: Progress | None = None
+    path: str | Path,
+    info: MediaInfo,
+    work_dir: str | Path,
+    progress: Progress | None = None,
+    chunks: int | None = None,
 ) -> VisualPass:
-    """Decode the first video stream once; see the module docstring. Raises MediaError."""
+    """Decode the first video stream once; see the module docstring. Raises MediaError.
+
+    ``chunks`` (default ``$PRISM_DECODE_CHUNKS``, else automatic: one per core for titles over
+    two minutes, see :mod:`prism.media.chunks`) splits the pass into time ranges decoded
+    concurrently and merged into the same result; 1 keeps one ffmpeg process. A chunked pass
+    that fails or does not join up exactly is logged and replaced by the single pass.
+    """
     path = Path(path)
     if info.video is None:
         raise MediaError(path, "no video stream (audio-only input)")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    from prism.media import chunks as chunking
+
+    count = chunking.chunk_count(path, info, chunks)
+    if count > 1:
+        try:
+            return chunking.decode_chunked(path, info, work_dir, count, progress)
+        except chunking.ChunkingFailed as exc:
+            log.warning("%s: chunked visual pass abandoned (%s); decoding in one pass", path, exc.cause)
     command = _visual_pass_command(path, info)
     try:
-        return _run_visual_pass(command, path, info, work_dir, progress)
+        return _single_pass(command, path, info, work_dir, progress)
     except NoFrameDecoded as exc:
         if "-hwaccel_output_format" not in command:
             raise
         # NVDEC lacks this codec or profile (ffmpeg then decodes in software, which scale_cuda cannot take)
         log.warning("%s: GPU visual pass failed (%s); decoding on the CPU", path, exc)
-        return _run_visual_pass(_visual_pass_command(path, info, hwaccel=""), path, info, work_dir, progress)
+        return _single_pass(_visual_pass_command(path, info, hwaccel=""), path, info, work_dir, progress)
 
 
-def _run_visual_pass(
+def _single_pass(
     command: list[str], path: Path, info: MediaInfo, work_dir: Path, progress: Progress | None
 ) -> VisualPass:
+    small_file = work_dir / SMALL_FILE
+    part = decode_range_with(command, path, info, small_file, progress)
+    if part.count == 0:
+        reason = part.error or "no video frame could be decoded"
+        raise NoFrameDecoded(path, f"video decode failed: {reason}")
+    if part.error:
+        raise MediaError(path, f"video decode failed after {part.count} frames: {part.error}")
+    source_times = part.source_times if part.source_times.shape[0] == part.count else None
+    return assemble_visual_pass(path, info, small_file, part.count, source_times, part.features)
+
+
+@dataclass
+class VisualRange:
+    """The pass over one time range of a title, before the title clock: what a chunk (or, one
+    day, a Batch worker) hands to :func:`prism.media.chunks.merge_ranges`."""
+
+    small_file: Path  # its 48x27 frames, raw RGB, ``count`` of them
+    count: int
+    source_times: np.ndarray  # float64 source timestamps showinfo reported (may fall short of ``count``)
+    features: dict[str, np.ndarray]  # per-frame measures, as VisualPass names them
+    first_luma: np.ndarray | None  # (72, 128) float32 luma of its first and last frames, to join
+    last_luma: np.ndarray | None  # ``diff_prev`` across a range boundary
+    start: SplitPoint | None = None
+    end: SplitPoint | None = None
+    error: str = ""  # ffmpeg's last line when it exited with an error
+
+
+class Cancelled(Exception):
+    """A range decode stopped because a sibling range failed."""
+
+
+def decode_range_with(
+    command: list[str],
+    path: Path,
+    info: MediaInfo,
+    small_file: Path,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    start: SplitPoint | None = None,
+    end: SplitPoint | None = None,
+) -> VisualRange:
+    """Run one visual-pass ffmpeg ``command`` and reduce what it decodes (the single pass is the
+    range with no bounds). A reader thread drains the pipe while this thread reduces each chunk of
+    frames. ffmpeg's exit status is reported in ``error``, not raised: the caller decides."""
     assert info.video is not None
-    small_file = work_dir / "frames_48x27_rgb.u8"
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     _grow_pipe(proc.stdout)
@@ -270,7 +375,7 @@ def _run_visual_pass(
             if match:  # pts x time base is exact; pts_time is printed to 6 significant digits only
                 times.append(int(match[1]) * time_base if time_base else float(match[2]))
             elif tb := _TIME_BASE.search(line):
-                time_base = int(tb[1]) / int(tb[2]) if int(tb[2]) else None
+                time_base = float(Fraction(int(tb[1]), int(tb[2]))) if int(tb[2]) else None
             else:
                 tail.append(line)
 
@@ -289,12 +394,14 @@ def _run_visual_pass(
     for thread in threads:
         thread.start()
     features: dict[str, list[np.ndarray]] = {}
-    previous = None
+    first = previous = None
     count = 0
     total = info.video.frame_count or (int(info.duration_s * info.video.fps) or None)
     try:
         with open(small_file, "wb") as small_out:
             while (buf := chunks.get()) is not None:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
                 n = len(buf) // frame_bytes
                 if n == 0:
                     continue
@@ -305,6 +412,8 @@ def _run_visual_pass(
                 luma = frame_luma(frames[:, :ANALYSIS_H])
                 for key, value in _frame_features(luma, previous).items():
                     features.setdefault(key, []).append(value)
+                if first is None:
+                    first = luma[0].copy()
                 previous = luma[-1]
                 count += n
                 if progress:
@@ -321,28 +430,45 @@ def _run_visual_pass(
         returncode = proc.wait()
         for thread in threads:
             thread.join()
-    if count == 0:
-        reason = _stderr_reason(tail) if returncode else "no video frame could be decoded"
-        raise NoFrameDecoded(path, f"video decode failed: {reason}")
-    if returncode != 0:
-        raise MediaError(path, f"video decode failed after {count} frames: {_stderr_reason(tail)}")
-    source_times: np.ndarray | None = np.asarray(times[:count], dtype=np.float64)
-    if source_times.shape[0] == count:
+    merged = {key: np.concatenate(parts) for key, parts in features.items()}
+    return VisualRange(
+        small_file=small_file,
+        count=count,
+        source_times=np.asarray(times[:count], dtype=np.float64),
+        features=merged,
+        first_luma=first,
+        last_luma=None if previous is None else previous.copy(),
+        start=start,
+        end=end,
+        error=_stderr_reason(tail) if returncode else "",
+    )
+
+
+def assemble_visual_pass(
+    path: Path,
+    info: MediaInfo,
+    small_file: Path,
+    count: int,
+    source_times: np.ndarray | None,
+    features: dict[str, np.ndarray],
+) -> VisualPass:
+    """The VisualPass of ``count`` decoded frames: title clock, measured rate and duration, and
+    the 48x27 frames memory-mapped from ``small_file``. ``source_times`` None: showinfo lost."""
+    assert info.video is not None
+    if source_times is not None:
         frame_times = title_clock(source_times, "mpegts" in info.format_name)
-    else:  # showinfo lost: fall back to the average rate; keyframes are then taken by frame index
-        source_times = None
+    else:  # fall back to the average rate; keyframes are then taken by frame index
         frame_times = np.arange(count, dtype=np.float64) / (info.video.fps or 25.0)
     span = float(frame_times[-1]) if count > 1 else 0.0
     fps = (count - 1) / span if span > 0 else (info.video.fps or 25.0)
     small = np.memmap(small_file, dtype=np.uint8, mode="r", shape=(count, SMALL_H, SMALL_W, 3))
-    merged = {key: np.concatenate(parts) for key, parts in features.items()}
     return VisualPass(
         frames_small=small,
         times=frame_times,
         fps=fps,
         duration_s=float(frame_times[-1]) + 1.0 / fps,
         source_times=source_times,
-        **{k: v.astype(np.float32) if k != "thumbs" else v for k, v in merged.items()},
+        **{k: v.astype(np.float32) if k != "thumbs" else v for k, v in features.items()},
     )
 
 
@@ -455,9 +581,7 @@ def _decoded_blocks(
         raise MediaError(path, f"audio track {track} decode failed: {reason}")
 
 
-def decode_audio(
-    path: str | Path, track: int = 0, sample_rate: int = 16000, channels: int = 1
-) -> AudioPCM:
+def decode_audio(path: str | Path, track: int = 0, sample_rate: int = 16000, channels: int = 1) -> AudioPCM:
     """Decode a whole audio track to float32 PCM, down-mixed to ``channels`` (short media only)."""
     data = np.concatenate(list(audio_blocks(path, track, sample_rate, channels)))
     return AudioPCM(samples=data, sample_rate=sample_rate, track=track)
