@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -36,6 +35,7 @@ from prism.audio.speech import (
     vad_model_id,
 )
 from prism.audio.subtitles import build_cues, rules_for, snap_to_shots, to_srt, to_vtt
+from prism.devices import check_device, resolve_device
 from prism.errors import ConfigError, ModelUnavailable
 from prism.media.decode import align_blocks
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
@@ -97,8 +97,7 @@ class AudioParams:
     block_s: float = 600.0  # streaming block length (memory bound)
 
     def __post_init__(self) -> None:
-        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)
         if self.batch_size < 0 or self.beam_size < 1 or self.cpu_threads < 0 or self.track < 0:
             raise ValueError("batch_size, cpu_threads, track must be >= 0 and beam_size >= 1")
         if self.language != "auto" and language_code(self.language) != self.language:
@@ -191,7 +190,7 @@ class AudioStage(Stage):
         except ValueError as exc:
             raise ConfigError(f"audio.model={ref.name}: {exc}") from exc
         embedder = WindowEmbedder(
-            load_encoder("cuda" if on_gpu and _torch_cuda() else "cpu"),
+            load_encoder(resolve_device("auto" if on_gpu else "cpu", self.name)),
             SpeakerConfig(num_speakers=p.num_speakers, max_speakers=p.max_speakers),
         )
         vad_config = VadConfig(threshold=p.vad_threshold, min_silence_s=p.min_silence_s)
@@ -356,12 +355,6 @@ class AudioStage(Stage):
             "short_term_lufs": pa.array([s for l in loudness for s in l.short_term], pa.float64()),
         }
         write_parquet(out / "loudness_short_term.parquet", pa.Table.from_pydict(short, schema=SHORT_TERM_SCHEMA))
-
-
-def _torch_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _label_words(segments: list[Segment], turns: list[SpeakerTurn]) -> None:

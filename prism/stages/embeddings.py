@@ -21,7 +21,6 @@ import functools
 import hashlib
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from prism.artifacts import write_parquet
+from prism.devices import check_device, resolve_device
 from prism.errors import ConfigError, ModelUnavailable
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
 
@@ -62,8 +62,7 @@ class EmbeddingsParams:
     workers: int = 0  # threads decoding JPEGs ahead of the model; 0 = one per core
 
     def __post_init__(self) -> None:
-        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
         if self.batch_size < 0 or self.workers < 0:
@@ -126,16 +125,6 @@ def _identity(path: Path, stamp: tuple) -> ModelInfo:
         with open(f, "rb") as fh:
             digest.update(hashlib.file_digest(fh, "sha256").digest())
     return ModelInfo(path.name, f"weights-sha256:{digest.hexdigest()[:16]}")
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"stage embeddings: device {device!r} requested but CUDA is not available")
-    return device
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -415,7 +404,7 @@ def load_encoder(path: Path, device: str = "cpu", dtype: str = "float32") -> Ima
 def encoder_for(location: str = "", device: str = "auto", dtype: str = "auto") -> ImageTextEncoder:
     """The configured encoder (``location`` or ``$PRISM_EMBEDDINGS_MODEL``); ``ModelUnavailable`` if none."""
     path = resolve_model_dir(model_location(location)).resolve()
-    dev = resolve_device(device)
+    dev = resolve_device(device, "embeddings")
     return load_encoder(path, dev, resolve_dtype(dtype, dev))
 
 
@@ -437,7 +426,7 @@ def embed_keyframes(
 ) -> tuple[np.ndarray, ImageTextEncoder, EmbedRun]:
     """Vectors of keyframe files with ``params``' device, dtype, batch size and workers: the stage's
     one code path, also what the benchmark times."""
-    device = resolve_device(params.device)
+    device = resolve_device(params.device, "embeddings")
     run = EmbedRun(
         device=device,
         dtype=resolve_dtype(params.dtype, device),
