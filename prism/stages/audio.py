@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from prism.artifacts import atomic_write_bytes, write_json, write_parquet
-from prism.audio.pcm import Loudness, TrackStream
+from prism.audio.levels import level_db
+from prism.audio.pcm import Loudness
 from prism.audio.segments import segment_spans
 from prism.audio.speakers import SpeakerConfig, SpeakerTurn, WindowEmbedder, encoder_id, load_encoder
 from prism.audio.speech import (
@@ -39,7 +40,6 @@ from prism.devices import check_device, resolve_device
 from prism.errors import ConfigError, ModelUnavailable
 from prism.media.decode import align_blocks
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
-from prism.timeline import frame_level_db
 
 log = logging.getLogger(__name__)
 
@@ -205,9 +205,7 @@ class AudioStage(Stage):
         measured_s = 0.0
         for track in tracks:
             dialogue = track.index == p.track
-            stream = TrackStream(
-                ctx.source, track.index, channels=track.channels, sample_rate=track.sample_rate, block_s=p.block_s
-            )
+            stream = ctx.audio_track(track.index, block_s=p.block_s)  # decoded once, shared with cues
             vad = StreamingVad(vad_config)
             levels: list[np.ndarray] = []
             spans = []
@@ -216,7 +214,7 @@ class AudioStage(Stage):
             block = next(blocks, None)
             while block is not None:
                 following = next(blocks, None)
-                levels.append(frame_level_db(block, SR, 0.01))
+                levels.append(level_db(block, SR))
                 found, audio, offset = vad.feed(block, last=following is None)
                 spans += found
                 if dialogue and found:

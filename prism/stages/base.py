@@ -28,6 +28,7 @@ from prism.errors import ConfigError, StageInputMissing
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from prism.audio.pcm import TrackStream
     from prism.media import MediaInfo, VisualPass
 
 
@@ -91,6 +92,11 @@ class StageContext:
         """The title's single visual decode pass, shared by every stage that asks for it."""
         return self._shared.visual(self)
 
+    def audio_track(self, track: int, *, block_s: float = 600.0) -> TrackStream:
+        """A stream of audio track ``track`` (16 kHz mono blocks + EBU R128 loudness), decoded once per
+        title run however many stages read it (see :meth:`SharedMedia.audio_track`)."""
+        return self._shared.audio_track(self, track, block_s=block_s)
+
     def read_table(self, relative: str) -> pa.Table:
         """Read an upstream stage's Parquet artifact from the title directory."""
         import pyarrow.parquet as pq
@@ -102,7 +108,8 @@ class StageContext:
 
 
 class SharedMedia:
-    """Per-title cache of the visual decode, so a title's video is decoded once whatever stages run.
+    """Per-title cache of the decodes, so a title's video and each audio track are decoded once
+    whatever stages run.
 
     ``decode_seconds`` records each decode's cost, so the runner can report it on the stage
     that happened to trigger it rather than hide it in that stage's own time.
@@ -132,6 +139,18 @@ class SharedMedia:
             finally:
                 self.decode_seconds["visual"] = time.perf_counter() - t0
         return self._visual
+
+    def audio_track(self, ctx: StageContext, track: int, *, block_s: float = 600.0) -> TrackStream:
+        """A new stream of one audio track; the first to iterate it decodes (spooling the PCM into the
+        work directory, streamed), the others replay that spool: one ffmpeg audio decode per track.
+        ``block_s`` is only the reader's block length; every reader sees the same samples."""
+        from prism.audio.pcm import TrackStream
+
+        info = ctx.info.audio_tracks[track]
+        return TrackStream(
+            ctx.source, track, channels=info.channels, sample_rate=info.sample_rate, block_s=block_s,
+            spool=self.work_dir / f"audio-{track}.f32",
+        )  # fmt: skip
 
 
 class Stage(ABC):

@@ -1,0 +1,100 @@
+"""Cues and audio read each audio track from one shared decode, with one definition of silence.
+
+The title has two tracks: track 0 holds a tone, 2 s of digital silence, and 1 s of a tone at
+about -58 dBFS (silence for the audio stage's -50 dBFS default, not for the cues' -60 dBFS
+QC threshold); track 1 a plain tone. Whichever stage runs first, ffmpeg decodes each track once,
+and each stage's output is the same as when it runs alone.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from prism.media import audio_blocks
+from prism.runner import Runner
+from prism.synth import ffmpeg
+from prism.timeline import frame_level_db, runs
+
+TRACK0 = "if(between(t,1.5,3.5),0,if(between(t,4.5,5.5),0.0017,0.5)*sin(2*PI*440*t))"
+
+
+@pytest.fixture(scope="module")
+def two_tracks(tmp_path_factory):
+    video = tmp_path_factory.mktemp("shared") / "two_tracks.mkv"
+    ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=96x54:rate=25:duration=6",
+        "-f", "lavfi", "-i", f"aevalsrc='{TRACK0}':s=48000:d=6",
+        "-f", "lavfi", "-i", "sine=frequency=880:sample_rate=44100:duration=6",
+        "-map", "0:v", "-map", "1:a", "-map", "2:a", "-c:v", "libx264", "-c:a", "flac", str(video),
+    )  # fmt: skip
+    return video
+
+
+def _spy_audio_decodes(monkeypatch) -> list[int]:
+    """The audio track of every ffmpeg process started from now on (``0:a:N`` in its command)."""
+    decoded: list[int] = []
+    real = subprocess.Popen
+
+    def popen(cmd, *args, **kwargs):
+        if match := re.search(r"0:a:(\d+)", " ".join(map(str, cmd))):
+            decoded.append(int(match[1]))
+        return real(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    return decoded
+
+
+def _tables(tdir):
+    return {
+        name: pq.read_table(tdir / name).to_pylist()
+        for name in ("cues.parquet", "audio_segments.parquet", "loudness_short_term.parquet")
+        if (tdir / name).exists()
+    }
+
+
+@pytest.fixture(scope="module")
+def alone(two_tracks, tmp_path_factory):
+    """Each stage run on its own (its own decode), as the reference."""
+    root = tmp_path_factory.mktemp("alone")
+    out = {}
+    for stage in ("cues", "audio"):
+        [title] = Runner(root / stage).run([two_tracks], [stage])
+        assert title.stages[0].status == "succeeded", title.stages[0].reason
+        out.update(_tables(title.title_dir))
+        if stage == "audio":
+            out["loudness.json"] = (title.title_dir / "loudness.json").read_text()
+    return out
+
+
+@pytest.mark.parametrize("order", [["cues", "audio"], ["audio", "cues"]])
+def test_each_track_is_decoded_once_and_outputs_match_the_stages_alone(two_tracks, alone, order, tmp_path, monkeypatch):
+    decoded = _spy_audio_decodes(monkeypatch)
+    [title] = Runner(tmp_path / "out").run([two_tracks], order)
+    assert [s.status for s in title.stages] == ["succeeded", "succeeded"], [s.reason for s in title.stages]
+    assert sorted(decoded) == [0, 1]  # the audio stage reads both tracks, cues track 0: one decode each
+    joint = _tables(title.title_dir)
+    joint["loudness.json"] = (title.title_dir / "loudness.json").read_text()
+    assert joint == alone
+    assert not list((tmp_path / "out").rglob("audio-*.f32"))  # the spool goes with the run's work dir
+
+
+def test_silence_spans_match_a_direct_decode(alone, two_tracks):
+    """Cues' silence = runs of 10 ms windows under -60 dBFS of the title's own 16 kHz mono decode."""
+    level = np.concatenate([frame_level_db(b, 16000, 0.01) for b in audio_blocks(two_tracks, 0, 16000)])
+    expected = [edge / 100 for a, b in runs(level < -60.0) if b - a >= 50 for edge in (a, b)]
+    silence = [r[k] for r in alone["cues.parquet"] if r["cue_type"] == "silence" for k in ("start_s", "end_s")]
+    assert silence == pytest.approx(expected)
+    assert silence == pytest.approx([1.5, 3.5], abs=0.02)
+
+
+def test_each_stage_keeps_its_own_threshold(alone):
+    """-58 dBFS is quiet for the audio stage's segments (-50) but not dead air for the cues (-60)."""
+    segments = alone["audio_segments.parquet"]
+    quiet = [r[k] for r in segments if r["track"] == 0 and r["label"] == "silence" for k in ("start_s", "end_s")]
+    assert quiet == pytest.approx([1.5, 3.5, 4.5, 5.5], abs=0.02)
+    assert not [r for r in alone["cues.parquet"] if r["cue_type"] == "silence" and r["start_s"] > 4.0]
