@@ -189,8 +189,8 @@ def run_quality(out: Path, *, width: int, height: int, device: str, quick: bool)
 
 def run_speed(path: Path, frames: int, work: Path, device: str) -> dict:
     from benchmarks.core import cpu_seconds
-    from prism.media import decode_visual, probe
     from prism.devices import resolve_device
+    from prism.media import decode_visual, probe
 
     c0 = cpu_seconds()
     decode_s = decode_only_seconds(path)
