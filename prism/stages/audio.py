@@ -39,11 +39,11 @@ from prism.audio.subtitles import build_cues, rules_for, snap_to_shots, to_srt, 
 from prism.devices import check_device, resolve_device
 from prism.errors import ConfigError, ModelUnavailable
 from prism.media.decode import align_blocks
+from prism.provenance import code_version
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
 
 log = logging.getLogger(__name__)
 
-ALGORITHM_VERSION = "2"
 LANGUAGE_HINT_ENV = "PRISM_LANGUAGE_HINT"  # the cloud worker's per-title hint (e.g. from the discover input)
 OUTPUTS = [
     "transcript.json",
@@ -163,7 +163,7 @@ class AudioStage(Stage):
             return ModelInfo(f"faster-whisper-{self.params.model or 'default'}", "unavailable")
         return ModelInfo(
             f"{ref.name}+{vad_model_id().split(':')[0]}+{encoder_id()}",
-            f"{ref.version}+fw{faster_whisper_version()}+{vad_model_id().split(':')[1]}+alg{ALGORITHM_VERSION}",
+            f"{ref.version}+fw{faster_whisper_version()}+{vad_model_id().split(':')[1]}+code-{code_version(__name__)}",
         )
 
     def run(self, ctx: StageContext) -> StageResult:

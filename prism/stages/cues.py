@@ -22,6 +22,7 @@ from prism.audio.levels import WINDOW_S, level_db, silent_runs
 from prism.audio.pcm import ANALYSIS_RATE
 from prism.errors import MediaError
 from prism.media.decode import align_blocks, duration_check
+from prism.provenance import code_version
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
 from prism.timeline import runs
 
@@ -73,7 +74,7 @@ class CuesStage(Stage):
     Params = CuesParams
 
     def model(self) -> ModelInfo:
-        return ModelInfo("prism-cue-rules", "1")
+        return ModelInfo("prism-cue-rules", f"code-{code_version(__name__)}")
 
     def run(self, ctx: StageContext) -> StageResult:
         p = self.params

