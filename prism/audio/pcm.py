@@ -88,6 +88,7 @@ class TrackStream:
         self.loudness = Loudness(track, channels, sample_rate)
         self.decode_errors = 0
         self.samples_read = 0
+        self.exit_reason: str | None = None  # set when ffmpeg exited non-zero (after some samples)
         self._stderr_tail: deque[str] = deque(maxlen=8)
 
     def blocks(self) -> Iterator[np.ndarray]:
@@ -111,6 +112,7 @@ class TrackStream:
                 "samples_read": self.samples_read,
                 "decode_errors": self.decode_errors,
                 "stderr_tail": list(self._stderr_tail),
+                "exit_reason": self.exit_reason,
                 "loudness": {**self.loudness.to_dict(), **self.loudness.series()},
             }
         )
@@ -132,6 +134,7 @@ class TrackStream:
             raise MediaError(self.path, record["error"])
         self.decode_errors = record["decode_errors"]
         self._stderr_tail.extend(record["stderr_tail"])
+        self.exit_reason = record["exit_reason"]
         lo = record["loudness"]
         self.loudness = Loudness(
             self.track, lo["channels"], lo["sample_rate"], lo["integrated_lufs"], lo["lra_lu"], lo["true_peak_dbtp"],
@@ -184,8 +187,10 @@ class TrackStream:
         if self.samples_read == 0:
             reason = self._stderr_tail[-1] if self._stderr_tail else "no audio sample decoded"
             raise MediaError(self.path, f"audio track {self.track} could not be decoded: {reason}")
-        if returncode != 0 and not self.decode_errors:
-            self.decode_errors = 1
+        if returncode != 0:
+            self.exit_reason = self._stderr_tail[-1] if self._stderr_tail else f"ffmpeg exited with code {returncode}"
+            if not self.decode_errors:
+                self.decode_errors = 1
 
     def _read_meta(self, fh) -> None:
         lo = self.loudness

@@ -122,6 +122,8 @@ class CuesStage(Stage):
                 stream = ctx.audio_track(p.audio_track, block_s=SILENCE_BLOCK_S)  # shared with the audio stage
                 blocks = align_blocks(stream.blocks(), start, SILENCE_RATE, stream.block_samples)
                 levels = [level_db(b, SILENCE_RATE) for b in blocks]
+                if stream.exit_reason:  # as before the shared decode: a stream ffmpeg gave up on is not analysed
+                    raise MediaError(ctx.source, f"audio track {p.audio_track} decode failed: {stream.exit_reason}")
                 level = np.concatenate(levels) if levels else np.zeros(0, np.float32)  # all before the first frame
                 rows += silence_spans(level, p.silence_db, p.silence_min_s)
             except MediaError as exc:  # a corrupt audio stream must not hide the visual cues

@@ -98,3 +98,37 @@ def test_each_stage_keeps_its_own_threshold(alone):
     quiet = [r[k] for r in segments if r["track"] == 0 and r["label"] == "silence" for k in ("start_s", "end_s")]
     assert quiet == pytest.approx([1.5, 3.5, 4.5, 5.5], abs=0.02)
     assert not [r for r in alone["cues.parquet"] if r["cue_type"] == "silence" and r["start_s"] > 4.0]
+
+
+def test_a_replayed_stream_is_the_decoded_one(two_tracks, tmp_path, monkeypatch):
+    from prism.audio.pcm import TrackStream
+
+    def stream(block_s: float) -> TrackStream:
+        return TrackStream(two_tracks, 0, channels=1, sample_rate=48000, block_s=block_s, spool=tmp_path / "a.f32")
+
+    first = stream(1.0)
+    decoded = np.concatenate(list(first.blocks()))
+    decoded_calls = _spy_audio_decodes(monkeypatch)
+    again = stream(0.37)  # another reader's block length: the same samples, cut differently
+    blocks = list(again.blocks())
+    assert decoded_calls == []
+    assert {b.size for b in blocks[:-1]} == {again.block_samples}
+    assert np.array_equal(np.concatenate(blocks), decoded)
+    assert again.loudness == first.loudness and again.decode_errors == first.decode_errors == 0
+    assert again.samples_read == first.samples_read and again.exit_reason is None
+
+
+def test_a_failed_decode_is_replayed_as_the_same_error(tmp_path, monkeypatch):
+    from prism.audio.pcm import TrackStream
+    from prism.errors import MediaError
+
+    bad = tmp_path / "bad.mkv"
+    bad.write_bytes(b"\x1a\x45\xdf\xa3 not really matroska")
+    first = TrackStream(bad, 0, channels=2, sample_rate=48000, spool=tmp_path / "bad.f32")
+    with pytest.raises(MediaError) as original:
+        list(first.blocks())
+    decoded_calls = _spy_audio_decodes(monkeypatch)
+    second = TrackStream(bad, 0, channels=2, sample_rate=48000, spool=tmp_path / "bad.f32")
+    with pytest.raises(MediaError) as replayed:
+        list(second.blocks())
+    assert decoded_calls == [] and str(replayed.value) == str(original.value)
