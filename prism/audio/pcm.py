@@ -9,7 +9,7 @@ three decimals) is printed by ``ametadata`` into a separate pipe; its summary (t
 decode errors come on stderr. All three pipes are drained concurrently, so nothing is buffered
 beyond one block.
 
-A title's track is decoded once whichever stages read it (``SharedMedia.audio_track``): with a
+A title's track is decoded once when several stages read it (``SharedMedia.audio_track``): with a
 ``spool`` path, the first ``blocks()`` writes the mono PCM (about 230 MB per hour of audio) and,
 once the decode has ended, its loudness and error counts beside it; a later stream with the same
 spool replays those instead of running ffmpeg again. Only the work directory of the title run
@@ -91,8 +91,12 @@ class TrackStream:
         self.exit_reason: str | None = None  # set when ffmpeg exited non-zero (after some samples)
         self._stderr_tail: deque[str] = deque(maxlen=8)
 
+    def spooled(self) -> bool:
+        """Whether an earlier stream of this track left a finished spool to replay."""
+        return self.spool is not None and self._done_path().is_file()
+
     def blocks(self) -> Iterator[np.ndarray]:
-        if self.spool is not None and self._done_path().is_file():
+        if self.spooled():
             yield from self._replay()
             return
         if self.spool is None:
@@ -233,3 +237,24 @@ class TrackStream:
                 elif _ERROR.search(line) and "Parsed_ebur128" not in line:
                     self.decode_errors += 1
                     self._stderr_tail.append(line)
+
+
+class PcmStream:
+    """The plain 16 kHz mono decode of one track, when no loudness is needed and nothing else reads it.
+
+    Same samples as :class:`TrackStream` (ffmpeg's downmix and resampler either way), without the
+    EBU R128 meter (its true peak oversamples 4x: several times the decode's cost). ``blocks()``
+    raises MediaError when ffmpeg fails, so ``exit_reason`` stays None.
+    """
+
+    def __init__(self, path: str | Path, track: int, *, block_s: float = 600.0):
+        self.path = Path(path)
+        self.track = track
+        self.block_s = block_s
+        self.block_samples = max(160, int(block_s * ANALYSIS_RATE) // 160 * 160)
+        self.exit_reason: str | None = None
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        from prism.media import audio_blocks
+
+        yield from audio_blocks(self.path, self.track, ANALYSIS_RATE, block_s=self.block_samples / ANALYSIS_RATE)

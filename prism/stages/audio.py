@@ -205,7 +205,8 @@ class AudioStage(Stage):
         measured_s = 0.0
         for track in tracks:
             dialogue = track.index == p.track
-            stream = ctx.audio_track(track.index, block_s=p.block_s)  # decoded once, shared with cues
+            # kept for the cues stage unless the runner says it does not run
+            stream = ctx.audio_track(track.index, block_s=p.block_s, keep=ctx.will_run("cues") is not False)
             vad = StreamingVad(vad_config)
             levels: list[np.ndarray] = []
             spans = []

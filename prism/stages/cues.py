@@ -3,8 +3,8 @@
 Black and frozen come from the shared visual decode pass (no extra decode): a frame is black
 when at least ``black_pixel_ratio`` of its pixels are darker than 10 % (ffmpeg blackdetect's
 definitions), frozen when it differs from the previous frame by less than ``freeze_max_diff``
-(mean absolute luma, 0..255). Silence comes from the title's shared, streamed 16 kHz mono decode
-of the first audio track (``StageContext.audio_track``: decoded once with the audio stage):
+(mean absolute luma, 0..255). Silence comes from a streamed 16 kHz mono decode of the first audio
+track (``StageContext.audio_track``: the audio stage's decode when both run in one title run):
 10 ms windows whose RMS level stays under ``silence_db`` dBFS (``prism.audio.levels``), aligned on
 the title clock (t=0 at the first decoded frame): time before a late-starting track counts as
 silence, audio before the first frame is left out.
@@ -119,7 +119,8 @@ class CuesStage(Stage):
             try:
                 origin = vp.origin_s if vp.source_times is not None else None
                 start = ctx.info.audio_start_s(p.audio_track, origin)  # on the title clock, as the frames are
-                stream = ctx.audio_track(p.audio_track, block_s=SILENCE_BLOCK_S)  # shared with the audio stage
+                # the audio stage reads the same track: decode it once, with loudness, if it runs later
+                stream = ctx.audio_track(p.audio_track, block_s=SILENCE_BLOCK_S, loudness=bool(ctx.will_run("audio")))
                 blocks = align_blocks(stream.blocks(), start, SILENCE_RATE, stream.block_samples)
                 levels = [level_db(b, SILENCE_RATE) for b in blocks]
                 if stream.exit_reason:  # as before the shared decode: a stream ffmpeg gave up on is not analysed

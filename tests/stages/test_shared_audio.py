@@ -2,8 +2,8 @@
 
 The title has two tracks: track 0 holds a tone, 2 s of digital silence, and 1 s of a tone at
 about -58 dBFS (silence for the audio stage's -50 dBFS default, not for the cues' -60 dBFS
-QC threshold); track 1 a plain tone. Whichever stage runs first, ffmpeg decodes each track once,
-and each stage's output is the same as when it runs alone.
+QC threshold); track 1 a plain tone. With audio first, or with the runner's plan saying audio
+follows cues, ffmpeg decodes each track once; each stage's output is the same as when it runs alone.
 """
 
 from __future__ import annotations
@@ -71,8 +71,22 @@ def alone(two_tracks, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("order", [["cues", "audio"], ["audio", "cues"]])
-def test_each_track_is_decoded_once_and_outputs_match_the_stages_alone(two_tracks, alone, order, tmp_path, monkeypatch):
+def _with_plan(monkeypatch, planned):
+    """The runner telling SharedMedia which stages the title run has (a one-line change in the runner)."""
+    from prism.stages.base import SharedMedia
+
+    monkeypatch.setattr("prism.runner.SharedMedia", lambda work_dir: SharedMedia(work_dir, planned=planned))
+
+
+@pytest.mark.parametrize(
+    ("order", "plan_known"),
+    [(["audio", "cues"], False), (["audio", "cues"], True), (["cues", "audio"], True)],
+)
+def test_each_track_is_decoded_once_and_outputs_match_the_stages_alone(
+    two_tracks, alone, order, plan_known, tmp_path, monkeypatch
+):
+    if plan_known:
+        _with_plan(monkeypatch, order)
     decoded = _spy_audio_decodes(monkeypatch)
     [title] = Runner(tmp_path / "out").run([two_tracks], order)
     assert [s.status for s in title.stages] == ["succeeded", "succeeded"], [s.reason for s in title.stages]
@@ -81,6 +95,30 @@ def test_each_track_is_decoded_once_and_outputs_match_the_stages_alone(two_track
     joint["loudness.json"] = (title.title_dir / "loudness.json").read_text()
     assert joint == alone
     assert not list((tmp_path / "out").rglob("audio-*.f32"))  # the spool goes with the run's work dir
+
+
+def test_cues_first_without_a_plan_keeps_its_plain_decode(two_tracks, alone, tmp_path, monkeypatch):
+    """Not knowing whether the audio stage follows, cues does not pay for loudness it may not need
+    (the cloud runs cues in the visual job, audio in its own): the audio stage then decodes again."""
+    decoded = _spy_audio_decodes(monkeypatch)
+    [title] = Runner(tmp_path / "out").run([two_tracks], ["cues", "audio"])
+    assert sorted(decoded) == [0, 0, 1]
+    assert _tables(title.title_dir)["cues.parquet"] == alone["cues.parquet"]
+
+
+def test_cues_alone_decodes_without_the_loudness_meter(two_tracks, tmp_path, monkeypatch):
+    commands: list[str] = []
+    real = subprocess.Popen
+
+    def popen(cmd, *args, **kwargs):
+        commands.append(" ".join(map(str, cmd)))
+        return real(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    [title] = Runner(tmp_path / "out").run([two_tracks], ["cues"])
+    assert title.stages[0].status == "succeeded"
+    audio = [c for c in commands if "0:a:" in c]
+    assert len(audio) == 1 and "ebur128" not in audio[0] and "-ar 16000" in audio[0]
 
 
 def test_silence_spans_match_a_direct_decode(alone, two_tracks):
