@@ -1,6 +1,6 @@
 """Benchmark the ``audio`` stage on English and Korean dialogues: quality and real-time factor.
 
-Generates its own inputs (prism.audio.synth: espeak-ng voices over music and silence, repeated
+Generates its own inputs (testkit.audio_synth: espeak-ng voices over music and silence, repeated
 to about ``minutes`` of audio per language), runs the stage once to load the models, then times
 a second, forced run of each language through the Runner. For each language: WER (English) or
 CER (Korean), the detected language and its probability, speakers found vs true, turn boundary
@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import UTC
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,9 +36,9 @@ KOREAN_PROBE_VOICES = ("ko", "ko+f2", "ko+m1", "ko+klatt", "ko+klatt2")
 def _dialogue(out: Path, lang: str, params: dict, repeat: int) -> dict:
     import pyarrow.parquet as pq
 
-    from prism.audio.scoring import character_error_rate, word_error_rate
-    from prism.audio.synth import DEFAULT_LINES, KOREAN_LINES, KOREAN_VOICES, VOICES, build_dialogue
     from prism.runner import Runner
+    from testkit.audio_synth import DEFAULT_LINES, KOREAN_LINES, KOREAN_VOICES, VOICES, build_dialogue
+    from testkit.scoring import character_error_rate, word_error_rate
 
     lines, voices = (KOREAN_LINES, KOREAN_VOICES) if lang == "ko" else (DEFAULT_LINES, VOICES)
     video = out / f"dialogue_{lang}.mp4"
@@ -78,8 +79,8 @@ def _dialogue(out: Path, lang: str, params: dict, repeat: int) -> dict:
 def _korean_voice_detection(out: Path, model_spec: str) -> dict:
     """Detected language for each espeak-ng Korean voice reading the same two sentences alone."""
     from prism.audio.speech import SR, load_asr, resolve_model
-    from prism.audio.synth import KOREAN_LINES
     from prism.media import decode_audio
+    from testkit.audio_synth import KOREAN_LINES
 
     model, _ = load_asr(str(resolve_model(model_spec).path), "cpu", "int8", 0)
     if not model.model.is_multilingual:
@@ -97,9 +98,9 @@ def _korean_voice_detection(out: Path, model_spec: str) -> dict:
 
 def run(out_dir: str | Path, *, minutes: float = 1.5, batch_size: int = 0, device: str = "auto",
         model: str = "") -> dict:  # fmt: skip
-    from prism.audio.synth import DEFAULT_LINES, build_dialogue, espeak_available
     from prism.media.tools import ffmpeg_exe
     from prism.runner import Runner
+    from testkit.audio_synth import DEFAULT_LINES, build_dialogue, espeak_available
 
     if not espeak_available():  # GPU worker images carry no espeak-ng: say why, the other benchmarks run
         return {"skipped": "espeak-ng is not on PATH, so the spoken test input cannot be generated"}
@@ -179,7 +180,7 @@ def markdown_section(result: dict, when: str) -> str:
 def write_doc(doc: Path, section: str) -> None:
     """Replace the ``### Audio`` section (up to the next ``### ``) and leave the rest as it is."""
     text = doc.read_text() if doc.exists() else ""
-    pattern = re.compile(r"### Audio\n.*?(?=\n### |\Z)", re.S)
+    pattern = re.compile(r"### Audio\n.*?(?=\n### |\Z)", re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text, count=1)
     else:
@@ -188,7 +189,7 @@ def write_doc(doc: Path, section: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".bench/audio")  # .bench/ is git-ignored
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     if "skipped" in result:
         print(f"audio stage: skipped: {result['skipped']}")
         return
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    when = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps(result, indent=2))
     Path(args.out, "result.json").write_text(json.dumps({"when": when, "result": result}, indent=2))
     if args.doc:

@@ -60,8 +60,8 @@ def bench_embed(
         embed_keyframes,
         model_location,
         resolve_model_dir,
-        save_random_clip,
     )
+    from testkit.random_clip import save_random_clip
 
     params = EmbeddingsParams(device=device, dtype=dtype, batch_size=batch_size, workers=workers)
     if os.environ.get(MODEL_ENV):

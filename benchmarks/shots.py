@@ -118,9 +118,10 @@ def warm_shots_model(device: str) -> None:
     """Load TransNetV2 and run one window, so no timed run pays the load (or CUDA's first-call setup)."""
     import numpy as np
 
-    from prism.stages.shots import predict, resolve_device
+    from prism.devices import resolve_device
+    from prism.stages.shots import predict
 
-    predict(np.zeros((1, 27, 48, 3), np.uint8), resolve_device(device), 1)
+    predict(np.zeros((1, 27, 48, 3), np.uint8), resolve_device(device, "shots"), 1)
 
 
 def prism_boundaries(path: Path, work: Path, device: str) -> tuple[list[int], float]:
@@ -188,8 +189,8 @@ def run_quality(out: Path, *, width: int, height: int, device: str, quick: bool)
 
 def run_speed(path: Path, frames: int, work: Path, device: str) -> dict:
     from benchmarks.core import cpu_seconds
+    from prism.devices import resolve_device
     from prism.media import decode_visual, probe
-    from prism.stages.shots import resolve_device
 
     c0 = cpu_seconds()
     decode_s = decode_only_seconds(path)
@@ -200,7 +201,7 @@ def run_speed(path: Path, frames: int, work: Path, device: str) -> dict:
     c2 = cpu_seconds()
     result = {
         "frames": frames,
-        "device": resolve_device(device),
+        "device": resolve_device(device, "shots"),
         "decode_only_fps": round(frames / decode_s, 1),
         "visual_pass_fps": round(frames / visual_s, 1),
         "visual_pass_vs_decode_only": round(decode_s / visual_s, 2),

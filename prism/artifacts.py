@@ -13,6 +13,8 @@ import os
 import re
 import unicodedata
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -60,17 +62,30 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """The one way Prism writes a file: yield a temporary name beside ``path`` for any writer
+    (bytes, pyarrow, faiss), then fsync it and ``os.replace`` it onto ``path``.
+
+    A reader sees the old file or the whole new one, never half; a crash or an exception leaves
+    at most a ``.<name>.tmp-*`` file (removed here on an exception, swept by the runner after a
+    crash). Same directory, so the rename never crosses a filesystem.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb") as fh:  # durable before it becomes visible
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -81,13 +96,8 @@ def write_parquet(path: Path, table: Any) -> None:
     """Write a pyarrow Table atomically (zstd; readable by pandas, pyarrow, DuckDB, Athena)."""
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def publish(staging: Path, destination: Path, outputs: list[str]) -> None:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prism.artifacts import title_dir, write_json, write_parquet
+from prism.artifacts import atomic_path, title_dir, write_json, write_parquet
 from prism.catalog import SQLiteCatalog
 from prism.errors import ConfigError, PrismError
 from prism.stages.base import ModelInfo
@@ -441,13 +439,8 @@ class _Store:
     ) -> None:
         import faiss
 
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".index.faiss.tmp-{uuid.uuid4().hex[:8]}"
-        try:
+        with atomic_path(self.dir / "index.faiss") as tmp:
             faiss.write_index(index, str(tmp))
-            os.replace(tmp, self.dir / "index.faiss")
-        finally:
-            tmp.unlink(missing_ok=True)
         write_parquet(self.dir / "shots.parquet", shots)
         state = {
             "version": STATE_VERSION,

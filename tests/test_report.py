@@ -15,11 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from prism.artifacts import title_dir, write_json
-from prism.audio.synth import build_dialogue, espeak_available
 from prism.cli import app
 from prism.report import ReportError, load_title, render_report, write_report
 from prism.runner import Runner
 from prism.synth import Shot, Title, build_title, ffmpeg
+from testkit.audio_synth import build_dialogue, espeak_available
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -281,7 +281,7 @@ def test_two_thousand_shots_stay_light(tmp_path):
 def test_truncated_title_is_flagged_and_drawn_at_its_decoded_length(tmp_path):
     """moov first with 10 % of mdat: the report warns, and its timeline spans what was decoded,
     not the 12 s the container declares."""
-    from prism.synth import truncate_mp4
+    from testkit.broken_media import truncate_mp4
 
     full = tmp_path / "whole.mp4"
     build_title(Title([Shot("testsrc2", 6.0), Shot("mandelbrot", 6.0)], width=160, height=90), full)

@@ -21,7 +21,8 @@ from prism.cli import app
 from prism.errors import ConfigError
 from prism.search import IndexOptions, NoEmbeddings, ShotIndex, _Store, find_duplicates, find_shots
 from prism.stages.base import ModelInfo
-from prism.stages.embeddings import ImageTextEncoder, embeddings_table, save_random_clip
+from prism.stages.embeddings import ImageTextEncoder, embeddings_table
+from testkit.random_clip import save_random_clip
 
 MODEL = ModelInfo("test-vectors", "rev-1")
 DIM = 32

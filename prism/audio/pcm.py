@@ -8,10 +8,17 @@ and rate. The filter's per-100 ms metadata (momentary, short-term, running integ
 three decimals) is printed by ``ametadata`` into a separate pipe; its summary (true peak) and
 decode errors come on stderr. All three pipes are drained concurrently, so nothing is buffered
 beyond one block.
+
+A title's track is decoded once when several stages read it (``SharedMedia.audio_track``): with a
+``spool`` path, the first ``blocks()`` writes the mono PCM (about 230 MB per hour of audio) and,
+once the decode has ended, its loudness and error counts beside it; a later stream with the same
+spool replays those instead of running ffmpeg again. Only the work directory of the title run
+holds the spool, and it goes with it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -27,6 +34,7 @@ import numpy as np
 from prism.errors import MediaError
 from prism.media.tools import ffmpeg_exe
 
+ANALYSIS_RATE = 16000  # the mono PCM every analysis reads (Whisper, VAD, levels)
 FLOOR_LUFS = -120.0  # ffmpeg reports -120.7 for an empty window: "no measurement", stored as null
 GATE_LUFS = -70.0  # BS.1770 absolute gate: an integrated value at the gate means nothing passed it
 _PEAK = re.compile(r"^\s*Peak:\s*(-?inf|[-\d.]+)\s*dBFS")
@@ -46,6 +54,9 @@ class Loudness:
     times: list[float] = field(default_factory=list)
     momentary: list[float | None] = field(default_factory=list)
     short_term: list[float | None] = field(default_factory=list)
+
+    def series(self) -> dict:
+        return {"times": self.times, "momentary": self.momentary, "short_term": self.short_term}
 
     def to_dict(self) -> dict:
         return {
@@ -67,17 +78,79 @@ class TrackStream:
     """Iterate ``blocks()`` for mono PCM; after that, ``loudness`` and ``decode_errors`` are final."""
 
     def __init__(self, path: str | Path, track: int, *, channels: int, sample_rate: int,
-                 analysis_rate: int = 16000, block_s: float = 600.0):  # fmt: skip
+                 analysis_rate: int = ANALYSIS_RATE, block_s: float = 600.0,
+                 spool: Path | None = None):  # fmt: skip
         self.path = Path(path)
+        self.spool = spool
         self.track = track
         self.analysis_rate = analysis_rate
         self.block_samples = max(160, int(block_s * analysis_rate) // 160 * 160)  # whole 10 ms windows
         self.loudness = Loudness(track, channels, sample_rate)
         self.decode_errors = 0
         self.samples_read = 0
+        self.exit_reason: str | None = None  # set when ffmpeg exited non-zero (after some samples)
         self._stderr_tail: deque[str] = deque(maxlen=8)
 
+    def spooled(self) -> bool:
+        """Whether an earlier stream of this track left a finished spool to replay."""
+        return self.spool is not None and self._done_path().is_file()
+
     def blocks(self) -> Iterator[np.ndarray]:
+        if self.spooled():
+            yield from self._replay()
+            return
+        if self.spool is None:
+            yield from self._decode()
+            return
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(self.spool, "wb") as pcm:
+                for block in self._decode():
+                    pcm.write(block.tobytes())
+                    yield block
+        except MediaError as exc:  # a later reader gets the same error without decoding again
+            self._write_done({"error": exc.cause})
+            raise
+        self._write_done(
+            {
+                "samples_read": self.samples_read,
+                "decode_errors": self.decode_errors,
+                "stderr_tail": list(self._stderr_tail),
+                "exit_reason": self.exit_reason,
+                "loudness": {**self.loudness.to_dict(), **self.loudness.series()},
+            }
+        )
+
+    def _done_path(self) -> Path:
+        assert self.spool is not None
+        return self.spool.with_name(self.spool.name + ".json")
+
+    def _write_done(self, record: dict) -> None:
+        from prism.artifacts import write_json
+
+        write_json(self._done_path(), {"analysis_rate": self.analysis_rate, **record})
+
+    def _replay(self) -> Iterator[np.ndarray]:
+        record = json.loads(self._done_path().read_text())
+        if record.get("analysis_rate") != self.analysis_rate:
+            raise ValueError(f"{self.spool} holds {record.get('analysis_rate')} Hz PCM, not {self.analysis_rate}")
+        if "error" in record:
+            raise MediaError(self.path, record["error"])
+        self.decode_errors = record["decode_errors"]
+        self._stderr_tail.extend(record["stderr_tail"])
+        self.exit_reason = record["exit_reason"]
+        lo = record["loudness"]
+        self.loudness = Loudness(
+            self.track, lo["channels"], lo["sample_rate"], lo["integrated_lufs"], lo["lra_lu"], lo["true_peak_dbtp"],
+            list(lo["times"]), list(lo["momentary"]), list(lo["short_term"]),
+        )  # fmt: skip
+        with open(self.spool, "rb") as pcm:
+            while buf := pcm.read(self.block_samples * 4):
+                block = np.frombuffer(buf, np.float32)
+                self.samples_read += block.size
+                yield block
+
+    def _decode(self) -> Iterator[np.ndarray]:
         meta_r, meta_w = os.pipe()
         graph = (
             f"[0:a:{self.track}]asplit=2[pcm][meter];"
@@ -118,8 +191,10 @@ class TrackStream:
         if self.samples_read == 0:
             reason = self._stderr_tail[-1] if self._stderr_tail else "no audio sample decoded"
             raise MediaError(self.path, f"audio track {self.track} could not be decoded: {reason}")
-        if returncode != 0 and not self.decode_errors:
-            self.decode_errors = 1
+        if returncode != 0:
+            self.exit_reason = self._stderr_tail[-1] if self._stderr_tail else f"ffmpeg exited with code {returncode}"
+            if not self.decode_errors:
+                self.decode_errors = 1
 
     def _read_meta(self, fh) -> None:
         lo = self.loudness
@@ -162,3 +237,24 @@ class TrackStream:
                 elif _ERROR.search(line) and "Parsed_ebur128" not in line:
                     self.decode_errors += 1
                     self._stderr_tail.append(line)
+
+
+class PcmStream:
+    """The plain 16 kHz mono decode of one track, when no loudness is needed and nothing else reads it.
+
+    Same samples as :class:`TrackStream` (ffmpeg's downmix and resampler either way), without the
+    EBU R128 meter (its true peak oversamples 4x: several times the decode's cost). ``blocks()``
+    raises MediaError when ffmpeg fails, so ``exit_reason`` stays None.
+    """
+
+    def __init__(self, path: str | Path, track: int, *, block_s: float = 600.0):
+        self.path = Path(path)
+        self.track = track
+        self.block_s = block_s
+        self.block_samples = max(160, int(block_s * ANALYSIS_RATE) // 160 * 160)
+        self.exit_reason: str | None = None
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        from prism.media import audio_blocks
+
+        yield from audio_blocks(self.path, self.track, ANALYSIS_RATE, block_s=self.block_samples / ANALYSIS_RATE)

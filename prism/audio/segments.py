@@ -1,7 +1,7 @@
 """Speech / music / silence spans of a track from VAD spans and a 10 ms level track.
 
 Speech is where the VAD says so (it wins over level: pauses inside a sentence stay speech);
-silence is where the RMS level stays under ``silence_db``; everything else is music or effects.
+silence is where the RMS level stays under ``silence_db`` (``prism.audio.levels``); everything else is music or effects.
 Runs shorter than ``min_span_s`` are absorbed into the span before them (or after, at the start),
 so the spans tile the track without flicker.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from prism.audio.levels import WINDOW_S, is_silent
 from prism.audio.speech import Span
 from prism.timeline import runs
 
-WINDOW_S = 0.01
 LABELS = ("silence", "music", "speech")
 
 
@@ -21,7 +21,7 @@ def segment_spans(level_db: np.ndarray, speech: list[Span], *, silence_db: float
     n = level_db.size
     if n == 0:
         return []
-    codes = np.where(level_db < silence_db, 0, 1).astype(np.int8)
+    codes = np.where(is_silent(level_db, silence_db), 0, 1).astype(np.int8)
     for span in speech:
         a, b = int(round(span.start_s / WINDOW_S)), int(round(span.end_s / WINDOW_S))
         codes[max(0, a) : min(n, b)] = 2

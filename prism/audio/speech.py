@@ -22,6 +22,8 @@ from typing import Iterator
 
 import numpy as np
 
+from prism.devices import resolve_device
+
 log = logging.getLogger(__name__)
 
 SR = 16000
@@ -172,7 +174,7 @@ def load_asr_checked(path: str, device: str, compute_type: str, cpu_threads: int
     A GPU that cannot run the model (no driver, CUDA libraries missing or of the wrong major
     version) is not fatal: the model loads on the CPU and the reason travels in the runtime.
     """
-    wanted = device if device != "auto" else ("cuda" if _cuda_devices() > 0 else "cpu")
+    wanted = resolve_device(device, "audio", cuda_available=lambda: _cuda_devices() > 0, strict=False)
     reason = None
     if wanted.startswith("cuda"):
         ct = compute_type if compute_type != "default" else "float16"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -20,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from prism.artifacts import atomic_write_bytes, write_json, write_parquet
-from prism.audio.pcm import Loudness, TrackStream
+from prism.audio.levels import level_db
+from prism.audio.pcm import Loudness
 from prism.audio.segments import segment_spans
 from prism.audio.speakers import SpeakerConfig, SpeakerTurn, WindowEmbedder, encoder_id, load_encoder
 from prism.audio.speech import (
@@ -36,14 +36,14 @@ from prism.audio.speech import (
     vad_model_id,
 )
 from prism.audio.subtitles import build_cues, rules_for, snap_to_shots, to_srt, to_vtt
+from prism.devices import check_device, resolve_device
 from prism.errors import ConfigError, ModelUnavailable
 from prism.media.decode import align_blocks
+from prism.provenance import code_version
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
-from prism.timeline import frame_level_db
 
 log = logging.getLogger(__name__)
 
-ALGORITHM_VERSION = "2"
 LANGUAGE_HINT_ENV = "PRISM_LANGUAGE_HINT"  # the cloud worker's per-title hint (e.g. from the discover input)
 OUTPUTS = [
     "transcript.json",
@@ -97,8 +97,7 @@ class AudioParams:
     block_s: float = 600.0  # streaming block length (memory bound)
 
     def __post_init__(self) -> None:
-        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)
         if self.batch_size < 0 or self.beam_size < 1 or self.cpu_threads < 0 or self.track < 0:
             raise ValueError("batch_size, cpu_threads, track must be >= 0 and beam_size >= 1")
         if self.language != "auto" and language_code(self.language) != self.language:
@@ -165,7 +164,7 @@ class AudioStage(Stage):
             return ModelInfo(f"faster-whisper-{self.params.model or 'default'}", "unavailable")
         return ModelInfo(
             f"{ref.name}+{vad_model_id().split(':')[0]}+{encoder_id()}",
-            f"{ref.version}+fw{faster_whisper_version()}+{vad_model_id().split(':')[1]}+alg{ALGORITHM_VERSION}",
+            f"{ref.version}+fw{faster_whisper_version()}+{vad_model_id().split(':')[1]}+code-{code_version(__name__)}",
         )
 
     def run(self, ctx: StageContext) -> StageResult:
@@ -192,7 +191,7 @@ class AudioStage(Stage):
         except ValueError as exc:
             raise ConfigError(f"audio.model={ref.name}: {exc}") from exc
         embedder = WindowEmbedder(
-            load_encoder("cuda" if on_gpu and _torch_cuda() else "cpu"),
+            load_encoder(resolve_device("auto" if on_gpu else "cpu", self.name)),
             SpeakerConfig(num_speakers=p.num_speakers, max_speakers=p.max_speakers),
         )
         vad_config = VadConfig(threshold=p.vad_threshold, min_silence_s=p.min_silence_s)
@@ -207,9 +206,8 @@ class AudioStage(Stage):
         measured_s = 0.0
         for track in tracks:
             dialogue = track.index == p.track
-            stream = TrackStream(
-                ctx.source, track.index, channels=track.channels, sample_rate=track.sample_rate, block_s=p.block_s
-            )
+            # kept for the cues stage unless the runner says it does not run
+            stream = ctx.audio_track(track.index, block_s=p.block_s, keep=ctx.will_run("cues") is not False)
             vad = StreamingVad(vad_config)
             levels: list[np.ndarray] = []
             spans = []
@@ -218,7 +216,7 @@ class AudioStage(Stage):
             block = next(blocks, None)
             while block is not None:
                 following = next(blocks, None)
-                levels.append(frame_level_db(block, SR, 0.01))
+                levels.append(level_db(block, SR))
                 found, audio, offset = vad.feed(block, last=following is None)
                 spans += found
                 if dialogue and found:
@@ -362,12 +360,6 @@ class AudioStage(Stage):
             "short_term_lufs": pa.array([s for l in loudness for s in l.short_term], pa.float64()),
         }
         write_parquet(out / "loudness_short_term.parquet", pa.Table.from_pydict(short, schema=SHORT_TERM_SCHEMA))
-
-
-def _torch_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _label_words(segments: list[Segment], turns: list[SpeakerTurn]) -> None:

@@ -18,6 +18,7 @@ import time
 import types
 import typing
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from importlib.metadata import entry_points
@@ -29,6 +30,7 @@ from prism.errors import ConfigError, StageInputMissing
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from prism.audio.pcm import TrackStream
     from prism.media import MediaInfo, VisualPass
 
 
@@ -99,6 +101,18 @@ class StageContext:
         """The title's single visual decode pass, shared by every stage that asks for it."""
         return self._shared.visual(self)
 
+    def audio_track(
+        self, track: int, *, block_s: float = 600.0, loudness: bool = True, keep: bool = True
+    ) -> TrackStream:
+        """A stream of audio track ``track`` (16 kHz mono blocks, plus EBU R128 loudness unless
+        ``loudness=False``), decoded once per title run however many stages read it (see
+        :meth:`SharedMedia.audio_track`)."""
+        return self._shared.audio_track(self, track, block_s=block_s, loudness=loudness, keep=keep)
+
+    def will_run(self, stage: str) -> bool | None:
+        """Whether ``stage`` runs later in this title run; None when the runner did not say."""
+        return self._shared.will_run(stage)
+
     def read_table(self, relative: str) -> pa.Table:
         """Read an upstream stage's Parquet artifact from the title directory."""
         import pyarrow.parquet as pq
@@ -110,14 +124,18 @@ class StageContext:
 
 
 class SharedMedia:
-    """Per-title cache of the visual decode, so a title's video is decoded once whatever stages run.
+    """Per-title cache of the decodes, so a title's video and each audio track are decoded once
+    whatever stages run.
 
     ``decode_seconds`` records each decode's cost, so the runner can report it on the stage
-    that happened to trigger it rather than hide it in that stage's own time.
+    that happened to trigger it rather than hide it in that stage's own time. ``planned``: the
+    stages this title run will run, when the runner knows them; a stage uses it to decide whether
+    a decode is worth keeping for a later one (:meth:`will_run`).
     """
 
-    def __init__(self, work_dir: Path):
+    def __init__(self, work_dir: Path, planned: Iterable[str] | None = None):
         self.work_dir = work_dir
+        self.planned = None if planned is None else frozenset(planned)
         self._visual: VisualPass | None = None
         self._visual_error: Exception | None = None
         self.decode_seconds: dict[str, float] = {}
@@ -145,6 +163,37 @@ class SharedMedia:
             finally:
                 self.decode_seconds["visual"] = time.perf_counter() - t0
         return self._visual
+
+    def will_run(self, stage: str) -> bool | None:
+        return None if self.planned is None else stage in self.planned
+
+    def audio_track(
+        self, ctx: StageContext, track: int, *, block_s: float = 600.0, loudness: bool = True, keep: bool = True
+    ) -> TrackStream:
+        """A new stream of one audio track, 16 kHz mono (the same samples, whichever way it is read).
+
+        - A decode an earlier reader kept (spooled PCM, loudness, error counts) is replayed: no ffmpeg.
+        - Else with ``loudness`` (the audio stage): one ffmpeg pass for the PCM and EBU R128, spooled
+          into the work directory (streamed) when ``keep``, for a later reader.
+        - Else (the cues stage, which needs only the PCM): the plain 16 kHz decode, not kept; a
+          stage that knows the audio stage follows asks for ``loudness`` instead, so the title's
+          track is still decoded once.
+        ``block_s`` is only the reader's block length.
+        """
+        from prism.audio.pcm import PcmStream, TrackStream
+
+        info = ctx.info.audio_tracks[track]
+        stream = TrackStream(
+            ctx.source, track, channels=info.channels, sample_rate=info.sample_rate, block_s=block_s,
+            spool=self.work_dir / f"audio-{track}.f32",
+        )  # fmt: skip
+        if stream.spooled():
+            return stream
+        if not loudness:
+            return PcmStream(ctx.source, track, block_s=block_s)
+        if not keep:
+            stream.spool = None
+        return stream
 
 
 class Stage(ABC):

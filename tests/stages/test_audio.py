@@ -19,10 +19,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from prism.audio.synth import build_dialogue, espeak_available
-from prism.audio.scoring import word_error_rate
 from prism.runner import Runner
 from prism.synth import ffmpeg
+from testkit.audio_synth import build_dialogue, espeak_available
+from testkit.scoring import word_error_rate
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (see the setup script)")
 
@@ -236,7 +236,7 @@ def test_silent_track_gives_empty_outputs(media, tmp_path):
 
 
 def test_pure_music_has_no_transcript(media, tmp_path):
-    from prism.audio.synth import music
+    from testkit.audio_synth import music
 
     raw = media / "music.f32"
     raw.write_bytes((music(8.0) * 0.3).astype("float32").tobytes())

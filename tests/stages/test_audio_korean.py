@@ -13,10 +13,10 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from prism.audio.scoring import character_error_rate
 from prism.audio.speech import compression_ratio, repeated_phrase
-from prism.audio.synth import KOREAN_LINES, KOREAN_VOICES, build_dialogue, espeak_available
 from prism.runner import Runner
+from testkit.audio_synth import KOREAN_LINES, KOREAN_VOICES, build_dialogue, espeak_available
+from testkit.scoring import character_error_rate
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (see the setup script)")
 

@@ -19,13 +19,12 @@ from prism.stages.embeddings import (
     EmbeddingsStage,
     ImageTextEncoder,
     model_identity,
-    random_clip,
     read_vectors,
     resolve_model_dir,
-    save_random_clip,
     shot_vectors,
 )
 from prism.synth import Shot, Title
+from testkit.random_clip import random_clip, save_random_clip
 
 DIM = 16  # projection size of the "tiny" random CLIP
 

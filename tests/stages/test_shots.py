@@ -118,7 +118,7 @@ def test_other_containers_and_start_offsets(container_run, variant):
 
 
 def test_lying_container_duration_does_not_stretch_the_last_shot(make_video, media_dir, tmp_path):
-    from prism.synth import lie_about_duration
+    from testkit.broken_media import lie_about_duration
 
     title = Title([Shot("orange", 1.2), Shot("blue", 1.2), Shot("life", 1.2)], width=160, height=90)
     src, truth = make_video("cuts-2.mp4", title)
@@ -136,7 +136,7 @@ def test_lying_container_duration_does_not_stretch_the_last_shot(make_video, med
 
 def test_truncated_file_is_processed_and_flagged(make_video, media_dir, tmp_path):
     """moov first, then only 10 % of mdat: the decodable part is processed, the shortfall flagged."""
-    from prism.synth import truncate_mp4
+    from testkit.broken_media import truncate_mp4
 
     title = Title([Shot("testsrc2", 6.0), Shot("mandelbrot", 6.0)], width=160, height=90)
     src, truth = make_video("long-for-truncation.mp4", title)
