@@ -25,7 +25,7 @@ STAGES = ["shots", "keyframes", "cues", "audio"]
 
 def build_input(out: Path, seconds: float, width: int, height: int) -> Path:
     """The benchmark's generated video with a two-voice espeak-ng dialogue as its audio track."""
-    from prism.audio.synth import build_dialogue, espeak_available
+    from testkit.audio_synth import build_dialogue, espeak_available
     from prism.media.tools import ffmpeg_exe
 
     target = out / f"overlap_{width}x{height}_{int(seconds)}s.mp4"

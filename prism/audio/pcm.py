@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import threading
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,14 +104,20 @@ class TrackStream:
             yield from self._decode()
             return
         self.spool.parent.mkdir(parents=True, exist_ok=True)
+        # a private file renamed into place when whole: stages running side by side (prism/schedule.py)
+        # may both decode a track, and neither may read or overwrite the other's half-written spool
+        part = self.spool.with_name(f"{self.spool.name}.{uuid.uuid4().hex[:8]}.part")
         try:
-            with open(self.spool, "wb") as pcm:
+            with open(part, "wb") as pcm:
                 for block in self._decode():
                     pcm.write(block.tobytes())
                     yield block
+            os.replace(part, self.spool)
         except MediaError as exc:  # a later reader gets the same error without decoding again
             self._write_done({"error": exc.cause})
             raise
+        finally:
+            part.unlink(missing_ok=True)
         self._write_done(
             {
                 "samples_read": self.samples_read,

@@ -156,6 +156,26 @@ def test_a_replayed_stream_is_the_decoded_one(two_tracks, tmp_path, monkeypatch)
     assert again.samples_read == first.samples_read and again.exit_reason is None
 
 
+def test_two_readers_decoding_one_track_at_once_never_mix_their_spools(two_tracks, tmp_path):
+    """Stages of two concurrency groups (cues beside audio) may both decode a track: interleaved
+    writes to one spool would leave a garbled file for the next reader to replay."""
+    from prism.audio.pcm import TrackStream
+
+    def stream() -> TrackStream:
+        return TrackStream(two_tracks, 0, channels=1, sample_rate=48000, block_s=0.5, spool=tmp_path / "a.f32")
+
+    a, b = stream().blocks(), stream().blocks()
+    got_a = [next(a) for _ in range(4)]
+    got_b = [next(b)]  # b starts while a is mid-decode
+    got_a += list(a)  # a finishes first: its spool is now the one to replay
+    decoded = np.concatenate(got_a)
+    assert np.array_equal(np.concatenate(list(stream().blocks())), decoded)
+    got_b += list(b)
+    assert np.array_equal(np.concatenate(got_b), decoded)
+    assert np.array_equal(np.concatenate(list(stream().blocks())), decoded)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.f32", "a.f32.json"]
+
+
 def test_a_failed_decode_is_replayed_as_the_same_error(tmp_path, monkeypatch):
     from prism.audio.pcm import TrackStream
     from prism.errors import MediaError
