@@ -24,10 +24,9 @@ from pydantic import Field
 from prism import __version__
 from prism.artifacts import blocked_reason, is_blocked, now_iso
 from prism.catalog import StageRecord, TitleRecord
+from prism.contract import EXIT_FAILED  # the worker ran and recorded its stages, and one of them failed
 
 logger = Logger(service="prism-record-failure")
-
-EXIT_FAILED = 1  # prism.worker: the worker ran and recorded its stages, and one of them failed
 
 
 class TaskError(BaseModel):

@@ -18,9 +18,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from prism.contract import TITLES_PREFIX
+
 SCHEMA_VERSION = "1.0"
 MANIFEST = "manifest.json"
-TITLES_DIR = "titles"
+TITLES_DIR = TITLES_PREFIX.rstrip("/")
 STAGING_DIR = ".staging"
 WORK_DIR = ".work"  # <out>/.work/<title_id>/: a run's scratch decodes, removed after it
 LOCKS_DIR = ".locks"  # <out>/.locks/<title_id>.lock: one process writes a title at a time
