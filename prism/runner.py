@@ -6,7 +6,6 @@ stage or title never stops the others.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -14,15 +13,12 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from prism import __version__
 from prism.artifacts import (
-    JOURNAL_PREFIX,
-    LOCKS_DIR,
     STAGING_DIR,
     WORK_DIR,
     blocked_reason,
@@ -30,19 +26,16 @@ from prism.artifacts import (
     listed_outputs,
     new_manifest,
     now_iso,
-    outputs_intact,
-    publish,
-    read_manifest,
     remove_empty_dirs,
-    remove_outputs,
     title_dir,
     title_id_for,
-    write_json,
 )
 from prism.catalog import Catalog, SQLiteCatalog, StageRecord, TitleRecord
+from prism.contract import Status
 from prism.errors import ConfigError, MediaError, PrismError, StorageError
 from prism.media import MediaInfo, probe
 from prism.stages.base import SharedMedia, Stage, StageContext, StageResult, registry, resolve_order
+from prism.store import LocalStore, TitleStore
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +106,13 @@ def fingerprint(source_sha256: str | None, stage: Stage, upstream: list[str]) ->
 
 
 class Runner:
-    """Processes titles into ``<out_dir>/titles/<title_id>/`` and records them in the catalog.
+    """Processes titles into a :class:`~prism.store.TitleStore` (by default ``<out_dir>/titles/<title_id>/``
+    and the catalog) and decides, in one place, what runs: the up-to-date rule, ``--force``, the
+    recorded dependents a rerun stage drags along, and stages blocked by a failed requirement.
 
-    One process writes a title at a time (a file lock per title), so parallel runs on one
-    ``out_dir`` serialize per title and never see each other's half-written state. Every
-    change of a stage's files is journaled first, so a run killed at any point is repaired by
-    the next one: files the manifest does not list are removed, and a listed file whose size
-    or hash differs from the manifest makes its stage run again.
+    The store makes a title's writes safe: locally one process writes a title at a time (a file
+    lock per title) and every change of a stage's files is journaled first, so a run killed at any
+    point is repaired by the next one (see :class:`~prism.store.LocalStore`).
     """
 
     def __init__(
@@ -140,6 +133,10 @@ class Runner:
         self.force = force
         self.events = events or _NoEvents()
         self._stages: dict[str, Stage] = {}
+
+    def store(self, title_id: str) -> TitleStore:
+        """The default store of a title: ``<out_dir>/titles/<title_id>/`` and the catalog."""
+        return LocalStore(self.out_dir, title_id, self.catalog)
 
     def run(self, sources: list[str | Path], stages: list[str] | None = None) -> list[TitleOutcome]:
         """Process each source in turn; configuration errors raise ConfigError before any work.
@@ -186,7 +183,7 @@ class Runner:
         except Exception as exc:
             log.exception("internal error on %s", source)
             reason = f"{source}: internal error: {type(exc).__name__}: {exc}"
-        self._note_title_failure(title_id, source, reason)
+        self._note_title_failure(self.store(title_id), source, reason)
         return self._unrecorded(title_id, source, order, reason)
 
     def run_title(
@@ -197,27 +194,58 @@ class Runner:
         *,
         source_facts: dict[str, Any] | None = None,
         upstream: dict[str, str] | None = None,
+        store: TitleStore | None = None,
     ) -> TitleOutcome:
         """Run ``order`` for one title.
 
         ``source_facts`` (uri, etag, sha256) describe where the local ``source`` copy came from,
-        e.g. an S3 object, so the hash is not recomputed. ``upstream`` gives the fingerprints of
-        required stages that ran elsewhere (another Batch job), so ``order`` can be one stage.
-        Stages the title already has that depend on a stage of ``order`` (or every recorded
-        stage, when the source's content changed) are brought up to date too, so no stage is
-        left ``succeeded`` on inputs that have since changed.
+        e.g. an S3 object, so the hash is not recomputed. A stage ``order`` requires but does not
+        list counts with its recorded result (``upstream`` may give fingerprints instead), so
+        ``order`` can be the stages of one Batch job. Stages the title already has that depend on
+        a stage of ``order`` (or every recorded stage, when the source's content changed) are
+        brought up to date too (or, where the store runs no dependents, recorded ``stale``), so no
+        stage is left ``succeeded`` on inputs that have since changed.
         """
         title_id = title_id or title_id_for(source)
-        with self._title_lock(title_id):
-            return self._run_title(source, order, title_id, source_facts or {}, upstream or {})
+        store = store or self.store(title_id)
+        with store.lock():
+            return self._run_title(source, order, title_id, source_facts or {}, upstream or {}, store)
+
+    def current(self, store: TitleStore, order: list[str], source_sha256: str) -> list[StageOutcome] | None:
+        """Every stage of ``order`` reused as recorded, or None if one must run; decided without the source.
+
+        The Batch worker asks before downloading a video: a retried or duplicated job is a no-op.
+        """
+        with store.lock():
+            manifest = store.load()
+        if manifest is None or (self.force and order):
+            return None
+        stages = self.build_stages(order)
+        fingerprints = self._recorded_upstream(order, manifest)
+        outcomes = []
+        for name in order:
+            stage = stages[name]
+            if any(dep not in fingerprints for dep in stage.requires):
+                return None
+            fp = fingerprint(source_sha256, stage, [fingerprints[dep] for dep in stage.requires])
+            entry = manifest["stages"].get(name)
+            if not self._reusable(store, entry, fp, forced=True):
+                return None
+            fingerprints[name] = fp
+            outcomes.append(StageOutcome(name, "skipped", UP_TO_DATE, 0.0, "", list(entry["outputs"]), reused=True))
+        return outcomes
 
     def _run_title(
-        self, source: Path, order: list[str], title_id: str, given: dict[str, Any], upstream: dict[str, str]
+        self,
+        source: Path,
+        order: list[str],
+        title_id: str,
+        given: dict[str, Any],
+        upstream: dict[str, str],
+        store: TitleStore,
     ) -> TitleOutcome:
-        tdir = title_dir(self.out_dir, title_id)
-        tdir.mkdir(parents=True, exist_ok=True)
-        existing = self._load_manifest(tdir)
-        self._recover(title_id, tdir, existing)
+        tdir = store.title_dir
+        existing = store.load()
         source_facts: dict[str, Any] = {
             "uri": source.resolve().as_uri() if source.is_absolute() or source.exists() else str(source),
             "bytes": None,
@@ -243,14 +271,14 @@ class Runner:
             if existing and any(e.get("status") == "succeeded" for e in existing["stages"].values()):
                 # earlier results of this id are kept: they match the source they were made from
                 if owner and owner.get("uri") == source_facts["uri"]:
-                    self._note_title_failure(title_id, source, str(exc))
+                    self._note_title_failure(store, source, str(exc))
                 return self._unrecorded(title_id, source, order, str(exc))
             if source.exists():
                 source_facts["bytes"] = source.stat().st_size
             manifest = existing or new_manifest(title_id, source_facts, __version__)
             manifest["source"] = source_facts
-            outcomes = [self._record_failure(title_id, manifest, name, str(exc), None) for name in order]
-            return self._finish_title(title_id, source, tdir, manifest, outcomes)
+            outcomes = [self._record_failure(store, manifest, name, str(exc), None) for name in order]
+            return self._finish_title(store, source, manifest, outcomes)
         if (
             owner
             and owner.get("sha256") not in (None, source_facts["sha256"])
@@ -267,27 +295,29 @@ class Runner:
         manifest = existing or new_manifest(title_id, source_facts, __version__)
         manifest["prism_version"] = __version__
         manifest["source"] = source_facts
-        stages, forced = self._plan(order, manifest, changed, upstream)
+        stages, forced, dependents = self._plan(order, manifest, changed, upstream, store)
         run_dir = self.out_dir / WORK_DIR / title_id / uuid.uuid4().hex[:8]
         shared = SharedMedia(run_dir)
         outcomes: list[StageOutcome] = []
-        fingerprints: dict[str, str] = dict(upstream)
+        fingerprints: dict[str, str] = {**self._recorded_upstream(list(stages), manifest), **upstream}
         try:
             for name, stage in stages.items():
                 outcome = self._run_stage(
-                    title_id, source, info, tdir, manifest, shared, stage, fingerprints, name in forced
+                    title_id, source, info, store, manifest, shared, stage, fingerprints, name in forced
                 )
                 outcomes.append(outcome)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
             remove_empty_dirs(run_dir.parent, run_dir.parent.parent)
             shutil.rmtree(tdir / STAGING_DIR, ignore_errors=True)
-        return self._finish_title(title_id, source, tdir, manifest, outcomes)
+        self._invalidate(store, manifest, dependents, fingerprints)
+        return self._finish_title(store, source, manifest, outcomes)
 
     def _plan(
-        self, order: list[str], manifest: dict[str, Any], changed: bool, upstream: dict[str, str]
-    ) -> tuple[dict[str, Stage], set[str]]:
-        """The stages to run for this title, and those ``--force`` applies to (the requested ones).
+        self, order: list[str], manifest: dict[str, Any], changed: bool, upstream: dict[str, str], store: TitleStore
+    ) -> tuple[dict[str, Stage], set[str], dict[str, Stage]]:
+        """The stages to run for this title, those ``--force`` applies to (the requested ones), and the
+        recorded dependents the store does not run here (to be checked for staleness instead).
 
         Recorded stages downstream of a requested one join the run (with the shaping params
         they were made with, unless given now): each reruns if its inputs changed, and is
@@ -299,7 +329,7 @@ class Runner:
         extra = [name for name in recorded if changed or _ancestors(name, known) & requested]
         stages = {name: self.build_stages([name])[name] for name in order}
         if not extra:
-            return stages, requested
+            return stages, requested, {}
         full = resolve_order([*order, *extra])
         result: dict[str, Stage] = {}
         for name in full:
@@ -315,8 +345,34 @@ class Runner:
             except ConfigError as exc:
                 log.warning("%s: recorded params no longer valid (%s); using the defaults", name, exc)
                 result[name] = self.build_stages([name])[name]
+        if not store.runs_dependents:  # another job runs them: they are checked, not run, here
+            dependents = {name: stage for name, stage in result.items() if name in extra}
+            return stages, requested, dependents
         log.info("%s also run to keep them consistent with %s", [n for n in full if n not in stages], order)
-        return result, requested
+        return result, requested, {}
+
+    @staticmethod
+    def _recorded_upstream(order: list[str], manifest: dict[str, Any]) -> dict[str, str]:
+        """Fingerprints of the succeeded recorded stages that ``order`` requires but does not run."""
+        known = registry()
+        needed = {dep for name in order if name in known for dep in known[name].requires if dep not in order}
+        found = {}
+        for dep in sorted(needed):
+            entry = manifest["stages"].get(dep) or {}
+            if entry.get("status") == "succeeded" and entry.get("fingerprint"):
+                found[dep] = entry["fingerprint"]
+        return found
+
+    def _reusable(self, store: TitleStore, entry: dict[str, Any] | None, fp: str | None, forced: bool) -> bool:
+        """The up-to-date rule: succeeded before with the same fingerprint (source, model, params,
+        upstream), its files still stored as recorded, and not forced."""
+        return (
+            not (self.force and forced)
+            and entry is not None
+            and entry.get("status") == "succeeded"
+            and entry.get("fingerprint") == fp
+            and store.outputs_intact(entry)
+        )
 
     def _sweep_work(self) -> None:
         """Remove scratch decodes that killed runs left in ``<out>/.work/`` for titles nobody is writing."""
@@ -324,69 +380,18 @@ class Runner:
         if not work.is_dir():
             return
         for entry in sorted(work.iterdir()):
-            with self._title_lock(entry.name, wait=False) as held:
+            with self.store(entry.name).lock(wait=False) as held:
                 if held:
                     log.info("removing %s left by an interrupted run", entry)
                     shutil.rmtree(entry, ignore_errors=True)
         remove_empty_dirs(work, self.out_dir)
-
-    @contextlib.contextmanager
-    def _title_lock(self, title_id: str, *, wait: bool = True) -> Iterator[bool]:
-        """Hold ``<out>/.locks/<title_id>.lock`` (released by the OS if the process dies)."""
-        from filelock import FileLock, Timeout
-
-        path = self.out_dir / LOCKS_DIR / f"{title_id}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(path)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            if not wait:
-                yield False
-                return
-            log.info("%s: another run is writing this title; waiting for it", title_id)
-            lock.acquire()
-        try:
-            yield True
-        finally:
-            lock.release()
-
-    def _load_manifest(self, tdir: Path) -> dict[str, Any] | None:
-        try:
-            manifest = read_manifest(tdir)
-        except (ValueError, UnicodeDecodeError) as exc:
-            log.warning("%s: unreadable manifest (%s); the title's stages run again", tdir, exc)
-            return None
-        if manifest is not None and not (
-            isinstance(manifest.get("stages"), dict) and isinstance(manifest.get("source"), dict)
-        ):
-            log.warning("%s: manifest without stages or source; the title's stages run again", tdir)
-            return None
-        return manifest
-
-    def _recover(self, title_id: str, tdir: Path, manifest: dict[str, Any] | None) -> None:
-        """Undo what a run killed on this title left behind (we hold its lock, so none is running)."""
-        shutil.rmtree(tdir / STAGING_DIR, ignore_errors=True)
-        shutil.rmtree(self.out_dir / WORK_DIR / title_id, ignore_errors=True)
-        for tmp in tdir.rglob(".*.tmp-*"):
-            tmp.unlink(missing_ok=True)
-        listed = listed_outputs(manifest)
-        for journal in tdir.glob(f"{JOURNAL_PREFIX}*.json"):
-            try:
-                touched = set(json.loads(journal.read_text(encoding="utf-8"))["outputs"])
-            except (OSError, ValueError, KeyError, TypeError):
-                touched = set()
-            if touched - listed:
-                log.info("%s: removing %d file(s) an interrupted run left unlisted", title_id, len(touched - listed))
-            remove_outputs(tdir, touched - listed)
-            journal.unlink(missing_ok=True)
 
     def _run_stage(
         self,
         title_id: str,
         source: Path,
         info: MediaInfo,
-        tdir: Path,
+        store: TitleStore,
         manifest: dict[str, Any],
         shared: SharedMedia,
         stage: Stage,
@@ -397,7 +402,7 @@ class Runner:
         blocked = [dep for dep in stage.requires if dep not in fingerprints]
         if blocked:
             reason = blocked_reason(blocked)
-            outcome = self._record(title_id, manifest, stage, "skipped", reason, None, [], {}, None, None, 0.0)
+            outcome = self._record(store, manifest, stage, "skipped", reason, None, [], {}, None, None, 0.0)
             outcome.blocked = True
             return outcome
         try:
@@ -405,30 +410,26 @@ class Runner:
         except Exception as exc:  # model() could not say what it is: the stage cannot run
             log.exception("stage %s: model identity failed", name)
             return self._record_failure(
-                title_id, manifest, name, f"{source}: stage {name}: {type(exc).__name__}: {exc}", None
+                store, manifest, name, f"{source}: stage {name}: {type(exc).__name__}: {exc}", None
             )
         entry = manifest["stages"].get(name)
-        if (
-            not (self.force and forced)
-            and entry is not None
-            and entry.get("status") == "succeeded"
-            and entry.get("fingerprint") == fp
-            and outputs_intact(tdir, entry)
-        ):
+        if self._reusable(store, entry, fp, forced):
             fingerprints[name] = fp
-            self._sync_catalog(title_id, manifest, stage, entry)
+            self._sync_catalog(store, manifest, stage, entry)
             outcome = StageOutcome(name, "skipped", UP_TO_DATE, 0.0, "", list(entry["outputs"]), reused=True)
             self.events.stage_finished(title_id, outcome)
             return outcome
 
+        for dep in stage.requires:  # inputs recorded elsewhere (another job's stage) are brought here first
+            store.fetch(manifest["stages"].get(dep) or {})
         self.events.stage_started(title_id, name)
-        staging = tdir / STAGING_DIR / f"{name}-{uuid.uuid4().hex[:8]}"
+        staging = store.title_dir / STAGING_DIR / f"{name}-{uuid.uuid4().hex[:8]}"
         staging.mkdir(parents=True)
         ctx = StageContext(
             title_id=title_id,
             source=source,
             info=info,
-            title_dir=tdir,
+            title_dir=store.title_dir,
             staging=staging,
             shared=shared,
             progress=lambda done, total, label: self.events.stage_progress(title_id, name, done, total, label),
@@ -452,10 +453,10 @@ class Runner:
             result.metrics["shared_decode_s"] = {k: round(v, 3) for k, v in decodes.items()}
         try:
             if result is None:
-                return self._record(title_id, manifest, stage, "failed", reason, fp, [], {}, started, None, elapsed)
+                return self._record(store, manifest, stage, "failed", reason, fp, [], {}, started, None, elapsed)
             if result.status != "succeeded":
                 return self._record(
-                    title_id,
+                    store,
                     manifest,
                     stage,
                     result.status,
@@ -471,9 +472,9 @@ class Runner:
                 files = {rel: file_facts(staging / rel) for rel in result.outputs}
             except OSError as exc:
                 reason = f"{source}: stage {name}: an output it listed cannot be read: {exc}"
-                return self._record(title_id, manifest, stage, "failed", reason, fp, [], {}, started, None, elapsed)
+                return self._record(store, manifest, stage, "failed", reason, fp, [], {}, started, None, elapsed)
             outcome = self._record(
-                title_id, manifest, stage, "succeeded", None, fp, result.outputs, result.metrics, started,
+                store, manifest, stage, "succeeded", None, fp, result.outputs, result.metrics, started,
                 result.summary, elapsed, staging=staging, files=files,
             )  # fmt: skip
             if outcome.status == "succeeded":
@@ -484,7 +485,7 @@ class Runner:
 
     def _record(
         self,
-        title_id: str,
+        store: TitleStore,
         manifest: dict[str, Any],
         stage: Stage,
         status: str,
@@ -500,6 +501,7 @@ class Runner:
         files: dict[str, Any] | None = None,
     ) -> StageOutcome:
         model = stage.model()
+        title_id = store.title_id
 
         def entry(status: str, reason: str | None, outputs: list[str], files: dict[str, Any], finished: str):
             return {
@@ -536,7 +538,7 @@ class Runner:
             )
 
         status, reason, outputs = self._commit(
-            title_id, manifest, stage.name, status, reason, outputs, files or {}, staging, entry, record
+            store, manifest, stage.name, status, reason, outputs, files or {}, staging, entry, record
         )
         outcome = StageOutcome(
             stage.name, status, reason, elapsed, (summary or "") if status == "succeeded" else "", outputs
@@ -545,7 +547,7 @@ class Runner:
         return outcome
 
     def _record_failure(
-        self, title_id: str, manifest: dict[str, Any], name: str, reason: str, fp: str | None
+        self, store: TitleStore, manifest: dict[str, Any], name: str, reason: str, fp: str | None
     ) -> StageOutcome:
         """Failure before a stage object exists (bad source, bad params)."""
 
@@ -557,17 +559,17 @@ class Runner:
             }  # fmt: skip
 
         def record(status: str, reason: str | None, outputs: list[str], finished: str) -> StageRecord:
-            return StageRecord(title_id, name, "failed", reason, None, None, None, fp, manifest["source"]["sha256"],
+            return StageRecord(store.title_id, name, "failed", reason, None, None, None, fp, manifest["source"]["sha256"],
                                None, finished, 0.0, __version__, [])  # fmt: skip
 
-        self._commit(title_id, manifest, name, "failed", reason, [], {}, None, entry, record)
+        self._commit(store, manifest, name, "failed", reason, [], {}, None, entry, record)
         outcome = StageOutcome(name, "failed", reason)
-        self.events.stage_finished(title_id, outcome)
+        self.events.stage_finished(store.title_id, outcome)
         return outcome
 
     def _commit(
         self,
-        title_id: str,
+        store: TitleStore,
         manifest: dict[str, Any],
         name: str,
         status: str,
@@ -582,70 +584,72 @@ class Runner:
 
         Order: journal every file this changes -> move the new files in -> manifest -> catalog
         -> delete the files no entry lists any more -> drop the journal. Killed anywhere in
-        between, the next run's ``_recover`` deletes unlisted journaled files, and a listed file
+        between, the next run's ``store.load`` deletes unlisted journaled files, and a listed file
         that was overwritten no longer matches its recorded hash, so its stage reruns.
         """
-        tdir = title_dir(self.out_dir, title_id)
         old = set(manifest["stages"].get(name, {}).get("outputs", []))
         touched = old | set(outputs)
-        journal = tdir / f"{JOURNAL_PREFIX}{name}.json"
-        if touched:
-            write_json(journal, {"stage": name, "outputs": sorted(touched)})
-        if staging is not None and outputs:
-            try:
-                publish(staging, tdir, outputs)
-            except OSError as exc:
-                status, reason, outputs, files = "failed", f"stage {name}: cannot publish its outputs: {exc}", [], {}
-                log.warning("%s: %s", title_id, reason)
-        finished = now_iso()
-        manifest["stages"][name] = entry(status, reason, outputs, files, finished)
-        manifest["updated_at"] = finished
-        write_json(tdir / "manifest.json", manifest)
-        self.catalog.put_stage(record(status, reason, outputs, finished))
-        remove_outputs(tdir, touched - listed_outputs(manifest))
-        journal.unlink(missing_ok=True)
+        with store.publishing(name, touched):
+            if staging is not None and outputs:
+                try:
+                    store.publish(staging, outputs)
+                except OSError as exc:
+                    status, reason, outputs, files = "failed", f"stage {name}: cannot publish its outputs: {exc}", [], {}
+                    log.warning("%s: %s", store.title_id, reason)
+            finished = now_iso()
+            manifest["stages"][name] = entry(status, reason, outputs, files, finished)
+            manifest["updated_at"] = finished
+            store.record(manifest, name, record(status, reason, outputs, finished))
+            store.remove(touched - listed_outputs(manifest))
         return status, reason, outputs
 
-    def _sync_catalog(self, title_id: str, manifest: dict[str, Any], stage: Stage, entry: dict[str, Any]) -> None:
+    def _sync_catalog(self, store: TitleStore, manifest: dict[str, Any], stage: Stage, entry: dict[str, Any]) -> None:
         """A reused stage's catalog record is rewritten from the manifest if a kill left it behind."""
-        previous = self.catalog.get_stage(title_id, stage.name)
-        if previous is not None and (previous.status, previous.fingerprint, previous.outputs) == (
-            "succeeded", entry["fingerprint"], entry["outputs"]
-        ):  # fmt: skip
-            return
-        model = entry.get("model") or {}
-        self.catalog.put_stage(
-            StageRecord(
-                title_id=title_id, stage=stage.name, status="succeeded", reason=None,
-                model_name=model.get("name"), model_version=model.get("version"), params_hash=entry.get("params_hash"),
-                fingerprint=entry["fingerprint"], source_sha256=manifest["source"]["sha256"],
-                started_at=entry.get("started_at"), finished_at=entry.get("finished_at"),
-                duration_s=entry.get("duration_s"), prism_version=manifest.get("prism_version", __version__),
-                outputs=list(entry["outputs"]),
-            )
-        )  # fmt: skip
+        store.sync(manifest, stage.name, _record_from_entry(store.title_id, manifest, stage.name, entry, "succeeded"))
 
-    def _note_title_failure(self, title_id: str, source: Path, reason: str) -> None:
+    def _invalidate(
+        self, store: TitleStore, manifest: dict[str, Any], dependents: dict[str, Stage], fingerprints: dict[str, str]
+    ) -> None:
+        """Record ``stale`` the dependents this run did not bring up to date (their store runs them in
+        another job): each whose fingerprint, with its inputs as they are now, is not the recorded one."""
+        sha = manifest["source"]["sha256"]
+        for name, stage in dependents.items():
+            entry = manifest["stages"].get(name) or {}
+            if entry.get("status") != "succeeded":
+                continue
+            deps = [fingerprints.get(d) or _succeeded_fingerprint(manifest, d) for d in stage.requires]
+            try:
+                expected = fingerprint(sha, stage, deps) if all(deps) else None
+            except Exception:  # model() could not say what it is: its record cannot be trusted either
+                expected = None
+            if expected is not None and expected == entry.get("fingerprint"):
+                continue
+            changed = [d for d in stage.requires if fingerprints.get(d) or not _succeeded_fingerprint(manifest, d)]
+            seen = entry.get("fingerprint")
+            stale = {**entry, "status": Status.STALE.value, "finished_at": now_iso(),
+                     "reason": f"stage(s) {changed or stage.requires} it requires changed since it ran; run {name} again"}  # fmt: skip
+            manifest["stages"][name] = stale
+            record = _record_from_entry(store.title_id, manifest, name, stale, Status.STALE.value)
+            if store.mark_stale(manifest, name, record, seen):
+                log.info("%s/%s recorded stale: %s", store.title_id, name, stale["reason"])
+            else:  # another job of the title rewrote it meanwhile: its record stands
+                manifest["stages"][name] = entry
+
+    def _note_title_failure(self, store: TitleStore, source: Path, reason: str) -> None:
         """Best effort: mark the title failed in the catalog, unless the id belongs to another source."""
-        try:
-            record = self.catalog.get_title(title_id)
-            uri = source.resolve().as_uri() if source.is_absolute() or source.exists() else str(source)
-            if record is not None and record.source_uri != uri:
-                return
-            self.catalog.put_title(
-                TitleRecord(
-                    title_id=title_id,
-                    source_uri=uri,
-                    source_bytes=record.source_bytes if record else None,
-                    source_sha256=record.source_sha256 if record else None,
-                    status="failed",
-                    reason=reason,
-                    prism_version=__version__,
-                    updated_at=now_iso(),
-                )
+        uri = source.resolve().as_uri() if source.is_absolute() or source.exists() else str(source)
+        store.note_title_failure(
+            TitleRecord(
+                title_id=store.title_id,
+                source_uri=uri,
+                source_bytes=None,
+                source_sha256=None,
+                status="failed",
+                reason=reason,
+                prism_version=__version__,
+                updated_at=now_iso(),
             )
-        except (StorageError, OSError) as exc:
-            log.warning("%s: the failure could not be recorded in the catalog either: %s", title_id, exc)
+        )
 
     def _unrecorded(self, title_id: str, source: Path, order: list[str], reason: str) -> TitleOutcome:
         """A failed title whose id's manifest is left as it is (it may belong to another source)."""
@@ -653,16 +657,16 @@ class Runner:
         return TitleOutcome(title_id, str(source), "failed", reason, outcomes, title_dir(self.out_dir, title_id), False)
 
     def _finish_title(
-        self, title_id: str, source: Path, tdir: Path, manifest: dict[str, Any], outcomes: list[StageOutcome]
+        self, store: TitleStore, source: Path, manifest: dict[str, Any], outcomes: list[StageOutcome]
     ) -> TitleOutcome:
         failed = [o for o in outcomes if o.status == "failed"]
         blocked = [o for o in outcomes if o.blocked]
         status = "failed" if failed or blocked else "succeeded"
         reason = failed[0].reason if failed else (blocked[0].reason if blocked else None)
-        write_json(tdir / "manifest.json", manifest)
-        self.catalog.put_title(
+        store.finish(
+            manifest,
             TitleRecord(
-                title_id=title_id,
+                title_id=store.title_id,
                 source_uri=manifest["source"]["uri"],
                 source_bytes=manifest["source"]["bytes"],
                 source_sha256=manifest["source"]["sha256"],
@@ -670,9 +674,29 @@ class Runner:
                 reason=reason,
                 prism_version=__version__,
                 updated_at=now_iso(),
-            )
+            ),
         )
-        return TitleOutcome(title_id, str(source), status, reason, outcomes, tdir)
+        return TitleOutcome(store.title_id, str(source), status, reason, outcomes, store.title_dir)
+
+
+def _succeeded_fingerprint(manifest: dict[str, Any], name: str) -> str | None:
+    entry = manifest["stages"].get(name) or {}
+    return entry.get("fingerprint") if entry.get("status") == "succeeded" else None
+
+
+def _record_from_entry(
+    title_id: str, manifest: dict[str, Any], name: str, entry: dict[str, Any], status: str
+) -> StageRecord:
+    """The catalog record a manifest entry stands for."""
+    model = entry.get("model") or {}
+    return StageRecord(
+        title_id=title_id, stage=name, status=status, reason=entry.get("reason"),
+        model_name=model.get("name"), model_version=model.get("version"), params_hash=entry.get("params_hash"),
+        fingerprint=entry.get("fingerprint"), source_sha256=manifest["source"]["sha256"],
+        started_at=entry.get("started_at"), finished_at=entry.get("finished_at"),
+        duration_s=entry.get("duration_s"), prism_version=manifest.get("prism_version", __version__),
+        outputs=list(entry.get("outputs", [])),
+    )  # fmt: skip
 
 
 def _require_writable(out_dir: Path) -> None:

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from prism.cloud.catalog import DynamoCatalog
 from prism.contract import STACK_NAME
 
-__all__ = ["STACK_NAME", "run_titles", "stack_outputs"]
+__all__ = ["STACK_NAME", "cloud_catalog", "stack_outputs", "start_manual_run"]
 
 
 def stack_outputs(env: str, *, cloudformation=None) -> dict[str, str]:
