@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTAINER_ONLY = ("worker.py",)  # prism.cloud modules that import the media stack: the Batch image only
+CONTAINER_ONLY = ("worker.py", "store.py")  # prism.cloud modules that import the media stack: the Batch image only
 PRISM_FILES = ("__init__.py", "artifacts.py", "catalog.py", "contract.py", "errors.py", "schemas", "cloud")
 
 

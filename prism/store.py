@@ -198,6 +198,9 @@ class LocalStore:
 
     def mark_stale(self, manifest: dict[str, Any], name: str, record: StageRecord, seen: str | None) -> bool:
         """Locally dependents join the run instead; kept so both stores honour one contract."""
+        previous = self.catalog.get_stage(self.title_id, name)
+        if previous is not None and previous.fingerprint != seen:
+            return False
         self.record(manifest, name, record)
         return True
 

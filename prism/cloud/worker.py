@@ -5,25 +5,29 @@ keyframes, cues) that read the same decoded streams: the worker downloads the so
 runs the stages in one :meth:`~prism.runner.Runner.run_title` call, so the video is decoded once
 for all of them (``SharedMedia``). ``PRISM_STAGES`` (``--stages``) lists the stages to run: the
 job definition sets the whole group, and Step Functions overrides it with the stages of the
-group a run asked for, so a manual run of ``cues`` runs only ``cues``. In a local scratch
-directory it runs the same ``Runner`` and stage code as ``prism run``, then publishes to the
-artifacts bucket:
+group a run asked for, so a manual run of ``cues`` runs only ``cues``.
 
-1. Up to date? A stage whose catalog record has the fingerprint this job would produce (same
-   source, model, params, upstream) and whose outputs are all in S3 is not run; if that holds
-   for every stage, the job exits 0 without downloading anything. A retried or duplicated job is
-   therefore a no-op. ``force`` runs every listed stage.
-2. Otherwise: download the source (multipart ranged GETs) and the artifacts of the required
-   stages that do not run here, run the remaining stages, upload each succeeded stage's files
-   under ``titles/<title_id>/`` (nested files first, indexes last, each PUT atomic), then write
-   each stage record to the catalog, then delete outputs a previous run listed that this run no
-   longer produces.
+This module is only the entry point: the same ``Runner`` as ``prism run`` decides what runs (its
+one up-to-date rule, ``force``, blocked stages, dependents), against an
+:class:`~prism.cloud.store.S3Store` instead of a local directory:
+
+1. Up to date? When the source's hash is known from an earlier job (by its ETag), the runner
+   checks every listed stage against its record (same fingerprint: source, model, params,
+   upstream; its outputs all in S3) before anything is downloaded; a retried or duplicated job
+   is therefore a no-op. ``force`` runs every listed stage.
+2. Otherwise: download the source (multipart ranged GETs) and run. Each stage that runs gets
+   the outputs of the stages it requires from S3 if another job made them; each succeeded
+   stage's files are uploaded under ``titles/<title_id>/`` (nested files first, indexes last,
+   each PUT atomic), then its stage record is written, then outputs a previous run listed that
+   this run no longer produces are deleted. Recorded stages of other jobs that depend on a stage
+   that changed here are recorded ``stale``, so they run again rather than stay ``succeeded``.
 
 The worker never writes ``manifest.json``: jobs of one title run in parallel, so each job writes
 only its stage records (each with its manifest entry) and the ``finalize`` Lambda assembles the
-manifest once all of them have finished. Exit codes: 0 every stage succeeded or was up to date,
-1 a stage failed or was blocked (bad input: not retried; every stage it ran is recorded),
-2 bad configuration, 75 transient AWS error (the job definition's retry strategy retries it).
+manifest once all of them have finished. Exit codes (``prism.contract``): 0 every stage succeeded
+or was up to date, 1 a stage failed or was blocked (bad input: not retried; every stage it ran is
+recorded), 2 bad configuration, 75 transient AWS error (the job definition's retry strategy
+retries it).
 """
 
 from __future__ import annotations
@@ -41,26 +45,16 @@ from pathlib import Path
 from typing import Any
 
 from prism import __version__
-from prism.catalog import StageRecord, TitleRecord
-from prism.cloud.catalog import DynamoCatalog
-from prism.cloud.s3 import (
-    ListingDenied,
-    S3Uri,
-    artifact_key,
-    content_type,
-    existing_keys,
-    title_prefix,
-    upload_order,
-)
 from prism import contract as c
+from prism.cloud.catalog import DynamoCatalog
+from prism.cloud.s3 import ListingDenied, S3Uri
+from prism.cloud.store import S3Store
 from prism.contract import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_TRANSIENT, WORKER_MODULE
 from prism.errors import ConfigError, PrismError
-from prism.runner import Runner, StageOutcome, fingerprint
+from prism.runner import Runner, StageOutcome
 from prism.stages.base import Stage, registry, resolve_order
 
 log = logging.getLogger(WORKER_MODULE)
-
-UP_TO_DATE = "up to date"
 
 
 @dataclass(frozen=True)
@@ -115,64 +109,29 @@ class JobResult:
                 "stages": {o.stage: {"status": o.status, "reused": o.reused, "reason": o.reason} for o in self.stages}}  # fmt: skip
 
 
-@dataclass
-class _Plan:
-    """What a job must do: stages to run, and the fingerprints of those it takes as they are."""
-
-    run: list[str]
-    reused: dict[str, StageOutcome]
-    upstream: dict[str, StageRecord]  # required stage that does not run here -> its succeeded record
-
-
-class _DeferredCatalog:
-    """Reads from the cloud catalog; holds the runner's writes until the artifacts are uploaded.
-
-    Title records are not written by a stage job: ``finalize`` owns the title's status.
-    """
-
-    def __init__(self, catalog: DynamoCatalog):
-        self.catalog = catalog
-        self.stages: list[StageRecord] = []
-
-    def put_title(self, record: TitleRecord) -> None:
-        pass
-
-    def get_title(self, title_id: str) -> TitleRecord | None:
-        return self.catalog.get_title(title_id)
-
-    def list_titles(self) -> list[TitleRecord]:
-        return self.catalog.list_titles()
-
-    def put_stage(self, record: StageRecord) -> None:
-        self.stages.append(record)
-
-    def get_stage(self, title_id: str, stage: str) -> StageRecord | None:
-        return self.catalog.get_stage(title_id, stage)
-
-    def list_stages(self, title_id: str) -> list[StageRecord]:
-        return self.catalog.list_stages(title_id)
-
-
 def run_job(job: Job, *, s3=None, dynamodb=None, work_dir: Path | None = None) -> JobResult:
     """Run ``job`` end to end (see module docstring). Raises only ConfigError and AWS errors."""
     import boto3
 
     s3 = s3 or boto3.client("s3")
     catalog = DynamoCatalog(job.catalog_table, client=dynamodb)
-    stages = _make_stages(job)
-    if job.require_models:
-        _check_models(stages)
-    src = S3Uri.parse(job.source_uri)
-    head = s3.head_object(Bucket=src.bucket, Key=src.key)
-    etag = head["ETag"].strip('"')
-
-    records = _records(catalog, job, stages)
-    sha = catalog.source_hash(job.source_uri, etag)
-    if sha and not (plan := _plan(s3, job, stages, records, sha)).run:
-        return JobResult(list(plan.reused.values()))
-
+    order = _job_order(job)
     scratch = Path(tempfile.mkdtemp(prefix=f"prism-{job.name or 'job'}-", dir=work_dir))
     try:
+        runner = Runner(scratch / "out", catalog=catalog, params=job.params, force=job.force)
+        stages = runner.build_stages(order)
+        if job.require_models:
+            _check_models({name: stages[name] for name in order})
+        src = S3Uri.parse(job.source_uri)
+        head = s3.head_object(Bucket=src.bucket, Key=src.key)
+        etag = head["ETag"].strip('"')
+        store = S3Store(
+            s3=s3, bucket=job.artifacts_bucket, catalog=catalog, title_id=job.title_id, local_root=runner.out_dir,
+            source_uri=job.source_uri, source_etag=etag, pipeline_version=job.pipeline_version,
+        )  # fmt: skip
+        sha = catalog.source_hash(job.source_uri, etag)
+        if sha and (reused := runner.current(store, order, sha)) is not None:
+            return JobResult(reused)
         local_source = scratch / "source" / Path(src.key).name
         local_source.parent.mkdir(parents=True)
         log.info("downloading %s (%d bytes)", job.source_uri, head["ContentLength"])
@@ -181,57 +140,22 @@ def run_job(job: Job, *, s3=None, dynamodb=None, work_dir: Path | None = None) -
             with open(local_source, "rb") as fh:
                 sha = hashlib.file_digest(fh, "sha256").hexdigest()
             catalog.store_source_hash(job.source_uri, etag, sha)
-            if not (plan := _plan(s3, job, stages, records, sha)).run:
-                return JobResult(list(plan.reused.values()))
-        out_dir = scratch / "out"
-        tdir = out_dir / "titles" / job.title_id
-        for record in plan.upstream.values():
-            for rel in record.outputs:
-                target = tdir / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(job.artifacts_bucket, artifact_key(job.title_id, rel), str(target))
-        deferred = _DeferredCatalog(catalog)
-        runner = Runner(out_dir, catalog=deferred, params={n: job.params.get(n, {}) for n in plan.run}, force=True)
         title = runner.run_title(
-            local_source,
-            plan.run,
-            job.title_id,
+            local_source, order, job.title_id, store=store,
             source_facts={"uri": job.source_uri, "etag": etag, "sha256": sha},
-            upstream={dep: rec.fingerprint for dep, rec in plan.upstream.items()},
-        )
-        outcomes = {o.stage: o for o in title.stages}
-        manifest = json.loads((tdir / "manifest.json").read_text(encoding="utf-8"))
-        for outcome in title.stages:
-            if outcome.status == "succeeded":
-                for rel in upload_order(outcome.outputs):
-                    s3.upload_file(
-                        str(tdir / rel), job.artifacts_bucket, artifact_key(job.title_id, rel),
-                        ExtraArgs={"ContentType": content_type(rel)},
-                    )  # fmt: skip
-        for record in deferred.stages:
-            catalog.put_stage(record, extra={
-                "manifest_entry": json.dumps(manifest["stages"][record.stage], ensure_ascii=False, default=str),
-                "source": json.dumps(manifest["source"], ensure_ascii=False, default=str),
-                "source_etag": etag,
-                "pipeline_version": job.pipeline_version,
-            })  # fmt: skip
-        for name, outcome in outcomes.items():
-            previous = records.get(name)
-            if outcome.status == "succeeded" and previous is not None:
-                for stale in sorted(set(previous.outputs) - set(outcome.outputs)):
-                    s3.delete_object(Bucket=job.artifacts_bucket, Key=artifact_key(job.title_id, stale))
-        return JobResult([plan.reused.get(name) or outcomes[name] for name in stages])
+        )  # fmt: skip
+        return JobResult(title.stages)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _make_stages(job: Job) -> dict[str, Stage]:
-    """The job's stages, constructed (so their params validated), in an order that respects ``requires``."""
+def _job_order(job: Job) -> list[str]:
+    """The job's stages in an order that respects ``requires`` (stages of other jobs left out)."""
     known = registry()
     unknown = [name for name in job.stages if name not in known]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; available: {sorted(known)}")
-    return {name: known[name](job.params.get(name)) for name in resolve_order(list(job.stages)) if name in job.stages}
+    return [name for name in resolve_order(list(job.stages)) if name in job.stages]
 
 
 def _embeddings_model(stage: Stage) -> None:
@@ -261,55 +185,6 @@ def _check_models(stages: dict[str, Stage]) -> None:
                 check(stage)
             except ModelUnavailable as exc:
                 raise ConfigError(f"stage {name} has no model in this worker: {exc}") from exc
-
-
-def _records(catalog: DynamoCatalog, job: Job, stages: dict[str, Stage]) -> dict[str, StageRecord]:
-    """Current records of the job's stages and of the stages they require."""
-    names = dict.fromkeys([*stages, *(dep for stage in stages.values() for dep in stage.requires)])
-    return {name: record for name in names if (record := catalog.get_stage(job.title_id, name)) is not None}
-
-
-def _plan(s3, job: Job, stages: dict[str, Stage], records: dict[str, StageRecord], sha: str) -> _Plan:
-    """Which stages are up to date, by the fingerprints they would have now (no download needed)."""
-    expected: dict[str, str | None] = {}
-    for name, record in records.items():
-        if name not in stages and record.status == "succeeded" and record.fingerprint:
-            expected[name] = record.fingerprint
-    run: list[str] = []
-    reused: dict[str, StageOutcome] = {}
-    stored: set[str] | None = None  # the title's keys in S3, listed once (not a HeadObject per file)
-    for name, stage in stages.items():
-        deps = [expected.get(d) for d in stage.requires]
-        expected[name] = fingerprint(sha, stage, deps) if all(deps) else None
-        previous = records.get(name)
-        current = (
-            not job.force
-            and expected[name] is not None
-            and previous is not None
-            and previous.status == "succeeded"
-            and previous.fingerprint == expected[name]
-        )
-        if current:
-            if stored is None:
-                stored = existing_keys(s3, job.artifacts_bucket, title_prefix(job.title_id))
-            current = all(artifact_key(job.title_id, rel) in stored for rel in previous.outputs)
-        if current:
-            log.info("%s/%s is up to date (fingerprint %s); not running it", job.title_id, name, expected[name])
-            reused[name] = StageOutcome(name, "skipped", UP_TO_DATE, outputs=previous.outputs, reused=True)
-        else:
-            run.append(name)
-    needed = {dep for name in run for dep in stages[name].requires if dep not in run}
-    upstream = {}
-    for dep in needed:  # a required stage that neither runs here nor succeeded is left out: the runner blocks on it
-        record = records.get(dep)
-        if (
-            record is not None
-            and record.status == "succeeded"
-            and record.fingerprint
-            and (dep not in stages or dep in reused)
-        ):
-            upstream[dep] = record
-    return _Plan(run, reused, upstream)
 
 
 def _sync_models(location: str, dest: Path, s3=None) -> None:
