@@ -6,7 +6,7 @@ of the job it left alone were up to date. Batch-level failures (timeouts, spot r
 retry budget, image pull errors, bad configuration) end the job before it recorded anything, so
 its stages of this run are recorded as failed with the reason from the Batch job description
 Step Functions passes in ``error``. A failed job ends its chain, so the stages of this run in
-the jobs after it are recorded as skipped, blocked by the failed stages (``blocked_reason``),
+the jobs after it are recorded ``blocked`` by the failed stages (``blocked_reason``),
 as ``prism run`` does locally.
 """
 
@@ -24,7 +24,7 @@ from pydantic import Field
 from prism import __version__
 from prism.artifacts import blocked_reason, is_blocked, now_iso
 from prism.catalog import StageRecord, TitleRecord
-from prism.contract import EXIT_FAILED  # the worker ran and recorded its stages, and one of them failed
+from prism.contract import EXIT_FAILED, Status  # the worker ran and recorded its stages, and one of them failed
 
 logger = Logger(service="prism-record-failure")
 
@@ -63,7 +63,7 @@ def handler(event: FailureEvent, context: LambdaContext) -> dict:
         for stage in ours:
             record = previous[stage]
             if stage in fresh:
-                if record.status == "failed" or is_blocked({"status": record.status, "reason": record.reason}):
+                if record.status == Status.FAILED or is_blocked({"status": record.status, "reason": record.reason}):
                     failed[stage] = record.reason or f"stage {stage} {record.status}"
             elif not worker_recorded:
                 failed[stage] = f"{event.title_id}: stage {stage} failed: job {event.job}: {cause}"
@@ -77,7 +77,7 @@ def handler(event: FailureEvent, context: LambdaContext) -> dict:
                 needs = upstream_of(stage, settings.stage_graph) & blockers
                 why = blocked_reason([s for s in ours if s in (needs or blockers)])
                 catalog.put_stage(
-                    _record(event.title_id, stage, "skipped", why, catalog.get_stage(event.title_id, stage))
+                    _record(event.title_id, stage, Status.BLOCKED.value, why, catalog.get_stage(event.title_id, stage))
                 )
 
     known = catalog.get_title(event.title_id)

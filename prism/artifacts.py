@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from prism.contract import TITLES_PREFIX
+from prism.contract import TITLES_PREFIX, Status
 
 SCHEMA_VERSION = "1.0"
 MANIFEST = "manifest.json"
@@ -27,20 +27,27 @@ STAGING_DIR = ".staging"
 WORK_DIR = ".work"  # <out>/.work/<title_id>/: a run's scratch decodes, removed after it
 LOCKS_DIR = ".locks"  # <out>/.locks/<title_id>.lock: one process writes a title at a time
 JOURNAL_PREFIX = ".publishing-"  # <title_dir>/.publishing-<stage>.json while a stage's files change
-STATUSES = ("succeeded", "failed", "skipped")
+STATUSES = tuple(s.value for s in Status)
 
 
 BLOCKED_PREFIX = "upstream stage(s) "
 
 
 def blocked_reason(stages: list[str]) -> str:
-    """The reason of a stage skipped because stages it requires did not succeed (the title fails)."""
+    """The reason of a stage ``blocked`` because stages it requires did not succeed (the title fails)."""
     return f"{BLOCKED_PREFIX}{stages} did not succeed"
 
 
 def is_blocked(entry: dict[str, Any]) -> bool:
-    """Whether a manifest stage entry is a skip caused by a failed upstream stage."""
-    return entry.get("status") == "skipped" and (entry.get("reason") or "").startswith(BLOCKED_PREFIX)
+    """Whether a manifest stage entry (or record) did not run because a stage it requires did not succeed.
+
+    Releases up to 0.1.0 wrote such a stage ``skipped`` with a reason starting ``upstream stage(s)``;
+    those records still count, so a title recorded by an older worker finalizes the same way.
+    """
+    status = entry.get("status")
+    return status == Status.BLOCKED or (
+        status == Status.SKIPPED and (entry.get("reason") or "").startswith(BLOCKED_PREFIX)
+    )
 
 
 def now_iso() -> str:

@@ -45,13 +45,17 @@ UP_TO_DATE = "up to date: outputs exist for the same source, model and params (u
 @dataclass
 class StageOutcome:
     stage: str
-    status: str  # succeeded | failed | skipped
+    status: str  # a prism.contract.Status value: succeeded | failed | skipped | blocked
     reason: str | None = None
     duration_s: float = 0.0
     summary: str = ""
     outputs: list[str] = field(default_factory=list)
     reused: bool = False  # skipped because its outputs were already up to date
-    blocked: bool = False  # skipped because a stage it requires did not succeed (fails the title)
+
+    @property
+    def blocked(self) -> bool:
+        """Not run because a stage it requires did not succeed (fails the title)."""
+        return self.status == Status.BLOCKED
 
 
 @dataclass
@@ -402,9 +406,7 @@ class Runner:
         blocked = [dep for dep in stage.requires if dep not in fingerprints]
         if blocked:
             reason = blocked_reason(blocked)
-            outcome = self._record(store, manifest, stage, "skipped", reason, None, [], {}, None, None, 0.0)
-            outcome.blocked = True
-            return outcome
+            return self._record(store, manifest, stage, Status.BLOCKED.value, reason, None, [], {}, None, None, 0.0)
         try:
             fp = fingerprint(manifest["source"]["sha256"], stage, [fingerprints[d] for d in stage.requires])
         except Exception as exc:  # model() could not say what it is: the stage cannot run

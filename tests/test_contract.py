@@ -37,3 +37,14 @@ def test_the_cdk_names_its_stack_bus_and_prefixes_from_the_contract():
     assert config.stack_name == contract.STACK_NAME.format(env=config.name) == f"Prism-{config.name}"
     assert (TITLES_PREFIX, RUNS_PREFIX) == (contract.TITLES_PREFIX, contract.RUNS_PREFIX)
     assert title_prefix("T") == f"{contract.TITLES_PREFIX}T/" and TITLES_DIR == "titles"
+
+
+def test_blocked_is_a_status_and_older_records_still_count_as_blocked():
+    from prism.artifacts import STATUSES, blocked_reason, is_blocked, manifest_schema
+
+    assert STATUSES == tuple(s.value for s in Status)
+    assert manifest_schema()["$defs"]["stage"]["properties"]["status"]["enum"] == list(STATUSES)
+    assert is_blocked({"status": "blocked", "reason": blocked_reason(["shots"])})
+    assert is_blocked({"status": "skipped", "reason": blocked_reason(["shots"])})  # written by 0.1.0 workers
+    assert not is_blocked({"status": "skipped", "reason": "Ep 1.mp4: no audio track"})
+    assert not is_blocked({"status": "stale", "reason": blocked_reason(["shots"])})

@@ -162,6 +162,8 @@ def test_blocked_stage_fails_when_its_upstream_never_succeeded(aws, tiny_video):
 
     assert result.status == "failed" and "shots" in result.reason
     assert _keys(s3) == {}
+    record = DynamoCatalog(TABLE, client=ddb).get_stage("Episode-1", "keyframes")
+    assert (record.status, record.reason) == ("blocked", result.reason)  # a status of its own, not a reason prefix
 
 
 def test_main_reads_the_batch_environment(aws, tiny_video, monkeypatch, capsys):
