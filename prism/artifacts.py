@@ -13,11 +13,13 @@ import os
 import re
 import unicodedata
 import uuid
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from prism.catalog import StageRecord
 from prism.contract import TITLES_PREFIX, Status
 
 SCHEMA_VERSION = "1.0"
@@ -48,6 +50,62 @@ def is_blocked(entry: dict[str, Any]) -> bool:
     return status == Status.BLOCKED or (
         status == Status.SKIPPED and (entry.get("reason") or "").startswith(BLOCKED_PREFIX)
     )
+
+
+@dataclass
+class StageEntry:
+    """How one stage of a title ended: its manifest entry, from which its catalog record is derived.
+
+    The one shape of a stage's end on every side: the runner builds it, the manifest stores
+    ``to_manifest()``, the catalogs store ``to_record()``, and ``finalize`` / ``record_failure``
+    turn a record back into an entry with ``from_record()``.
+    """
+
+    status: str  # a Status value
+    reason: str | None = None
+    model: dict[str, str] | None = None  # {"name", "version"}
+    params: dict[str, Any] = field(default_factory=dict)
+    params_hash: str | None = None
+    fingerprint: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # output -> {"bytes", "sha256"}
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status).value  # an unknown status is a bug at the writer, not in a reader
+
+    def to_manifest(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_manifest(cls, entry: dict[str, Any]) -> StageEntry:
+        known = {k: v for k, v in entry.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "outputs": list(known.get("outputs") or []), "files": dict(known.get("files") or {})})
+
+    def to_record(self, title_id: str, stage: str, source_sha256: str | None, prism_version: str) -> StageRecord:
+        model = self.model or {}
+        return StageRecord(
+            title_id=title_id, stage=stage, status=self.status, reason=self.reason, model_name=model.get("name"),
+            model_version=model.get("version"), params_hash=self.params_hash, fingerprint=self.fingerprint,
+            source_sha256=source_sha256, started_at=self.started_at, finished_at=self.finished_at,
+            duration_s=self.duration_s, prism_version=prism_version, outputs=list(self.outputs),
+        )  # fmt: skip
+
+    @classmethod
+    def from_record(cls, record: StageRecord | dict[str, Any]) -> StageEntry:
+        """The entry a record stands for when none was stored with it (``record_failure`` writes bare records)."""
+        r = record if isinstance(record, dict) else asdict(record)
+        status = r["status"]
+        return cls(
+            status=status, reason=r.get("reason") or (None if status == Status.SUCCEEDED else f"stage {r['stage']} {status}"),
+            model={"name": r["model_name"], "version": r["model_version"]} if r.get("model_name") else None,
+            params_hash=r.get("params_hash"), fingerprint=r.get("fingerprint"),
+            outputs=list(r.get("outputs") or []) if status == Status.SUCCEEDED else [],
+            started_at=r.get("started_at"), finished_at=r.get("finished_at"), duration_s=r.get("duration_s") or 0.0,
+        )  # fmt: skip
 
 
 def now_iso() -> str:

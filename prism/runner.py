@@ -21,6 +21,7 @@ from prism import __version__
 from prism.artifacts import (
     STAGING_DIR,
     WORK_DIR,
+    StageEntry,
     blocked_reason,
     file_facts,
     listed_outputs,
@@ -502,86 +503,40 @@ class Runner:
         staging: Path | None = None,
         files: dict[str, Any] | None = None,
     ) -> StageOutcome:
-        model = stage.model()
-        title_id = store.title_id
-
-        def entry(status: str, reason: str | None, outputs: list[str], files: dict[str, Any], finished: str):
-            return {
-                "status": status,
-                "reason": reason,
-                "model": model.to_dict(),
-                "params": stage.params_dict(),
-                "params_hash": stage.params_hash(),
-                "fingerprint": fp,
-                "outputs": outputs,
-                "files": files,
-                "started_at": started,
-                "finished_at": finished,
-                "duration_s": round(elapsed, 3),
-                "metrics": metrics,
-            }
-
-        def record(status: str, reason: str | None, outputs: list[str], finished: str) -> StageRecord:
-            return StageRecord(
-                title_id=title_id,
-                stage=stage.name,
-                status=status,
-                reason=reason,
-                model_name=model.name,
-                model_version=model.version,
-                params_hash=stage.params_hash(),
-                fingerprint=fp,
-                source_sha256=manifest["source"]["sha256"],
-                started_at=started,
-                finished_at=finished,
-                duration_s=round(elapsed, 3),
-                prism_version=__version__,
-                outputs=outputs,
-            )
-
-        status, reason, outputs = self._commit(
-            store, manifest, stage.name, status, reason, outputs, files or {}, staging, entry, record
+        entry = StageEntry(
+            status=status,
+            reason=reason,
+            model=stage.model().to_dict(),
+            params=stage.params_dict(),
+            params_hash=stage.params_hash(),
+            fingerprint=fp,
+            outputs=outputs,
+            files=files or {},
+            started_at=started,
+            duration_s=round(elapsed, 3),
+            metrics=metrics,
         )
+        entry = self._commit(store, manifest, stage.name, entry, staging)
         outcome = StageOutcome(
-            stage.name, status, reason, elapsed, (summary or "") if status == "succeeded" else "", outputs
-        )
-        self.events.stage_finished(title_id, outcome)
+            stage.name, entry.status, entry.reason, elapsed, (summary or "") if entry.status == "succeeded" else "",
+            entry.outputs,
+        )  # fmt: skip
+        self.events.stage_finished(store.title_id, outcome)
         return outcome
 
     def _record_failure(
         self, store: TitleStore, manifest: dict[str, Any], name: str, reason: str, fp: str | None
     ) -> StageOutcome:
         """Failure before a stage object exists (bad source, bad params)."""
-
-        def entry(status: str, reason: str | None, outputs: list[str], files: dict[str, Any], finished: str):
-            return {
-                "status": "failed", "reason": reason, "model": None, "params": self.params.get(name, {}),
-                "params_hash": None, "fingerprint": fp, "outputs": [], "files": {}, "started_at": None,
-                "finished_at": finished, "duration_s": 0.0, "metrics": {},
-            }  # fmt: skip
-
-        def record(status: str, reason: str | None, outputs: list[str], finished: str) -> StageRecord:
-            return StageRecord(store.title_id, name, "failed", reason, None, None, None, fp, manifest["source"]["sha256"],
-                               None, finished, 0.0, __version__, [])  # fmt: skip
-
-        self._commit(store, manifest, name, "failed", reason, [], {}, None, entry, record)
+        entry = StageEntry(Status.FAILED.value, reason, params=self.params.get(name, {}), fingerprint=fp)
+        self._commit(store, manifest, name, entry, None)
         outcome = StageOutcome(name, "failed", reason)
         self.events.stage_finished(store.title_id, outcome)
         return outcome
 
     def _commit(
-        self,
-        store: TitleStore,
-        manifest: dict[str, Any],
-        name: str,
-        status: str,
-        reason: str | None,
-        outputs: list[str],
-        files: dict[str, Any],
-        staging: Path | None,
-        entry,
-        record,
-    ) -> tuple[str, str | None, list[str]]:
+        self, store: TitleStore, manifest: dict[str, Any], name: str, entry: StageEntry, staging: Path | None
+    ) -> StageEntry:
         """Replace a stage's files and its manifest entry and catalog record, recoverably.
 
         Order: journal every file this changes -> move the new files in -> manifest -> catalog
@@ -590,20 +545,21 @@ class Runner:
         that was overwritten no longer matches its recorded hash, so its stage reruns.
         """
         old = set(manifest["stages"].get(name, {}).get("outputs", []))
-        touched = old | set(outputs)
+        touched = old | set(entry.outputs)
         with store.publishing(name, touched):
-            if staging is not None and outputs:
+            if staging is not None and entry.outputs:
                 try:
-                    store.publish(staging, outputs)
+                    store.publish(staging, entry.outputs)
                 except OSError as exc:
-                    status, reason, outputs, files = "failed", f"stage {name}: cannot publish its outputs: {exc}", [], {}
-                    log.warning("%s: %s", store.title_id, reason)
-            finished = now_iso()
-            manifest["stages"][name] = entry(status, reason, outputs, files, finished)
-            manifest["updated_at"] = finished
-            store.record(manifest, name, record(status, reason, outputs, finished))
+                    entry.status, entry.reason = Status.FAILED.value, f"stage {name}: cannot publish its outputs: {exc}"
+                    entry.outputs, entry.files = [], {}
+                    log.warning("%s: %s", store.title_id, entry.reason)
+            entry.finished_at = now_iso()
+            manifest["stages"][name] = entry.to_manifest()
+            manifest["updated_at"] = entry.finished_at
+            store.record(manifest, name, entry.to_record(store.title_id, name, manifest["source"]["sha256"], __version__))
             store.remove(touched - listed_outputs(manifest))
-        return status, reason, outputs
+        return entry
 
     def _sync_catalog(self, store: TitleStore, manifest: dict[str, Any], stage: Stage, entry: dict[str, Any]) -> None:
         """A reused stage's catalog record is rewritten from the manifest if a kill left it behind."""
@@ -690,15 +646,11 @@ def _record_from_entry(
     title_id: str, manifest: dict[str, Any], name: str, entry: dict[str, Any], status: str
 ) -> StageRecord:
     """The catalog record a manifest entry stands for."""
-    model = entry.get("model") or {}
-    return StageRecord(
-        title_id=title_id, stage=name, status=status, reason=entry.get("reason"),
-        model_name=model.get("name"), model_version=model.get("version"), params_hash=entry.get("params_hash"),
-        fingerprint=entry.get("fingerprint"), source_sha256=manifest["source"]["sha256"],
-        started_at=entry.get("started_at"), finished_at=entry.get("finished_at"),
-        duration_s=entry.get("duration_s"), prism_version=manifest.get("prism_version", __version__),
-        outputs=list(entry.get("outputs", [])),
-    )  # fmt: skip
+    record = StageEntry.from_manifest(entry).to_record(
+        title_id, name, manifest["source"]["sha256"], manifest.get("prism_version", __version__)
+    )
+    record.status = status
+    return record
 
 
 def _require_writable(out_dir: Path) -> None:

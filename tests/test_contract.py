@@ -48,3 +48,37 @@ def test_blocked_is_a_status_and_older_records_still_count_as_blocked():
     assert is_blocked({"status": "skipped", "reason": blocked_reason(["shots"])})  # written by 0.1.0 workers
     assert not is_blocked({"status": "skipped", "reason": "Ep 1.mp4: no audio track"})
     assert not is_blocked({"status": "stale", "reason": blocked_reason(["shots"])})
+
+
+def test_a_stage_entry_round_trips_through_manifest_and_catalog_for_every_status():
+    import pytest
+
+    from prism.artifacts import StageEntry, validate_manifest
+    from prism.catalog import SQLiteCatalog
+
+    for status in Status:
+        entry = StageEntry(
+            status, None if status is Status.SUCCEEDED else f"why {status}", model={"name": "m", "version": "1"},
+            params={"k": 1}, params_hash="h", fingerprint="f" * 32,
+            outputs=[] if status in (Status.FAILED, Status.BLOCKED) else ["a.parquet"],
+            files={} if status in (Status.FAILED, Status.BLOCKED) else {"a.parquet": {"bytes": 3, "sha256": "0" * 64}},
+            started_at="2026-01-01T00:00:00+00:00", finished_at="2026-01-01T00:00:01+00:00", duration_s=1.5,
+            metrics={"n": 2},
+        )  # fmt: skip
+        as_json = json.loads(json.dumps(entry.to_manifest()))
+        assert as_json["status"] == status.value and StageEntry.from_manifest(as_json) == entry
+        manifest = {"schema_version": "1.0", "title_id": "T", "prism_version": "0.1.0", "created_at": "x",
+                    "updated_at": "x", "source": {"uri": "file:///T.mp4", "bytes": 1, "sha256": "a" * 64,
+                                                  "etag": None, "probe": None}, "stages": {"shots": as_json}}  # fmt: skip
+        validate_manifest(manifest)
+        record = entry.to_record("T", "shots", "s" * 64, "0.1.0")
+        assert (record.status, record.model_name, record.outputs, record.duration_s) == (
+            status.value, "m", entry.outputs, 1.5)  # fmt: skip
+        back = StageEntry.from_record(record)
+        assert (back.status, back.fingerprint, back.model, back.reason) == (
+            entry.status, entry.fingerprint, entry.model, entry.reason or None)  # fmt: skip
+    catalog = SQLiteCatalog(":memory:")
+    catalog.put_stage(StageEntry(Status.STALE, "parts changed", outputs=["a"]).to_record("T", "tally", None, "0"))
+    assert StageEntry.from_record(catalog.get_stage("T", "tally")).status == "stale"
+    with pytest.raises(ValueError, match="'done' is not a valid Status"):
+        StageEntry("done")

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prism.artifacts import publish, remove_outputs, title_dir
+from prism.artifacts import StageEntry, publish, remove_outputs, title_dir
 from prism.catalog import StageRecord, TitleRecord
 from prism.cloud.catalog import DynamoCatalog
 from prism.cloud.s3 import artifact_key, content_type, existing_keys, title_prefix, upload_order
@@ -64,7 +64,7 @@ class S3Store:
             return None
         ours = [i["source"] for i in items if isinstance(i.get("source"), dict) and i["source"].get("uri") == self.source_uri]
         source = ours[-1] if ours else {"uri": self.source_uri, "bytes": None, "sha256": None, "etag": None, "probe": None}
-        stages = {i["stage"]: i.get("manifest_entry") or _entry_from_item(i) for i in items}
+        stages = {i["stage"]: i.get("manifest_entry") or StageEntry.from_record(i).to_manifest() for i in items}
         return {"title_id": self.title_id, "source": dict(source), "stages": stages}
 
     def _stored(self) -> set[str]:
@@ -125,11 +125,3 @@ class S3Store:
 
     def note_title_failure(self, record: TitleRecord) -> None:
         """Nothing to do: ``record_failure`` and ``finalize`` own the title record."""
-
-
-def _entry_from_item(item: dict[str, Any]) -> dict[str, Any]:
-    """A stage record written without a manifest entry (``record_failure``): never reusable."""
-    return {
-        "status": item.get("status"), "reason": item.get("reason"), "fingerprint": item.get("fingerprint"),
-        "params": {}, "outputs": item.get("outputs", []) if item.get("status") == "succeeded" else [],
-    }  # fmt: skip
