@@ -557,7 +557,9 @@ class Runner:
             entry.finished_at = now_iso()
             manifest["stages"][name] = entry.to_manifest()
             manifest["updated_at"] = entry.finished_at
-            store.record(manifest, name, entry.to_record(store.title_id, name, manifest["source"]["sha256"], __version__))
+            store.record(
+                manifest, name, entry.to_record(store.title_id, name, manifest["source"]["sha256"], __version__)
+            )
             store.remove(touched - listed_outputs(manifest))
         return entry
 
@@ -579,6 +581,7 @@ class Runner:
             try:
                 expected = fingerprint(sha, stage, deps) if all(deps) else None
             except Exception:  # model() could not say what it is: its record cannot be trusted either
+                log.exception("stage %s: model identity failed", name)
                 expected = None
             if expected is not None and expected == entry.get("fingerprint"):
                 continue

@@ -159,7 +159,9 @@ class LocalStore:
             except (OSError, ValueError, KeyError, TypeError):
                 touched = set()
             if touched - listed:
-                log.info("%s: removing %d file(s) an interrupted run left unlisted", self.title_id, len(touched - listed))
+                log.info(
+                    "%s: removing %d file(s) an interrupted run left unlisted", self.title_id, len(touched - listed)
+                )
             remove_outputs(tdir, touched - listed)
             journal.unlink(missing_ok=True)
 

@@ -14,10 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_container_runs_the_worker_module_the_cdk_names():
-    cmd = re.search(r"^CMD (\[.*\])$", (ROOT / "containers" / "Dockerfile").read_text(), re.M)
+    cmd = re.search(r"^CMD (\[.*\])$", (ROOT / "containers" / "Dockerfile").read_text(), re.MULTILINE)
     assert cmd and tuple(json.loads(cmd.group(1))) == contract.WORKER_COMMAND
     worker = importlib.import_module(contract.WORKER_MODULE)
     assert callable(worker.main) and worker.EXIT_TRANSIENT == contract.EXIT_TRANSIENT == 75
+    from prism import worker as shim  # what runbooks and older images call: python -m prism.worker
+
+    assert shim.main is worker.main
 
 
 def test_status_is_its_value_in_json_and_comparisons():

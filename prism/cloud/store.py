@@ -62,8 +62,14 @@ class S3Store:
         items = self.catalog.stage_items(self.title_id)
         if not items:
             return None
-        ours = [i["source"] for i in items if isinstance(i.get("source"), dict) and i["source"].get("uri") == self.source_uri]
-        source = ours[-1] if ours else {"uri": self.source_uri, "bytes": None, "sha256": None, "etag": None, "probe": None}
+        ours = [
+            i["source"]
+            for i in items
+            if isinstance(i.get("source"), dict) and i["source"].get("uri") == self.source_uri
+        ]
+        source = (
+            ours[-1] if ours else {"uri": self.source_uri, "bytes": None, "sha256": None, "etag": None, "probe": None}
+        )
         stages = {i["stage"]: i.get("manifest_entry") or StageEntry.from_record(i).to_manifest() for i in items}
         return {"title_id": self.title_id, "source": dict(source), "stages": stages}
 
@@ -93,7 +99,9 @@ class S3Store:
         publish(staging, self.title_dir, outputs)
         for rel in upload_order(outputs):
             key = artifact_key(self.title_id, rel)
-            self.s3.upload_file(str(self.title_dir / rel), self.bucket, key, ExtraArgs={"ContentType": content_type(rel)})
+            self.s3.upload_file(
+                str(self.title_dir / rel), self.bucket, key, ExtraArgs={"ContentType": content_type(rel)}
+            )
             self._stored().add(key)
 
     def _extra(self, manifest: dict[str, Any], name: str) -> dict[str, Any]:
