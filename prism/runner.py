@@ -273,8 +273,13 @@ class Runner:
                 probe=_probe_facts(info),
             )
         except MediaError as exc:
-            if existing and any(e.get("status") == "succeeded" for e in existing["stages"].values()):
-                # earlier results of this id are kept: they match the source they were made from
+            if (
+                store.owns_manifest
+                and existing
+                and any(e.get("status") == "succeeded" for e in existing["stages"].values())
+            ):
+                # earlier results of this id are kept: they match the source they were made from (in the
+                # cloud each stage record stands alone: the job records its stages failed, with the reason)
                 if owner and owner.get("uri") == source_facts["uri"]:
                     self._note_title_failure(store, source, str(exc))
                 return self._unrecorded(title_id, source, order, str(exc))
@@ -560,7 +565,7 @@ class Runner:
             store.record(
                 manifest, name, entry.to_record(store.title_id, name, manifest["source"]["sha256"], __version__)
             )
-            store.remove(touched - listed_outputs(manifest))
+            store.remove(touched - listed_outputs(manifest), replaced=entry.status == Status.SUCCEEDED)
         return entry
 
     def _sync_catalog(self, store: TitleStore, manifest: dict[str, Any], stage: Stage, entry: dict[str, Any]) -> None:

@@ -49,6 +49,7 @@ class TitleStore(Protocol):
     title_id: str
     title_dir: Path  # a local directory: stages read their inputs here; published files land here
     runs_dependents: bool  # False: recorded dependents outside the run are marked stale, not run
+    owns_manifest: bool  # True: a failure recorded over earlier results would lose the title's only record of them
 
     def lock(self, *, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
         """Exclusive access to the title while it is written (yields False when ``wait`` is off and it is held)."""
@@ -71,8 +72,8 @@ class TitleStore(Protocol):
     def record(self, manifest: dict[str, Any], name: str, record: StageRecord) -> None:
         """Make ``manifest["stages"][name]`` and its catalog record durable."""
 
-    def remove(self, relatives: set[str]) -> None:
-        """Delete stored files no stage entry lists any more."""
+    def remove(self, relatives: set[str], *, replaced: bool) -> None:
+        """Delete stored files no stage entry lists any more (``replaced``: the stage's new run succeeded)."""
 
     def sync(self, manifest: dict[str, Any], name: str, record: StageRecord) -> None:
         """A reused stage: rewrite its catalog record if it fell behind its manifest entry."""
@@ -97,6 +98,7 @@ class LocalStore:
     """
 
     runs_dependents = True
+    owns_manifest = True
 
     def __init__(self, out_dir: str | Path, title_id: str, catalog: Catalog):
         self.out_dir = Path(out_dir)
@@ -187,7 +189,8 @@ class LocalStore:
         write_json(self.title_dir / MANIFEST, manifest)
         self.catalog.put_stage(record)
 
-    def remove(self, relatives: set[str]) -> None:
+    def remove(self, relatives: set[str], *, replaced: bool) -> None:
+        """Always: the directory holds exactly what the manifest lists."""
         remove_outputs(self.title_dir, relatives)
 
     def sync(self, manifest: dict[str, Any], name: str, record: StageRecord) -> None:

@@ -132,7 +132,7 @@ def test_remove_deletes_what_no_entry_lists(backend):
     manifest = _manifest()
     _commit(store, manifest, "parts", {"parts/a-0.txt": b"zero", "parts/a-1.txt": b"one", "parts.parquet": b"i"})
     _commit(store, manifest, "parts", {"parts/a-0.txt": b"zero", "parts.parquet": b"i2"}, fp="fp-2")
-    store.remove({"parts/a-1.txt"})
+    store.remove({"parts/a-1.txt"}, replaced=True)
     assert backend.stored() == {"parts.parquet", "parts/a-0.txt"}
 
 
@@ -215,3 +215,20 @@ def test_worker_records_a_dependent_in_another_job_stale_when_its_upstream_chang
     again = _run(cloud, tmp_path, ("tally",))
     assert [(o.stage, o.status, o.reused) for o in again.stages] == [("tally", "succeeded", False)]
     assert catalog.get_stage(TITLE, "tally").status == "succeeded"
+
+
+def test_worker_records_a_broken_redelivery_failed_with_its_reason_and_keeps_the_old_objects(cloud, tmp_path):
+    """The local rule (keep the manifest of a title whose new source cannot be read) must not silence the
+    cloud: there each stage record stands alone, and record_failure would only know 'exit code 1'."""
+    s3, ddb = cloud
+    catalog = DynamoCatalog(TABLE, client=ddb)
+    assert _run(cloud, tmp_path, ("parts",)).status == "succeeded"
+    before = {o["Key"] for o in s3.list_objects_v2(Bucket=ARTIFACTS)["Contents"]}
+    s3.put_object(Bucket=INPUT, Key="delivered/Ep-1.mp4", Body=b"this is not a video")
+
+    result = _run(cloud, tmp_path, ("parts",))
+
+    assert result.status == "failed" and "Ep-1.mp4" in result.reason
+    record = catalog.get_stage(TITLE, "parts")
+    assert (record.status, record.reason) == ("failed", result.reason)
+    assert {o["Key"] for o in s3.list_objects_v2(Bucket=ARTIFACTS)["Contents"]} == before  # nothing deleted

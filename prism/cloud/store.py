@@ -10,7 +10,7 @@ The same :class:`prism.store.TitleStore` contract as ``LocalStore``, so the work
   HeadObject per file: see :func:`prism.cloud.s3.existing_keys`).
 - ``publish``: into the local ``title_dir`` (a later stage of the job reads it there), then one
   PUT per file, nested files first and indexes last; ``record``: the stage record with its
-  manifest entry, after the files; ``remove``: objects no entry lists any more, after the record.
+  manifest entry, after the files; ``remove``: objects no entry lists any more, after the record of a rerun that succeeded.
 - Dependents of a rerun stage that belong to other jobs are not run here: ``mark_stale`` records
   them stale, conditionally, so a job of the same title that has since rewritten one wins.
 """
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 class S3Store:
     runs_dependents = False
+    owns_manifest = False  # finalize assembles it from the stage records
 
     def __init__(
         self,
@@ -115,7 +116,11 @@ class S3Store:
     def record(self, manifest: dict[str, Any], name: str, record: StageRecord) -> None:
         self.catalog.put_stage(record, extra=self._extra(manifest, name))
 
-    def remove(self, relatives: set[str]) -> None:
+    def remove(self, relatives: set[str], *, replaced: bool) -> None:
+        """Only once a rerun succeeded: a failed rerun leaves the previous objects in place (the manifest
+        ``finalize`` writes no longer lists them), so a bad redelivery never deletes good artifacts."""
+        if not replaced:
+            return
         for rel in sorted(relatives):
             key = artifact_key(self.title_id, rel)
             self.s3.delete_object(Bucket=self.bucket, Key=key)
