@@ -85,3 +85,13 @@ def test_a_stage_entry_round_trips_through_manifest_and_catalog_for_every_status
     assert StageEntry.from_record(catalog.get_stage("T", "tally")).status == "stale"
     with pytest.raises(ValueError, match="'done' is not a valid Status"):
         StageEntry("done")
+
+
+def test_every_prism_variable_the_cdk_and_the_lambdas_spell_is_in_the_contract():
+    """The CDK still spells some names itself; each must be one the contract defines (a typo fails here)."""
+    defined = {value for name, value in vars(contract).items() if name.startswith("ENV_")}
+    spelled = set()
+    for folder in ("cdk", "lambdas", "prism/cloud"):
+        for path in (ROOT / folder).glob("*.py"):
+            spelled |= set(re.findall(r"[\"'](PRISM_[A-Z_]+)[\"']", path.read_text()))
+    assert spelled and spelled <= defined, sorted(spelled - defined)
