@@ -25,8 +25,10 @@ from cdk_nag import NagSuppressions
 from constructs import Construct
 
 from cdk.config import JobSpec
+from prism.contract import EXIT_TRANSIENT as _EXIT_TRANSIENT
+from prism.contract import WORKER_COMMAND
 
-EXIT_TRANSIENT = "75"  # prism.worker: transient AWS error, worth a retry
+EXIT_TRANSIENT = str(_EXIT_TRANSIENT)  # the worker: transient AWS error, worth a retry
 # The GPU-optimized ECS AMI on Amazon Linux 2023 (ECS_AL2_NVIDIA is past end of support).
 GPU_IMAGE_TYPE = batch.EcsMachineImageType.ECS_AL2023_NVIDIA
 # What the workers do through the gateway endpoints (S3 transfers: multipart uploads and ranged GETs).
@@ -180,7 +182,7 @@ class Compute(Construct):
                     cpu=spec.vcpus,
                     memory=Size.mebibytes(spec.memory_mib),
                     gpu=spec.gpus or None,
-                    command=["python", "-m", "prism.worker"],
+                    command=list(WORKER_COMMAND),
                     environment={
                         **environment,
                         **(job_environment or {}).get(spec.name, {}),

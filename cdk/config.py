@@ -235,7 +235,9 @@ class EnvironmentConfig:
 
     @property
     def stack_name(self) -> str:
-        return f"Prism-{self.name}"
+        from prism.contract import STACK_NAME
+
+        return STACK_NAME.format(env=self.name)
 
     @property
     def title_minutes(self) -> int:

@@ -18,7 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PRISM_FILES = ("__init__.py", "artifacts.py", "catalog.py", "errors.py", "schemas", "cloud")
+CONTAINER_ONLY = ("worker.py", "store.py")  # prism.cloud modules that import the media stack: the Batch image only
+PRISM_FILES = ("__init__.py", "artifacts.py", "catalog.py", "contract.py", "errors.py", "schemas", "cloud")
 
 
 @lru_cache(maxsize=1)
@@ -31,7 +32,9 @@ def lambda_bundle() -> str:
     for name in PRISM_FILES:
         src = ROOT / "prism" / name
         if src.is_dir():
-            shutil.copytree(src, out / "prism" / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(
+                src, out / "prism" / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *CONTAINER_ONLY)
+            )
         else:
             shutil.copy2(src, out / "prism" / name)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -32,8 +32,9 @@ from constructs import Construct
 from cdk.compute import CAPACITY_SHORT
 from cdk.config import EXECUTION_TIMEOUT_HOURS, JobSpec
 from cdk.lambda_bundle import lambda_bundle
+from prism.contract import RUNS_PREFIX
 
-MAP_RESULTS_PREFIX = "_prism/runs/map-results"  # under the run-items lifecycle rule
+MAP_RESULTS_PREFIX = f"{RUNS_PREFIX}map-results"  # under the run-items lifecycle rule
 PENDING_KEY = "#PENDING"  # prism.cloud.catalog.PENDING_KEY (tests/cdk checks they agree)
 BATCH_API_ERRORS = ["Batch.AWSBatchException", "Batch.TooManyRequestsException", "Batch.ServerException"]
 HANDLERS = {

@@ -16,6 +16,7 @@ from cdk.orchestration import Orchestration
 from cdk.schedule import DailySchedule, EventBus
 from cdk.smoke import SmokeTestAccess
 from cdk.storage import RUNS_PREFIX, TITLES_PREFIX, Storage
+from prism.contract import EVENT_BUS
 
 RETENTION = {
     1: logs.RetentionDays.ONE_DAY,
@@ -48,7 +49,7 @@ class PrismStack(Stack):
             noncurrent_version_days=config.noncurrent_version_days, run_items_days=config.run_items_days,
             retain_data=config.retain_data,
         )  # fmt: skip
-        self.events = EventBus(self, "Events", bus_name=f"prism-{config.name}")
+        self.events = EventBus(self, "Events", bus_name=EVENT_BUS.format(env=config.name))
         worker_env = {
             "PRISM_ARTIFACTS_BUCKET": storage.artifacts.bucket_name,
             "PRISM_CATALOG_TABLE": storage.catalog.table_name,

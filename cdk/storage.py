@@ -10,8 +10,9 @@ from aws_cdk import aws_s3 as s3
 from cdk_nag import NagSuppressions
 from constructs import Construct
 
-TITLES_PREFIX = "titles/"
-RUNS_PREFIX = "_prism/runs/"
+from prism.contract import RUNS_PREFIX, TITLES_PREFIX
+
+__all__ = ["RUNS_PREFIX", "TITLES_PREFIX", "Storage"]
 
 
 class Storage(Construct):

@@ -9,11 +9,12 @@ from functools import cached_property
 
 import boto3
 
+from prism import contract as c
 from prism.cloud.catalog import DynamoCatalog
+from prism.contract import EVENT_SOURCE, TITLE_FAILED, TITLE_PREPROCESSED
 
-EVENT_SOURCE = "prism"
-TITLE_PREPROCESSED = "Title Preprocessed"
-TITLE_FAILED = "Title Failed"
+__all__ = ["EVENT_SOURCE", "TITLE_FAILED", "TITLE_PREPROCESSED", "Aws", "Settings", "jobs_after", "put_title_event",
+           "upstream_of"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -36,19 +37,19 @@ class Settings:
     def from_env(cls) -> Settings:
         env = os.environ
         return cls(
-            catalog_table=env["PRISM_CATALOG_TABLE"],
-            artifacts_bucket=env["PRISM_ARTIFACTS_BUCKET"],
-            input_bucket=env.get("PRISM_INPUT_BUCKET", ""),
-            input_prefix=env.get("PRISM_INPUT_PREFIX", ""),
-            event_bus=env.get("PRISM_EVENT_BUS", "default"),
-            pipeline_version=env["PRISM_PIPELINE_VERSION"],
-            stage_graph=json.loads(env.get("PRISM_STAGE_GRAPH", "{}")),
-            jobs=json.loads(env.get("PRISM_JOBS", "{}")),
-            job_queues=json.loads(env.get("PRISM_JOB_QUEUES", "{}")),
-            video_suffixes=tuple(s.strip().lower() for s in env.get("PRISM_VIDEO_SUFFIXES", ".mp4").split(",")),
-            watermark_overlap_s=int(env.get("PRISM_WATERMARK_OVERLAP_S", "3600")),
-            max_titles_per_run=int(env.get("PRISM_MAX_TITLES_PER_RUN", "1000")),
-            language_hint=env.get("PRISM_LANGUAGE_HINT", ""),
+            catalog_table=env[c.ENV_CATALOG_TABLE],
+            artifacts_bucket=env[c.ENV_ARTIFACTS_BUCKET],
+            input_bucket=env.get(c.ENV_INPUT_BUCKET, ""),
+            input_prefix=env.get(c.ENV_INPUT_PREFIX, ""),
+            event_bus=env.get(c.ENV_EVENT_BUS, "default"),
+            pipeline_version=env[c.ENV_PIPELINE_VERSION],
+            stage_graph=json.loads(env.get(c.ENV_STAGE_GRAPH, "{}")),
+            jobs=json.loads(env.get(c.ENV_JOBS, "{}")),
+            job_queues=json.loads(env.get(c.ENV_JOB_QUEUES, "{}")),
+            video_suffixes=tuple(s.strip().lower() for s in env.get(c.ENV_VIDEO_SUFFIXES, ".mp4").split(",")),
+            watermark_overlap_s=int(env.get(c.ENV_WATERMARK_OVERLAP_S, "3600")),
+            max_titles_per_run=int(env.get(c.ENV_MAX_TITLES_PER_RUN, "1000")),
+            language_hint=env.get(c.ENV_LANGUAGE_HINT, ""),
         )
 
 

@@ -37,10 +37,11 @@ from pydantic import Field, model_validator
 
 from prism.artifacts import title_id_for
 from prism.cloud.s3 import S3Uri
+from prism.contract import RUNS_PREFIX as CONTRACT_RUNS_PREFIX
 
 logger = Logger(service="prism-discover")
 
-RUNS_PREFIX = "_prism/runs"
+RUNS_PREFIX = CONTRACT_RUNS_PREFIX.rstrip("/")
 
 
 class RunRequest(BaseModel):

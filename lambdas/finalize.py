@@ -19,9 +19,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from aws_lambda_powertools.utilities.validation import validate
 from pydantic import Field
 
-from prism.artifacts import is_blocked, manifest_schema, new_manifest, now_iso
+from prism.artifacts import StageEntry, is_blocked, manifest_schema, new_manifest, now_iso
 from prism.catalog import TitleRecord
 from prism.cloud.s3 import artifact_key, existing_keys, manifest_key, title_prefix
+from prism.contract import Status
 
 logger = Logger(service="prism-finalize")
 metrics = Metrics(namespace="Prism", service="prism-finalize")
@@ -56,13 +57,13 @@ def handler(event: FinalizeEvent, context: LambdaContext) -> dict:
         entry = manifest["stages"].get(name)
         if entry is None:
             manifest["stages"][name] = _missing_entry(name)
-        elif entry["status"] == "succeeded":
+        elif entry["status"] == Status.SUCCEEDED:
             if stored is None:
                 stored = existing_keys(aws.s3, settings.artifacts_bucket, title_prefix(event.title_id))
             missing = [rel for rel in entry["outputs"] if artifact_key(event.title_id, rel) not in stored]
             if missing:
                 entry.update(
-                    status="failed",
+                    status=Status.FAILED.value,
                     outputs=[],
                     reason=f"{event.title_id}: stage {name} outputs missing in S3: {missing}",
                 )
@@ -74,7 +75,7 @@ def handler(event: FinalizeEvent, context: LambdaContext) -> dict:
     )  # fmt: skip
 
     this_run = {name: manifest["stages"][name] for name in event.stages}
-    failed = [(n, e) for n, e in this_run.items() if e["status"] == "failed"]
+    failed = [(n, e) for n, e in this_run.items() if e["status"] == Status.FAILED]
     blocked = [(n, e) for n, e in this_run.items() if is_blocked(e)]
     status = "failed" if failed or blocked else "succeeded"
     reason = (failed or blocked)[0][1]["reason"] if status == "failed" else None
@@ -142,19 +143,9 @@ def _prism_version(items) -> str:
 
 def _entry_from_record(item: dict[str, Any]) -> dict[str, Any]:
     """A manifest entry for a record written without one (by ``record_failure``)."""
-    model = {"name": item["model_name"], "version": item["model_version"]} if item.get("model_name") else None
-    return {
-        "status": item["status"], "reason": item.get("reason") or f"stage {item['stage']} {item['status']}",
-        "model": model, "params": {}, "params_hash": item.get("params_hash"), "fingerprint": item.get("fingerprint"),
-        "outputs": [] if item["status"] != "succeeded" else item.get("outputs", []),
-        "started_at": item.get("started_at"), "finished_at": item.get("finished_at"),
-        "duration_s": item.get("duration_s") or 0.0, "metrics": {},
-    }  # fmt: skip
+    return StageEntry.from_record(item).to_manifest()
 
 
 def _missing_entry(stage: str) -> dict[str, Any]:
-    return {
-        "status": "failed", "reason": f"stage {stage} left no record (job never ran or was lost)", "model": None,
-        "params": {}, "params_hash": None, "fingerprint": None, "outputs": [], "started_at": None,
-        "finished_at": now_iso(), "duration_s": 0.0, "metrics": {},
-    }  # fmt: skip
+    reason = f"stage {stage} left no record (job never ran or was lost)"
+    return StageEntry(Status.FAILED.value, reason, finished_at=now_iso()).to_manifest()

@@ -6,7 +6,7 @@ of the job it left alone were up to date. Batch-level failures (timeouts, spot r
 retry budget, image pull errors, bad configuration) end the job before it recorded anything, so
 its stages of this run are recorded as failed with the reason from the Batch job description
 Step Functions passes in ``error``. A failed job ends its chain, so the stages of this run in
-the jobs after it are recorded as skipped, blocked by the failed stages (``blocked_reason``),
+the jobs after it are recorded ``blocked`` by the failed stages (``blocked_reason``),
 as ``prism run`` does locally.
 """
 
@@ -22,12 +22,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
 
 from prism import __version__
-from prism.artifacts import blocked_reason, is_blocked, now_iso
+from prism.artifacts import StageEntry, blocked_reason, is_blocked, now_iso
 from prism.catalog import StageRecord, TitleRecord
+from prism.contract import EXIT_FAILED, Status  # the worker ran and recorded its stages, and one of them failed
 
 logger = Logger(service="prism-record-failure")
-
-EXIT_FAILED = 1  # prism.worker: the worker ran and recorded its stages, and one of them failed
 
 
 class TaskError(BaseModel):
@@ -64,11 +63,11 @@ def handler(event: FailureEvent, context: LambdaContext) -> dict:
         for stage in ours:
             record = previous[stage]
             if stage in fresh:
-                if record.status == "failed" or is_blocked({"status": record.status, "reason": record.reason}):
+                if record.status == Status.FAILED or is_blocked({"status": record.status, "reason": record.reason}):
                     failed[stage] = record.reason or f"stage {stage} {record.status}"
             elif not worker_recorded:
                 failed[stage] = f"{event.title_id}: stage {stage} failed: job {event.job}: {cause}"
-                catalog.put_stage(_record(event.title_id, stage, "failed", failed[stage], record))
+                catalog.put_stage(_record(event.title_id, stage, Status.FAILED.value, failed[stage], record))
         reason = next(iter(failed.values()), f"{event.title_id}: job {event.job} failed: {cause}")
         blockers = set(failed) or set(ours)  # the job failed yet no stage says so: blame all of it
         for job in jobs_after(event.job, settings.jobs):
@@ -78,7 +77,7 @@ def handler(event: FailureEvent, context: LambdaContext) -> dict:
                 needs = upstream_of(stage, settings.stage_graph) & blockers
                 why = blocked_reason([s for s in ours if s in (needs or blockers)])
                 catalog.put_stage(
-                    _record(event.title_id, stage, "skipped", why, catalog.get_stage(event.title_id, stage))
+                    _record(event.title_id, stage, Status.BLOCKED.value, why, catalog.get_stage(event.title_id, stage))
                 )
 
     known = catalog.get_title(event.title_id)
@@ -125,10 +124,8 @@ def _batch_job(error: TaskError) -> tuple[str, int | None]:
 
 
 def _record(title_id: str, stage: str, status: str, reason: str, previous: StageRecord | None) -> StageRecord:
-    return StageRecord(
-        title_id=title_id, stage=stage, status=status, reason=reason,
-        model_name=previous.model_name if previous else None, model_version=previous.model_version if previous else None,
-        params_hash=previous.params_hash if previous else None, fingerprint=None,
-        source_sha256=previous.source_sha256 if previous else None, started_at=None, finished_at=now_iso(),
-        duration_s=0.0, prism_version=__version__, outputs=[],
-    )  # fmt: skip
+    """A bare record (no files, no fingerprint): the stage did not run in this execution."""
+    model = {"name": previous.model_name, "version": previous.model_version} if previous and previous.model_name else None
+    entry = StageEntry(status, reason, model=model, params_hash=previous.params_hash if previous else None,
+                       started_at=None, finished_at=now_iso(), duration_s=0.0)  # fmt: skip
+    return entry.to_record(title_id, stage, previous.source_sha256 if previous else None, __version__)

@@ -15,32 +15,99 @@ import unicodedata
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from prism.catalog import StageRecord
+from prism.contract import TITLES_PREFIX, Status
+
 SCHEMA_VERSION = "1.0"
 MANIFEST = "manifest.json"
-TITLES_DIR = "titles"
+TITLES_DIR = TITLES_PREFIX.rstrip("/")
 STAGING_DIR = ".staging"
 WORK_DIR = ".work"  # <out>/.work/<title_id>/: a run's scratch decodes, removed after it
 LOCKS_DIR = ".locks"  # <out>/.locks/<title_id>.lock: one process writes a title at a time
 JOURNAL_PREFIX = ".publishing-"  # <title_dir>/.publishing-<stage>.json while a stage's files change
-STATUSES = ("succeeded", "failed", "skipped")
+STATUSES = tuple(s.value for s in Status)
 
 
 BLOCKED_PREFIX = "upstream stage(s) "
 
 
 def blocked_reason(stages: list[str]) -> str:
-    """The reason of a stage skipped because stages it requires did not succeed (the title fails)."""
+    """The reason of a stage ``blocked`` because stages it requires did not succeed (the title fails)."""
     return f"{BLOCKED_PREFIX}{stages} did not succeed"
 
 
 def is_blocked(entry: dict[str, Any]) -> bool:
-    """Whether a manifest stage entry is a skip caused by a failed upstream stage."""
-    return entry.get("status") == "skipped" and (entry.get("reason") or "").startswith(BLOCKED_PREFIX)
+    """Whether a manifest stage entry (or record) did not run because a stage it requires did not succeed.
+
+    Releases up to 0.1.0 wrote such a stage ``skipped`` with a reason starting ``upstream stage(s)``;
+    those records still count, so a title recorded by an older worker finalizes the same way.
+    """
+    status = entry.get("status")
+    return status == Status.BLOCKED or (
+        status == Status.SKIPPED and (entry.get("reason") or "").startswith(BLOCKED_PREFIX)
+    )
+
+
+@dataclass
+class StageEntry:
+    """How one stage of a title ended: its manifest entry, from which its catalog record is derived.
+
+    The one shape of a stage's end on every side: the runner builds it, the manifest stores
+    ``to_manifest()``, the catalogs store ``to_record()``, and ``finalize`` / ``record_failure``
+    turn a record back into an entry with ``from_record()``.
+    """
+
+    status: str  # a Status value
+    reason: str | None = None
+    model: dict[str, str] | None = None  # {"name", "version"}
+    params: dict[str, Any] = field(default_factory=dict)
+    params_hash: str | None = None
+    fingerprint: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # output -> {"bytes", "sha256"}
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status).value  # an unknown status is a bug at the writer, not in a reader
+
+    def to_manifest(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_manifest(cls, entry: dict[str, Any]) -> StageEntry:
+        known = {k: v for k, v in entry.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "outputs": list(known.get("outputs") or []), "files": dict(known.get("files") or {})})
+
+    def to_record(self, title_id: str, stage: str, source_sha256: str | None, prism_version: str) -> StageRecord:
+        model = self.model or {}
+        return StageRecord(
+            title_id=title_id, stage=stage, status=self.status, reason=self.reason, model_name=model.get("name"),
+            model_version=model.get("version"), params_hash=self.params_hash, fingerprint=self.fingerprint,
+            source_sha256=source_sha256, started_at=self.started_at, finished_at=self.finished_at,
+            duration_s=self.duration_s, prism_version=prism_version, outputs=list(self.outputs),
+        )  # fmt: skip
+
+    @classmethod
+    def from_record(cls, record: StageRecord | dict[str, Any]) -> StageEntry:
+        """The entry a record stands for when none was stored with it (``record_failure`` writes bare records)."""
+        r = record if isinstance(record, dict) else asdict(record)
+        status = r["status"]
+        return cls(
+            status=status, reason=r.get("reason") or (None if status == Status.SUCCEEDED else f"stage {r['stage']} {status}"),
+            model={"name": r["model_name"], "version": r["model_version"]} if r.get("model_name") else None,
+            params_hash=r.get("params_hash"), fingerprint=r.get("fingerprint"),
+            outputs=list(r.get("outputs") or []) if status == Status.SUCCEEDED else [],
+            started_at=r.get("started_at"), finished_at=r.get("finished_at"), duration_s=r.get("duration_s") or 0.0,
+        )  # fmt: skip
 
 
 def now_iso() -> str:

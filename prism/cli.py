@@ -26,7 +26,8 @@ console = Console(stderr=True)
 out_console = Console()
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-STATUS_STYLE = {"succeeded": "green", "failed": "red", "skipped": "yellow", "running": "cyan"}
+STATUS_STYLE = {"succeeded": "green", "failed": "red", "skipped": "yellow", "blocked": "yellow", "stale": "yellow",
+                "running": "cyan"}  # fmt: skip
 DEFAULT_OUT = Path("prism-out")
 
 
@@ -75,7 +76,7 @@ def _summary_table(outcomes: list[TitleOutcome]) -> Table:
         table.add_column(col)
     for title in outcomes:
         for o in title.stages:
-            status = "skipped (up to date)" if o.reused else o.status
+            status = "skipped (up to date)" if o.reused else ("skipped" if o.blocked else o.status)  # as before blocked
             detail = "" if o.reused else (o.summary if o.status == "succeeded" else (o.reason or ""))
             table.add_row(
                 title.title_id, o.stage, f"[{STATUS_STYLE[o.status]}]{status}[/]", f"{o.duration_s:.1f}s", detail

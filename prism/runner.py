@@ -6,7 +6,6 @@ stage or title never stops the others.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -15,36 +14,31 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from prism import __version__
 from prism.artifacts import (
-    JOURNAL_PREFIX,
-    LOCKS_DIR,
     STAGING_DIR,
     WORK_DIR,
+    StageEntry,
     blocked_reason,
     file_facts,
     listed_outputs,
     new_manifest,
     now_iso,
-    outputs_intact,
-    publish,
-    read_manifest,
     remove_empty_dirs,
-    remove_outputs,
     title_dir,
     title_id_for,
-    write_json,
 )
 from prism.catalog import Catalog, SQLiteCatalog, StageRecord, TitleRecord
+from prism.contract import Status
 from prism.errors import ConfigError, MediaError, PrismError, StorageError
 from prism.media import MediaInfo, probe
 from prism.schedule import Waiter, run_stages
 from prism.stages.base import SharedMedia, Stage, StageContext, StageResult, registry, resolve_order
+from prism.store import LocalStore, TitleStore
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +48,17 @@ UP_TO_DATE = "up to date: outputs exist for the same source, model and params (u
 @dataclass
 class StageOutcome:
     stage: str
-    status: str  # succeeded | failed | skipped
+    status: str  # a prism.contract.Status value: succeeded | failed | skipped | blocked
     reason: str | None = None
     duration_s: float = 0.0
     summary: str = ""
     outputs: list[str] = field(default_factory=list)
     reused: bool = False  # skipped because its outputs were already up to date
-    blocked: bool = False  # skipped because a stage it requires did not succeed (fails the title)
+
+    @property
+    def blocked(self) -> bool:
+        """Not run because a stage it requires did not succeed (fails the title)."""
+        return self.status == Status.BLOCKED
 
 
 @dataclass
@@ -115,13 +113,13 @@ def fingerprint(source_sha256: str | None, stage: Stage, upstream: list[str]) ->
 
 
 class Runner:
-    """Processes titles into ``<out_dir>/titles/<title_id>/`` and records them in the catalog.
+    """Processes titles into a :class:`~prism.store.TitleStore` (by default ``<out_dir>/titles/<title_id>/``
+    and the catalog) and decides, in one place, what runs: the up-to-date rule, ``--force``, the
+    recorded dependents a rerun stage drags along, and stages blocked by a failed requirement.
 
-    One process writes a title at a time (a file lock per title), so parallel runs on one
-    ``out_dir`` serialize per title and never see each other's half-written state. Every
-    change of a stage's files is journaled first, so a run killed at any point is repaired by
-    the next one: files the manifest does not list are removed, and a listed file whose size
-    or hash differs from the manifest makes its stage run again.
+    The store makes a title's writes safe: locally one process writes a title at a time (a file
+    lock per title) and every change of a stage's files is journaled first, so a run killed at any
+    point is repaired by the next one (see :class:`~prism.store.LocalStore`).
     """
 
     def __init__(
@@ -149,6 +147,10 @@ class Runner:
         self.overlap = overlap
         self._stages: dict[str, Stage] = {}
         self._commit_lock = threading.RLock()  # one title's stages may finish in two threads at once
+
+    def store(self, title_id: str) -> TitleStore:
+        """The default store of a title: ``<out_dir>/titles/<title_id>/`` and the catalog."""
+        return LocalStore(self.out_dir, title_id, self.catalog)
 
     def run(self, sources: list[str | Path], stages: list[str] | None = None) -> list[TitleOutcome]:
         """Process each source in turn; configuration errors raise ConfigError before any work.
@@ -195,7 +197,7 @@ class Runner:
         except Exception as exc:
             log.exception("internal error on %s", source)
             reason = f"{source}: internal error: {type(exc).__name__}: {exc}"
-        self._note_title_failure(title_id, source, reason)
+        self._note_title_failure(self.store(title_id), source, reason)
         return self._unrecorded(title_id, source, order, reason)
 
     def run_title(
@@ -206,27 +208,58 @@ class Runner:
         *,
         source_facts: dict[str, Any] | None = None,
         upstream: dict[str, str] | None = None,
+        store: TitleStore | None = None,
     ) -> TitleOutcome:
         """Run ``order`` for one title.
 
         ``source_facts`` (uri, etag, sha256) describe where the local ``source`` copy came from,
-        e.g. an S3 object, so the hash is not recomputed. ``upstream`` gives the fingerprints of
-        required stages that ran elsewhere (another Batch job), so ``order`` can be one stage.
-        Stages the title already has that depend on a stage of ``order`` (or every recorded
-        stage, when the source's content changed) are brought up to date too, so no stage is
-        left ``succeeded`` on inputs that have since changed.
+        e.g. an S3 object, so the hash is not recomputed. A stage ``order`` requires but does not
+        list counts with its recorded result (``upstream`` may give fingerprints instead), so
+        ``order`` can be the stages of one Batch job. Stages the title already has that depend on
+        a stage of ``order`` (or every recorded stage, when the source's content changed) are
+        brought up to date too (or, where the store runs no dependents, recorded ``stale``), so no
+        stage is left ``succeeded`` on inputs that have since changed.
         """
         title_id = title_id or title_id_for(source)
-        with self._title_lock(title_id):
-            return self._run_title(source, order, title_id, source_facts or {}, upstream or {})
+        store = store or self.store(title_id)
+        with store.lock():
+            return self._run_title(source, order, title_id, source_facts or {}, upstream or {}, store)
+
+    def current(self, store: TitleStore, order: list[str], source_sha256: str) -> list[StageOutcome] | None:
+        """Every stage of ``order`` reused as recorded, or None if one must run; decided without the source.
+
+        The Batch worker asks before downloading a video: a retried or duplicated job is a no-op.
+        """
+        with store.lock():
+            manifest = store.load()
+        if manifest is None or (self.force and order):
+            return None
+        stages = self.build_stages(order)
+        fingerprints = self._recorded_upstream(order, manifest)
+        outcomes = []
+        for name in order:
+            stage = stages[name]
+            if any(dep not in fingerprints for dep in stage.requires):
+                return None
+            fp = fingerprint(source_sha256, stage, [fingerprints[dep] for dep in stage.requires])
+            entry = manifest["stages"].get(name)
+            if not self._reusable(store, entry, fp, forced=True):
+                return None
+            fingerprints[name] = fp
+            outcomes.append(StageOutcome(name, "skipped", UP_TO_DATE, 0.0, "", list(entry["outputs"]), reused=True))
+        return outcomes
 
     def _run_title(
-        self, source: Path, order: list[str], title_id: str, given: dict[str, Any], upstream: dict[str, str]
+        self,
+        source: Path,
+        order: list[str],
+        title_id: str,
+        given: dict[str, Any],
+        upstream: dict[str, str],
+        store: TitleStore,
     ) -> TitleOutcome:
-        tdir = title_dir(self.out_dir, title_id)
-        tdir.mkdir(parents=True, exist_ok=True)
-        existing = self._load_manifest(tdir)
-        self._recover(title_id, tdir, existing)
+        tdir = store.title_dir
+        existing = store.load()
         source_facts: dict[str, Any] = {
             "uri": source.resolve().as_uri() if source.is_absolute() or source.exists() else str(source),
             "bytes": None,
@@ -249,17 +282,22 @@ class Runner:
                 probe=_probe_facts(info),
             )
         except MediaError as exc:
-            if existing and any(e.get("status") == "succeeded" for e in existing["stages"].values()):
-                # earlier results of this id are kept: they match the source they were made from
+            if (
+                store.owns_manifest
+                and existing
+                and any(e.get("status") == "succeeded" for e in existing["stages"].values())
+            ):
+                # earlier results of this id are kept: they match the source they were made from (in the
+                # cloud each stage record stands alone: the job records its stages failed, with the reason)
                 if owner and owner.get("uri") == source_facts["uri"]:
-                    self._note_title_failure(title_id, source, str(exc))
+                    self._note_title_failure(store, source, str(exc))
                 return self._unrecorded(title_id, source, order, str(exc))
             if source.exists():
                 source_facts["bytes"] = source.stat().st_size
             manifest = existing or new_manifest(title_id, source_facts, __version__)
             manifest["source"] = source_facts
-            outcomes = [self._record_failure(title_id, manifest, name, str(exc), None) for name in order]
-            return self._finish_title(title_id, source, tdir, manifest, outcomes)
+            outcomes = [self._record_failure(store, manifest, name, str(exc), None) for name in order]
+            return self._finish_title(store, source, manifest, outcomes)
         if (
             owner
             and owner.get("sha256") not in (None, source_facts["sha256"])
@@ -276,14 +314,17 @@ class Runner:
         manifest = existing or new_manifest(title_id, source_facts, __version__)
         manifest["prism_version"] = __version__
         manifest["source"] = source_facts
-        stages, forced = self._plan(order, manifest, changed, upstream)
+        stages, forced, dependents = self._plan(order, manifest, changed, upstream, store)
         run_dir = self.out_dir / WORK_DIR / title_id / uuid.uuid4().hex[:8]
-        shared = SharedMedia(run_dir)
-        fingerprints: dict[str, str] = dict(upstream)
+        # stages side by side (prism/schedule.py) decode on their own; one after another, a stage may
+        # keep its decode for a later one (the cues stage's audio for the audio stage)
+        overlapping = self.overlap and len({stage.concurrency for stage in stages.values()}) > 1
+        shared = SharedMedia(run_dir, planned=None if overlapping else list(stages))
+        fingerprints: dict[str, str] = {**self._recorded_upstream(list(stages), manifest), **upstream}
 
         def run_one(stage: Stage, waiter: Waiter) -> StageOutcome:
             return self._run_stage(
-                title_id, source, info, tdir, manifest, shared, stage, fingerprints, stage.name in forced, waiter
+                title_id, source, info, store, manifest, shared, stage, fingerprints, stage.name in forced, waiter
             )
 
         try:
@@ -292,12 +333,14 @@ class Runner:
             shutil.rmtree(run_dir, ignore_errors=True)
             remove_empty_dirs(run_dir.parent, run_dir.parent.parent)
             shutil.rmtree(tdir / STAGING_DIR, ignore_errors=True)
-        return self._finish_title(title_id, source, tdir, manifest, outcomes)
+        self._invalidate(store, manifest, dependents, fingerprints)
+        return self._finish_title(store, source, manifest, outcomes)
 
     def _plan(
-        self, order: list[str], manifest: dict[str, Any], changed: bool, upstream: dict[str, str]
-    ) -> tuple[dict[str, Stage], set[str]]:
-        """The stages to run for this title, and those ``--force`` applies to (the requested ones).
+        self, order: list[str], manifest: dict[str, Any], changed: bool, upstream: dict[str, str], store: TitleStore
+    ) -> tuple[dict[str, Stage], set[str], dict[str, Stage]]:
+        """The stages to run for this title, those ``--force`` applies to (the requested ones), and the
+        recorded dependents the store does not run here (to be checked for staleness instead).
 
         Recorded stages downstream of a requested one join the run (with the shaping params
         they were made with, unless given now): each reruns if its inputs changed, and is
@@ -309,7 +352,7 @@ class Runner:
         extra = [name for name in recorded if changed or _ancestors(name, known) & requested]
         stages = {name: self.build_stages([name])[name] for name in order}
         if not extra:
-            return stages, requested
+            return stages, requested, {}
         full = resolve_order([*order, *extra])
         result: dict[str, Stage] = {}
         for name in full:
@@ -325,8 +368,34 @@ class Runner:
             except ConfigError as exc:
                 log.warning("%s: recorded params no longer valid (%s); using the defaults", name, exc)
                 result[name] = self.build_stages([name])[name]
+        if not store.runs_dependents:  # another job runs them: they are checked, not run, here
+            dependents = {name: stage for name, stage in result.items() if name in extra}
+            return stages, requested, dependents
         log.info("%s also run to keep them consistent with %s", [n for n in full if n not in stages], order)
-        return result, requested
+        return result, requested, {}
+
+    @staticmethod
+    def _recorded_upstream(order: list[str], manifest: dict[str, Any]) -> dict[str, str]:
+        """Fingerprints of the succeeded recorded stages that ``order`` requires but does not run."""
+        known = registry()
+        needed = {dep for name in order if name in known for dep in known[name].requires if dep not in order}
+        found = {}
+        for dep in sorted(needed):
+            entry = manifest["stages"].get(dep) or {}
+            if entry.get("status") == "succeeded" and entry.get("fingerprint"):
+                found[dep] = entry["fingerprint"]
+        return found
+
+    def _reusable(self, store: TitleStore, entry: dict[str, Any] | None, fp: str | None, forced: bool) -> bool:
+        """The up-to-date rule: succeeded before with the same fingerprint (source, model, params,
+        upstream), its files still stored as recorded, and not forced."""
+        return (
+            not (self.force and forced)
+            and entry is not None
+            and entry.get("status") == "succeeded"
+            and entry.get("fingerprint") == fp
+            and store.outputs_intact(entry)
+        )
 
     def _sweep_work(self) -> None:
         """Remove scratch decodes that killed runs left in ``<out>/.work/`` for titles nobody is writing."""
@@ -334,69 +403,18 @@ class Runner:
         if not work.is_dir():
             return
         for entry in sorted(work.iterdir()):
-            with self._title_lock(entry.name, wait=False) as held:
+            with self.store(entry.name).lock(wait=False) as held:
                 if held:
                     log.info("removing %s left by an interrupted run", entry)
                     shutil.rmtree(entry, ignore_errors=True)
         remove_empty_dirs(work, self.out_dir)
-
-    @contextlib.contextmanager
-    def _title_lock(self, title_id: str, *, wait: bool = True) -> Iterator[bool]:
-        """Hold ``<out>/.locks/<title_id>.lock`` (released by the OS if the process dies)."""
-        from filelock import FileLock, Timeout
-
-        path = self.out_dir / LOCKS_DIR / f"{title_id}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(path)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            if not wait:
-                yield False
-                return
-            log.info("%s: another run is writing this title; waiting for it", title_id)
-            lock.acquire()
-        try:
-            yield True
-        finally:
-            lock.release()
-
-    def _load_manifest(self, tdir: Path) -> dict[str, Any] | None:
-        try:
-            manifest = read_manifest(tdir)
-        except (ValueError, UnicodeDecodeError) as exc:
-            log.warning("%s: unreadable manifest (%s); the title's stages run again", tdir, exc)
-            return None
-        if manifest is not None and not (
-            isinstance(manifest.get("stages"), dict) and isinstance(manifest.get("source"), dict)
-        ):
-            log.warning("%s: manifest without stages or source; the title's stages run again", tdir)
-            return None
-        return manifest
-
-    def _recover(self, title_id: str, tdir: Path, manifest: dict[str, Any] | None) -> None:
-        """Undo what a run killed on this title left behind (we hold its lock, so none is running)."""
-        shutil.rmtree(tdir / STAGING_DIR, ignore_errors=True)
-        shutil.rmtree(self.out_dir / WORK_DIR / title_id, ignore_errors=True)
-        for tmp in tdir.rglob(".*.tmp-*"):
-            tmp.unlink(missing_ok=True)
-        listed = listed_outputs(manifest)
-        for journal in tdir.glob(f"{JOURNAL_PREFIX}*.json"):
-            try:
-                touched = set(json.loads(journal.read_text(encoding="utf-8"))["outputs"])
-            except (OSError, ValueError, KeyError, TypeError):
-                touched = set()
-            if touched - listed:
-                log.info("%s: removing %d file(s) an interrupted run left unlisted", title_id, len(touched - listed))
-            remove_outputs(tdir, touched - listed)
-            journal.unlink(missing_ok=True)
 
     def _run_stage(
         self,
         title_id: str,
         source: Path,
         info: MediaInfo,
-        tdir: Path,
+        store: TitleStore,
         manifest: dict[str, Any],
         shared: SharedMedia,
         stage: Stage,
@@ -408,38 +426,32 @@ class Runner:
         blocked = [dep for dep in stage.requires if dep not in fingerprints]
         if blocked:
             reason = blocked_reason(blocked)
-            outcome = self._record(title_id, manifest, stage, "skipped", reason, None, [], {}, None, None, 0.0)
-            outcome.blocked = True
-            return outcome
+            return self._record(store, manifest, stage, Status.BLOCKED.value, reason, None, [], {}, None, None, 0.0)
         try:
             fp = fingerprint(manifest["source"]["sha256"], stage, [fingerprints[d] for d in stage.requires])
         except Exception as exc:  # model() could not say what it is: the stage cannot run
             log.exception("stage %s: model identity failed", name)
             return self._record_failure(
-                title_id, manifest, name, f"{source}: stage {name}: {type(exc).__name__}: {exc}", None
+                store, manifest, name, f"{source}: stage {name}: {type(exc).__name__}: {exc}", None
             )
         entry = manifest["stages"].get(name)
-        if (
-            not (self.force and forced)
-            and entry is not None
-            and entry.get("status") == "succeeded"
-            and entry.get("fingerprint") == fp
-            and outputs_intact(tdir, entry)
-        ):
+        if self._reusable(store, entry, fp, forced):
             fingerprints[name] = fp
-            self._sync_catalog(title_id, manifest, stage, entry)
+            self._sync_catalog(store, manifest, stage, entry)
             outcome = StageOutcome(name, "skipped", UP_TO_DATE, 0.0, "", list(entry["outputs"]), reused=True)
             self.events.stage_finished(title_id, outcome)
             return outcome
 
+        for dep in stage.requires:  # inputs recorded elsewhere (another job's stage) are brought here first
+            store.fetch(manifest["stages"].get(dep) or {})
         self.events.stage_started(title_id, name)
-        staging = tdir / STAGING_DIR / f"{name}-{uuid.uuid4().hex[:8]}"
+        staging = store.title_dir / STAGING_DIR / f"{name}-{uuid.uuid4().hex[:8]}"
         staging.mkdir(parents=True)
         ctx = StageContext(
             title_id=title_id,
             source=source,
             info=info,
-            title_dir=tdir,
+            title_dir=store.title_dir,
             staging=staging,
             shared=shared,
             progress=lambda done, total, label: self.events.stage_progress(title_id, name, done, total, label),
@@ -464,10 +476,10 @@ class Runner:
             result.metrics["shared_decode_s"] = {k: round(v, 3) for k, v in decodes.items()}
         try:
             if result is None:
-                return self._record(title_id, manifest, stage, "failed", reason, fp, [], {}, started, None, elapsed)
+                return self._record(store, manifest, stage, "failed", reason, fp, [], {}, started, None, elapsed)
             if result.status != "succeeded":
                 return self._record(
-                    title_id,
+                    store,
                     manifest,
                     stage,
                     result.status,
@@ -483,9 +495,9 @@ class Runner:
                 files = {rel: file_facts(staging / rel) for rel in result.outputs}
             except OSError as exc:
                 reason = f"{source}: stage {name}: an output it listed cannot be read: {exc}"
-                return self._record(title_id, manifest, stage, "failed", reason, fp, [], {}, started, None, elapsed)
+                return self._record(store, manifest, stage, "failed", reason, fp, [], {}, started, None, elapsed)
             outcome = self._record(
-                title_id, manifest, stage, "succeeded", None, fp, result.outputs, result.metrics, started,
+                store, manifest, stage, "succeeded", None, fp, result.outputs, result.metrics, started,
                 result.summary, elapsed, staging=staging, files=files,
             )  # fmt: skip
             if outcome.status == "succeeded":
@@ -496,7 +508,7 @@ class Runner:
 
     def _record(
         self,
-        title_id: str,
+        store: TitleStore,
         manifest: dict[str, Any],
         stage: Stage,
         status: str,
@@ -511,154 +523,116 @@ class Runner:
         staging: Path | None = None,
         files: dict[str, Any] | None = None,
     ) -> StageOutcome:
-        model = stage.model()
-
-        def entry(status: str, reason: str | None, outputs: list[str], files: dict[str, Any], finished: str):
-            return {
-                "status": status,
-                "reason": reason,
-                "model": model.to_dict(),
-                "params": stage.params_dict(),
-                "params_hash": stage.params_hash(),
-                "fingerprint": fp,
-                "outputs": outputs,
-                "files": files,
-                "started_at": started,
-                "finished_at": finished,
-                "duration_s": round(elapsed, 3),
-                "metrics": metrics,
-            }
-
-        def record(status: str, reason: str | None, outputs: list[str], finished: str) -> StageRecord:
-            return StageRecord(
-                title_id=title_id,
-                stage=stage.name,
-                status=status,
-                reason=reason,
-                model_name=model.name,
-                model_version=model.version,
-                params_hash=stage.params_hash(),
-                fingerprint=fp,
-                source_sha256=manifest["source"]["sha256"],
-                started_at=started,
-                finished_at=finished,
-                duration_s=round(elapsed, 3),
-                prism_version=__version__,
-                outputs=outputs,
-            )
-
-        status, reason, outputs = self._commit(
-            title_id, manifest, stage.name, status, reason, outputs, files or {}, staging, entry, record
+        entry = StageEntry(
+            status=status,
+            reason=reason,
+            model=stage.model().to_dict(),
+            params=stage.params_dict(),
+            params_hash=stage.params_hash(),
+            fingerprint=fp,
+            outputs=outputs,
+            files=files or {},
+            started_at=started,
+            duration_s=round(elapsed, 3),
+            metrics=metrics,
         )
+        entry = self._commit(store, manifest, stage.name, entry, staging)
         outcome = StageOutcome(
-            stage.name, status, reason, elapsed, (summary or "") if status == "succeeded" else "", outputs
-        )
-        self.events.stage_finished(title_id, outcome)
+            stage.name, entry.status, entry.reason, elapsed, (summary or "") if entry.status == "succeeded" else "",
+            entry.outputs,
+        )  # fmt: skip
+        self.events.stage_finished(store.title_id, outcome)
         return outcome
 
     def _record_failure(
-        self, title_id: str, manifest: dict[str, Any], name: str, reason: str, fp: str | None
+        self, store: TitleStore, manifest: dict[str, Any], name: str, reason: str, fp: str | None
     ) -> StageOutcome:
         """Failure before a stage object exists (bad source, bad params)."""
-
-        def entry(status: str, reason: str | None, outputs: list[str], files: dict[str, Any], finished: str):
-            return {
-                "status": "failed", "reason": reason, "model": None, "params": self.params.get(name, {}),
-                "params_hash": None, "fingerprint": fp, "outputs": [], "files": {}, "started_at": None,
-                "finished_at": finished, "duration_s": 0.0, "metrics": {},
-            }  # fmt: skip
-
-        def record(status: str, reason: str | None, outputs: list[str], finished: str) -> StageRecord:
-            return StageRecord(title_id, name, "failed", reason, None, None, None, fp, manifest["source"]["sha256"],
-                               None, finished, 0.0, __version__, [])  # fmt: skip
-
-        self._commit(title_id, manifest, name, "failed", reason, [], {}, None, entry, record)
+        entry = StageEntry(Status.FAILED.value, reason, params=self.params.get(name, {}), fingerprint=fp)
+        self._commit(store, manifest, name, entry, None)
         outcome = StageOutcome(name, "failed", reason)
-        self.events.stage_finished(title_id, outcome)
+        self.events.stage_finished(store.title_id, outcome)
         return outcome
 
     def _commit(
-        self,
-        title_id: str,
-        manifest: dict[str, Any],
-        name: str,
-        status: str,
-        reason: str | None,
-        outputs: list[str],
-        files: dict[str, Any],
-        staging: Path | None,
-        entry,
-        record,
-    ) -> tuple[str, str | None, list[str]]:
+        self, store: TitleStore, manifest: dict[str, Any], name: str, entry: StageEntry, staging: Path | None
+    ) -> StageEntry:
         """Replace a stage's files and its manifest entry and catalog record, recoverably.
 
         Order: journal every file this changes -> move the new files in -> manifest -> catalog
         -> delete the files no entry lists any more -> drop the journal. Killed anywhere in
-        between, the next run's ``_recover`` deletes unlisted journaled files, and a listed file
+        between, the next run's ``store.load`` deletes unlisted journaled files, and a listed file
         that was overwritten no longer matches its recorded hash, so its stage reruns.
         """
         with self._commit_lock:  # the manifest and the journal are shared by the title's stage threads
-            tdir = title_dir(self.out_dir, title_id)
             old = set(manifest["stages"].get(name, {}).get("outputs", []))
-            touched = old | set(outputs)
-            journal = tdir / f"{JOURNAL_PREFIX}{name}.json"
-            if touched:
-                write_json(journal, {"stage": name, "outputs": sorted(touched)})
-            if staging is not None and outputs:
-                try:
-                    publish(staging, tdir, outputs)
-                except OSError as exc:
-                    status, reason, outputs, files = "failed", f"stage {name}: cannot publish its outputs: {exc}", [], {}
-                    log.warning("%s: %s", title_id, reason)
-            finished = now_iso()
-            manifest["stages"][name] = entry(status, reason, outputs, files, finished)
-            manifest["updated_at"] = finished
-            write_json(tdir / "manifest.json", manifest)
-            self.catalog.put_stage(record(status, reason, outputs, finished))
-            remove_outputs(tdir, touched - listed_outputs(manifest))
-            journal.unlink(missing_ok=True)
-            return status, reason, outputs
-
-    def _sync_catalog(self, title_id: str, manifest: dict[str, Any], stage: Stage, entry: dict[str, Any]) -> None:
-        """A reused stage's catalog record is rewritten from the manifest if a kill left it behind."""
-        previous = self.catalog.get_stage(title_id, stage.name)
-        if previous is not None and (previous.status, previous.fingerprint, previous.outputs) == (
-            "succeeded", entry["fingerprint"], entry["outputs"]
-        ):  # fmt: skip
-            return
-        model = entry.get("model") or {}
-        self.catalog.put_stage(
-            StageRecord(
-                title_id=title_id, stage=stage.name, status="succeeded", reason=None,
-                model_name=model.get("name"), model_version=model.get("version"), params_hash=entry.get("params_hash"),
-                fingerprint=entry["fingerprint"], source_sha256=manifest["source"]["sha256"],
-                started_at=entry.get("started_at"), finished_at=entry.get("finished_at"),
-                duration_s=entry.get("duration_s"), prism_version=manifest.get("prism_version", __version__),
-                outputs=list(entry["outputs"]),
-            )
-        )  # fmt: skip
-
-    def _note_title_failure(self, title_id: str, source: Path, reason: str) -> None:
-        """Best effort: mark the title failed in the catalog, unless the id belongs to another source."""
-        try:
-            record = self.catalog.get_title(title_id)
-            uri = source.resolve().as_uri() if source.is_absolute() or source.exists() else str(source)
-            if record is not None and record.source_uri != uri:
-                return
-            self.catalog.put_title(
-                TitleRecord(
-                    title_id=title_id,
-                    source_uri=uri,
-                    source_bytes=record.source_bytes if record else None,
-                    source_sha256=record.source_sha256 if record else None,
-                    status="failed",
-                    reason=reason,
-                    prism_version=__version__,
-                    updated_at=now_iso(),
+            touched = old | set(entry.outputs)
+            with store.publishing(name, touched):
+                if staging is not None and entry.outputs:
+                    try:
+                        store.publish(staging, entry.outputs)
+                    except OSError as exc:
+                        entry.status, entry.reason = Status.FAILED.value, f"stage {name}: cannot publish its outputs: {exc}"
+                        entry.outputs, entry.files = [], {}
+                        log.warning("%s: %s", store.title_id, entry.reason)
+                entry.finished_at = now_iso()
+                manifest["stages"][name] = entry.to_manifest()
+                manifest["updated_at"] = entry.finished_at
+                store.record(
+                    manifest, name, entry.to_record(store.title_id, name, manifest["source"]["sha256"], __version__)
                 )
+                store.remove(touched - listed_outputs(manifest), replaced=entry.status == Status.SUCCEEDED)
+            return entry
+
+    def _sync_catalog(self, store: TitleStore, manifest: dict[str, Any], stage: Stage, entry: dict[str, Any]) -> None:
+        """A reused stage's catalog record is rewritten from the manifest if a kill left it behind."""
+        with self._commit_lock:
+            store.sync(manifest, stage.name, _record_from_entry(store.title_id, manifest, stage.name, entry, "succeeded"))
+
+    def _invalidate(
+        self, store: TitleStore, manifest: dict[str, Any], dependents: dict[str, Stage], fingerprints: dict[str, str]
+    ) -> None:
+        """Record ``stale`` the dependents this run did not bring up to date (their store runs them in
+        another job): each whose fingerprint, with its inputs as they are now, is not the recorded one."""
+        sha = manifest["source"]["sha256"]
+        for name, stage in dependents.items():
+            entry = manifest["stages"].get(name) or {}
+            if entry.get("status") != "succeeded":
+                continue
+            deps = [fingerprints.get(d) or _succeeded_fingerprint(manifest, d) for d in stage.requires]
+            try:
+                expected = fingerprint(sha, stage, deps) if all(deps) else None
+            except Exception:  # model() could not say what it is: its record cannot be trusted either
+                log.exception("stage %s: model identity failed", name)
+                expected = None
+            if expected is not None and expected == entry.get("fingerprint"):
+                continue
+            changed = [d for d in stage.requires if fingerprints.get(d) or not _succeeded_fingerprint(manifest, d)]
+            seen = entry.get("fingerprint")
+            stale = {**entry, "status": Status.STALE.value, "finished_at": now_iso(),
+                     "reason": f"stage(s) {changed or stage.requires} it requires changed since it ran; run {name} again"}  # fmt: skip
+            manifest["stages"][name] = stale
+            record = _record_from_entry(store.title_id, manifest, name, stale, Status.STALE.value)
+            if store.mark_stale(manifest, name, record, seen):
+                log.info("%s/%s recorded stale: %s", store.title_id, name, stale["reason"])
+            else:  # another job of the title rewrote it meanwhile: its record stands
+                manifest["stages"][name] = entry
+
+    def _note_title_failure(self, store: TitleStore, source: Path, reason: str) -> None:
+        """Best effort: mark the title failed in the catalog, unless the id belongs to another source."""
+        uri = source.resolve().as_uri() if source.is_absolute() or source.exists() else str(source)
+        store.note_title_failure(
+            TitleRecord(
+                title_id=store.title_id,
+                source_uri=uri,
+                source_bytes=None,
+                source_sha256=None,
+                status="failed",
+                reason=reason,
+                prism_version=__version__,
+                updated_at=now_iso(),
             )
-        except (StorageError, OSError) as exc:
-            log.warning("%s: the failure could not be recorded in the catalog either: %s", title_id, exc)
+        )
 
     def _unrecorded(self, title_id: str, source: Path, order: list[str], reason: str) -> TitleOutcome:
         """A failed title whose id's manifest is left as it is (it may belong to another source)."""
@@ -666,16 +640,16 @@ class Runner:
         return TitleOutcome(title_id, str(source), "failed", reason, outcomes, title_dir(self.out_dir, title_id), False)
 
     def _finish_title(
-        self, title_id: str, source: Path, tdir: Path, manifest: dict[str, Any], outcomes: list[StageOutcome]
+        self, store: TitleStore, source: Path, manifest: dict[str, Any], outcomes: list[StageOutcome]
     ) -> TitleOutcome:
         failed = [o for o in outcomes if o.status == "failed"]
         blocked = [o for o in outcomes if o.blocked]
         status = "failed" if failed or blocked else "succeeded"
         reason = failed[0].reason if failed else (blocked[0].reason if blocked else None)
-        write_json(tdir / "manifest.json", manifest)
-        self.catalog.put_title(
+        store.finish(
+            manifest,
             TitleRecord(
-                title_id=title_id,
+                title_id=store.title_id,
                 source_uri=manifest["source"]["uri"],
                 source_bytes=manifest["source"]["bytes"],
                 source_sha256=manifest["source"]["sha256"],
@@ -683,9 +657,25 @@ class Runner:
                 reason=reason,
                 prism_version=__version__,
                 updated_at=now_iso(),
-            )
+            ),
         )
-        return TitleOutcome(title_id, str(source), status, reason, outcomes, tdir)
+        return TitleOutcome(store.title_id, str(source), status, reason, outcomes, store.title_dir)
+
+
+def _succeeded_fingerprint(manifest: dict[str, Any], name: str) -> str | None:
+    entry = manifest["stages"].get(name) or {}
+    return entry.get("fingerprint") if entry.get("status") == "succeeded" else None
+
+
+def _record_from_entry(
+    title_id: str, manifest: dict[str, Any], name: str, entry: dict[str, Any], status: str
+) -> StageRecord:
+    """The catalog record a manifest entry stands for."""
+    record = StageEntry.from_manifest(entry).to_record(
+        title_id, name, manifest["source"]["sha256"], manifest.get("prism_version", __version__)
+    )
+    record.status = status
+    return record
 
 
 def _require_writable(out_dir: Path) -> None:

@@ -247,7 +247,7 @@ def test_blocked_stage_fails_the_title_whatever_its_reason_says(extra_stages, ma
     path, _ = make_video("rerun.mp4", Title([Shot("testsrc2", 1.0), Shot("life", 1.0)], width=160, height=90))
     [outcome] = Runner(tmp_path, params={"shots": {"device": "cuda:7"}}).run([path], ["shot_luma"])
     luma = {s.stage: s for s in outcome.stages}["shot_luma"]
-    assert luma.status == "skipped" and luma.blocked and outcome.status == "failed"
+    assert luma.status == "blocked" and luma.blocked and outcome.status == "failed"
 
 
 def test_a_failed_decode_is_not_repeated_by_later_stages(bad_inputs, tmp_path, monkeypatch):

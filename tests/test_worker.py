@@ -9,9 +9,9 @@ import pytest
 from moto import mock_aws
 
 from prism.cloud.catalog import DynamoCatalog
+from prism.cloud.worker import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_TRANSIENT, Job, main, run_job
 from prism.errors import ConfigError
 from prism.synth import Shot, Title, build_title
-from prism.worker import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_TRANSIENT, Job, main, run_job
 
 REGION = "us-east-1"
 INPUT, ARTIFACTS, TABLE = "media-input", "prism-artifacts", "prism-catalog"
@@ -162,6 +162,8 @@ def test_blocked_stage_fails_when_its_upstream_never_succeeded(aws, tiny_video):
 
     assert result.status == "failed" and "shots" in result.reason
     assert _keys(s3) == {}
+    record = DynamoCatalog(TABLE, client=ddb).get_stage("Episode-1", "keyframes")
+    assert (record.status, record.reason) == ("blocked", result.reason)  # a status of its own, not a reason prefix
 
 
 def test_main_reads_the_batch_environment(aws, tiny_video, monkeypatch, capsys):
@@ -296,13 +298,13 @@ def test_only_transient_aws_errors_are_retried(monkeypatch, code, status, exit_c
     """Batch retries exit 75; an AccessDenied retried three times only delays the failure."""
     from botocore.exceptions import ClientError
 
-    import prism.worker
+    import prism.cloud.worker
 
     def refuse(job):
         raise ClientError({"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}},
                           "GetObject")  # fmt: skip
 
-    monkeypatch.setattr(prism.worker, "run_job", refuse)
+    monkeypatch.setattr(prism.cloud.worker, "run_job", refuse)
     argv = ["--stages", "cues", "--title-id", "T", "--source", "s3://b/T.mp4", "--artifacts-bucket", "a",
             "--catalog-table", "t"]  # fmt: skip
     assert main(argv) == exit_code

@@ -112,6 +112,19 @@ class DynamoCatalog:
     def put_stage(self, record: StageRecord, *, extra: dict[str, Any] | None = None) -> None:
         self._put({**(extra or {}), **asdict(record), "record": STAGE_PREFIX + record.stage})
 
+    def put_stage_if(self, record: StageRecord, *, extra: dict[str, Any] | None = None, fingerprint: str | None) -> bool:
+        """``put_stage`` only while the stored record still has ``fingerprint``; False when another writer won."""
+        item = {**(extra or {}), **asdict(record), "record": STAGE_PREFIX + record.stage}
+        wire = {k: self._ser.serialize(_to_attr(v)) for k, v in item.items()}
+        try:
+            self._client.put_item(
+                TableName=self.table_name, Item=wire, ConditionExpression="fingerprint = :seen",
+                ExpressionAttributeValues={":seen": self._ser.serialize(fingerprint)},
+            )  # fmt: skip
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
     def get_stage(self, title_id: str, stage: str) -> StageRecord | None:
         item = self.get_item(title_id, STAGE_PREFIX + stage)
         return _record(StageRecord, item) if item else None

@@ -11,8 +11,9 @@ import uuid
 from datetime import datetime, timezone
 
 from prism.cloud.catalog import DynamoCatalog
+from prism.contract import STACK_NAME
 
-STACK_NAME = "Prism-{env}"  # cdk/config.py EnvironmentConfig.stack_name (tests/cdk checks they agree)
+__all__ = ["STACK_NAME", "cloud_catalog", "stack_outputs", "start_manual_run"]
 
 
 def stack_outputs(env: str, *, cloudformation=None) -> dict[str, str]:

@@ -186,7 +186,7 @@ def test_one_job_definition_per_job_with_its_stages_resources_timeout_and_retrie
             requirements.append({"Type": "GPU", "Value": str(spec.gpus)})
         t.has_resource_properties("AWS::Batch::JobDefinition", {
             "ContainerProperties": Match.object_like({
-                "Command": ["python", "-m", "prism.worker"],
+                "Command": ["python", "-m", "prism.cloud.worker"],
                 "Environment": Match.array_with([{"Name": "PRISM_JOB", "Value": spec.name},
                                                  {"Name": "PRISM_STAGES", "Value": ",".join(spec.stages)}]),
                 "Image": Match.any_value(),

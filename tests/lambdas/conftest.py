@@ -3,7 +3,7 @@
 What is real: the state machine definition, table keys, Lambda environment and job definitions
 come from the synthesized CloudFormation template (references resolved to moto resources);
 moto's Step Functions interpreter executes the ASL; the Lambda handlers in ``lambdas/`` run
-in-process for each ``lambda:invoke``; each Batch job runs ``prism.worker.run_job`` in-process
+in-process for each ``lambda:invoke``; each Batch job runs ``prism.cloud.worker.run_job`` in-process
 with the environment Batch would give the container.
 
 What is patched, and why:
@@ -254,7 +254,7 @@ class Deployment:
         return json.dumps(result).encode()
 
     def finish_job(self, backend, include_start_attempt, job):
-        from prism.worker import Job, run_job
+        from prism.cloud.worker import Job, run_job
 
         backend.backend._jobs[job.job_id] = job
         job.job_started_at = __import__("datetime").datetime.now()

@@ -35,7 +35,9 @@ def test_each_handler_imports_from_the_bundle_alone_with_the_real_version(handle
 
     bundle = lambda_bundle()
     probe = (f"import sys; sys.path[:0] = [{bundle!r}, {str(runtime_path)!r}]; import {handler}, prism, json; "
+             "from prism.contract import EXIT_FAILED, Status; "
              "print(json.dumps({'version': prism.__version__, 'prism': prism.__file__, "
+             "'contract': [EXIT_FAILED, Status('blocked').value], "
              "'heavy': sorted(m for m in ('torch', 'numpy', 'pyarrow', 'cv2') if m in sys.modules)}))")  # fmt: skip
     # -S: no site-packages (where the editable prism and torch live); -I: no PYTHONPATH or user site
     done = subprocess.run([sys.executable, "-S", "-I", "-c", probe], capture_output=True, text=True, cwd="/", check=False,
@@ -45,3 +47,12 @@ def test_each_handler_imports_from_the_bundle_alone_with_the_real_version(handle
     expected = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert found["version"] == expected != "0.0.0+source"
     assert found["prism"].startswith(bundle) and found["heavy"] == []
+    assert found["contract"] == [1, "blocked"]  # the names the worker and the CDK use, from the bundle itself
+
+
+def test_the_bundle_ships_the_contract_but_not_the_worker():
+    from cdk.lambda_bundle import lambda_bundle
+
+    bundle = Path(lambda_bundle())
+    assert (bundle / "prism" / "contract.py").read_text() == (ROOT / "prism" / "contract.py").read_text()
+    assert not (bundle / "prism" / "cloud" / "worker.py").exists()  # imports the runner and the media stack

@@ -137,3 +137,31 @@ def test_an_event_bridge_entry_that_failed_fails_finalize(deployment, s3_calls, 
     ):
         finalize(deployment)
     caplog.clear()
+
+
+def test_stale_and_blocked_entries_are_read_by_their_status(deployment, s3_calls):
+    """A stale dependent of another job is carried into the manifest without failing this run's title;
+    a stage of this run recorded ``blocked`` fails it with its reason (a status, not a reason prefix)."""
+    from prism.artifacts import StageEntry, blocked_reason
+
+    d = deployment
+    catalog = DynamoCatalog(d.table, client=d.ddb)
+    stored_keyframes(d, ["keyframes.parquet", *KEYFRAMES])
+    stale = StageEntry("stale", "stage(s) ['keyframes'] it requires changed since it ran; run embeddings again",
+                       model={"name": "clip", "version": "1"}, fingerprint="old", outputs=["embeddings.parquet"],
+                       finished_at="2030-01-01T00:02:00+00:00")  # fmt: skip
+    catalog.put_stage(stale.to_record(TITLE, "embeddings", "sha", "test"),
+                      extra={"manifest_entry": json.dumps(stale.to_manifest())})  # fmt: skip
+
+    assert finalize(d) == {"title_id": TITLE, "status": "succeeded", "reason": None}
+    manifest = json.loads(d.s3.get_object(Bucket=d.artifacts, Key=f"titles/{TITLE}/manifest.json")["Body"].read())
+    assert manifest["stages"]["embeddings"]["status"] == "stale"
+    assert manifest["stages"]["embeddings"]["outputs"] == ["embeddings.parquet"]
+
+    why = blocked_reason(["shots"])
+    blocked = StageEntry("blocked", why, finished_at="2030-01-01T00:03:00+00:00")
+    catalog.put_stage(blocked.to_record(TITLE, "keyframes", "sha", "test"))
+
+    assert finalize(d) == {"title_id": TITLE, "status": "failed", "reason": why}
+    manifest = json.loads(d.s3.get_object(Bucket=d.artifacts, Key=f"titles/{TITLE}/manifest.json")["Body"].read())
+    assert (manifest["stages"]["keyframes"]["status"], manifest["stages"]["keyframes"]["outputs"]) == ("blocked", [])

@@ -71,24 +71,13 @@ def alone(two_tracks, tmp_path_factory):
     return out
 
 
-def _with_plan(monkeypatch, planned):
-    """The runner telling SharedMedia which stages the title run has (a one-line change in the runner)."""
-    from prism.stages.base import SharedMedia
-
-    monkeypatch.setattr("prism.runner.SharedMedia", lambda work_dir: SharedMedia(work_dir, planned=planned))
-
-
-@pytest.mark.parametrize(
-    ("order", "plan_known"),
-    [(["audio", "cues"], False), (["audio", "cues"], True), (["cues", "audio"], True)],
-)
-def test_each_track_is_decoded_once_and_outputs_match_the_stages_alone(
-    two_tracks, alone, order, plan_known, tmp_path, monkeypatch
+@pytest.mark.parametrize("order", [["audio", "cues"], ["cues", "audio"]])
+def test_one_after_another_each_track_is_decoded_once_and_outputs_match_the_stages_alone(
+    two_tracks, alone, order, tmp_path, monkeypatch
 ):
-    if plan_known:
-        _with_plan(monkeypatch, order)
+    """The runner tells SharedMedia the stages it will run, so cues keeps its decode for the audio stage."""
     decoded = _spy_audio_decodes(monkeypatch)
-    [title] = Runner(tmp_path / "out").run([two_tracks], order)
+    [title] = Runner(tmp_path / "out", overlap=False).run([two_tracks], order)
     assert [s.status for s in title.stages] == ["succeeded", "succeeded"], [s.reason for s in title.stages]
     assert sorted(decoded) == [0, 1]  # the audio stage reads both tracks, cues track 0: one decode each
     joint = _tables(title.title_dir)
@@ -97,13 +86,18 @@ def test_each_track_is_decoded_once_and_outputs_match_the_stages_alone(
     assert not list((tmp_path / "out").rglob("audio-*.f32"))  # the spool goes with the run's work dir
 
 
-def test_cues_first_without_a_plan_keeps_its_plain_decode(two_tracks, alone, tmp_path, monkeypatch):
-    """Not knowing whether the audio stage follows, cues does not pay for loudness it may not need
-    (the cloud runs cues in the visual job, audio in its own): the audio stage then decodes again."""
+def test_side_by_side_cues_decodes_on_its_own_and_outputs_match_the_stages_alone(
+    two_tracks, alone, tmp_path, monkeypatch
+):
+    """With cues and audio running at once, cues never waits for the audio stage's decode (that would
+    hold the visual stages behind the transcription): its plain decode, and the same outputs."""
     decoded = _spy_audio_decodes(monkeypatch)
-    [title] = Runner(tmp_path / "out").run([two_tracks], ["cues", "audio"])
-    assert sorted(decoded) == [0, 0, 1]
-    assert _tables(title.title_dir)["cues.parquet"] == alone["cues.parquet"]
+    [title] = Runner(tmp_path / "out", overlap=True).run([two_tracks], ["cues", "audio"])
+    assert [s.status for s in title.stages] == ["succeeded", "succeeded"], [s.reason for s in title.stages]
+    assert sorted(decoded) in ([0, 0, 1], [0, 1])  # [0, 1] when audio's spool was whole before cues asked
+    joint = _tables(title.title_dir)
+    joint["loudness.json"] = (title.title_dir / "loudness.json").read_text()
+    assert joint == alone
 
 
 def test_cues_alone_decodes_without_the_loudness_meter(two_tracks, tmp_path, monkeypatch):
