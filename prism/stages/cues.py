@@ -16,11 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from prism.artifacts import write_parquet
 from prism.errors import MediaError
 from prism.media import audio_blocks
 from prism.media.decode import duration_check
-from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
+from prism.stages.base import ModelInfo, Output, ReportLane, Stage, StageContext, StageResult, register
 from prism.timeline import frame_level_db, runs
 
 SILENCE_WINDOW_S = 0.01
@@ -69,6 +68,10 @@ CUES_SCHEMA = pa.schema(
 class CuesStage(Stage):
     name = "cues"
     Params = CuesParams
+    outputs = (Output("cues.parquet", "parquet", CUES_SCHEMA, "black, frozen and silent spans"),)
+    report_lane = ReportLane(kind="cues", order=20)
+    show_columns = {"cues.parquet": ("cue_type", "start_s", "end_s", "value", "value_unit")}
+    display_order = 30
 
     def model(self) -> ModelInfo:
         return ModelInfo("prism-cue-rules", "1")
@@ -104,7 +107,11 @@ class CuesStage(Stage):
         held = repeats.copy()
         held[:-1] |= repeats[1:]
         add_frame_spans(
-            "frozen", held & ~black, p.freeze_min_s, lambda a, b: vp.diff_prev[a + 1 : b].max(initial=0.0), "max_frame_diff_0_255"
+            "frozen",
+            held & ~black,
+            p.freeze_min_s,
+            lambda a, b: vp.diff_prev[a + 1 : b].max(initial=0.0),
+            "max_frame_diff_0_255",
         )
         metrics: dict = duration_check(vp, ctx.info).metrics()
         tracks = ctx.info.audio_tracks
@@ -123,7 +130,7 @@ class CuesStage(Stage):
             except MediaError as exc:  # a corrupt audio stream must not hide the visual cues
                 metrics["silence"] = f"not analysed: {exc}"
         rows.sort(key=lambda r: (r["start_s"], r["cue_type"]))
-        write_parquet(ctx.staging / "cues.parquet", pa.Table.from_pylist(rows, schema=CUES_SCHEMA))
+        self.write_table(ctx, "cues.parquet", rows)
         counts = {kind: sum(r["cue_type"] == kind for r in rows) for kind in ("black", "frozen", "silence")}
         metrics.update(counts)
         return StageResult(

