@@ -7,8 +7,8 @@ runner orders stages by ``requires`` and never needs editing when a stage is add
 stages can register through the ``prism.stages`` entry-point group.
 
 A stage also declares what it writes (``outputs``: file, format and, for Parquet, the schema it
-writes with), optionally how the report draws it (``report_lane``) and which columns ``prism
-show`` prints (``show_columns``). The report, ``prism show``, the CDK job layout and the docs
+writes with, and the columns ``prism show`` prints) and optionally how the report draws it
+(``report_lane``). The report, ``prism show``, the CDK job layout and the docs
 check iterate these declarations, so adding a stage touches only its own file. Every declared
 Parquet output is checked against its schema when the stage returns: a file that drifted from
 its declaration fails the stage instead of reaching consumers.
@@ -28,11 +28,12 @@ import time
 import types
 import typing
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from prism.errors import ArtifactSchemaError, ConfigError, StageInputMissing
 
@@ -162,12 +163,15 @@ class Output:
     format: str
     schema: pa.Schema | None = None
     description: str = ""
+    show: tuple[str, ...] = ()  # Parquet columns ``prism show`` prints (and a ``spans`` lane's section lists)
 
     def __post_init__(self) -> None:
         if self.format not in OUTPUT_FORMATS:
             raise ValueError(f"output {self.path}: format must be one of {OUTPUT_FORMATS}, got {self.format!r}")
         if (self.schema is not None) != (self.format == "parquet"):
             raise ValueError(f"output {self.path}: a Parquet output declares its schema, other formats none")
+        if self.show and self.schema is None:
+            raise ValueError(f"output {self.path}: only Parquet outputs have columns to show")
 
     def matches(self, relative: str) -> bool:
         return fnmatch.fnmatchcase(relative, self.path)
@@ -181,7 +185,7 @@ class ReportLane:
     """How the HTML report draws a stage on its timeline, and lists it in a section of its own.
 
     ``spans`` (the default) draws each row of the Parquet ``output`` from ``start`` to ``end``,
-    one colour per value of ``label``, and lists the rows (the stage's ``show_columns``) below
+    one colour per value of ``label``, and lists the rows (the output's ``show`` columns) below
     the timeline. ``shots``, ``cues`` and ``audio`` are the report's own drawings of the built-in
     stages. Lanes are drawn in ``order``, then by stage name.
     """
@@ -213,8 +217,6 @@ class Stage(ABC):
     # What the stage writes; () = undeclared (nothing is checked, nothing is listed).
     outputs: ClassVar[tuple[Output, ...]] = ()
     report_lane: ClassVar[ReportLane | None] = None
-    # Parquet output -> the columns ``prism show`` prints (and a ``spans`` lane's section lists).
-    show_columns: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Where the stage comes in the report and ``prism show`` (then by name); not the run order.
     display_order: ClassVar[int] = 100
 
@@ -475,8 +477,9 @@ def check_declarations(cls: type[Stage]) -> None:
         if missing := [c for c in wanted if c not in parquet[path].names]:
             raise ValueError(f"stage {cls.name!r}: {what} names column(s) {missing} that {path} does not declare")
 
-    for path, shown in cls.show_columns.items():
-        columns(path, list(shown), "show_columns")
+    for output in cls.outputs:
+        if output.show:
+            columns(output.path, list(output.show), "show")
     lane = cls.report_lane
     if lane is not None and lane.kind == "spans":
         columns(lane.output, [c for c in (lane.start, lane.end, lane.label) if c], "report_lane")

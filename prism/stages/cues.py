@@ -68,9 +68,16 @@ CUES_SCHEMA = pa.schema(
 class CuesStage(Stage):
     name = "cues"
     Params = CuesParams
-    outputs = (Output("cues.parquet", "parquet", CUES_SCHEMA, "black, frozen and silent spans"),)
+    outputs = (
+        Output(
+            "cues.parquet",
+            "parquet",
+            CUES_SCHEMA,
+            "black, frozen and silent spans",
+            show=("cue_type", "start_s", "end_s", "value", "value_unit"),
+        ),
+    )
     report_lane = ReportLane(kind="cues", order=20)
-    show_columns = {"cues.parquet": ("cue_type", "start_s", "end_s", "value", "value_unit")}
     display_order = 30
 
     def model(self) -> ModelInfo:

@@ -120,10 +120,15 @@ class KeyframesStage(Stage):
     Params = KeyframesParams
     execution_params = frozenset({"workers"})
     outputs = (
-        Output("keyframes.parquet", "parquet", KEYFRAMES_SCHEMA, "the chosen keyframes of each shot"),
+        Output(
+            "keyframes.parquet",
+            "parquet",
+            KEYFRAMES_SCHEMA,
+            "the chosen keyframes of each shot",
+            show=("shot_index", "rank", "time_s", "quality", "path"),
+        ),
         Output("keyframes/*.jpg", "jpg", description="full-resolution JPEG of each keyframe"),
     )
-    show_columns = {"keyframes.parquet": ("shot_index", "rank", "time_s", "quality", "path")}
     display_order = 20
 
     def model(self) -> ModelInfo:

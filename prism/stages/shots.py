@@ -173,11 +173,16 @@ class ShotsStage(Stage):
     Params = ShotsParams
     execution_params = frozenset({"device", "batch_windows"})
     outputs = (
-        Output("shots.parquet", "parquet", SHOTS_SCHEMA, "one row per shot"),
+        Output(
+            "shots.parquet",
+            "parquet",
+            SHOTS_SCHEMA,
+            "one row per shot",
+            show=("shot_index", "start_s", "end_s", "transition_in", "score"),
+        ),
         Output("shot_scores.parquet", "parquet", SHOT_SCORES_SCHEMA, "per-frame TransNetV2 probabilities"),
     )
     report_lane = ReportLane(kind="shots", order=10)
-    show_columns = {"shots.parquet": ("shot_index", "start_s", "end_s", "transition_in", "score")}
     display_order = 10
 
     def model(self) -> ModelInfo:
