@@ -62,7 +62,7 @@ def tone_run(with_plugin, make_video, tmp_path_factory):
 
 
 def test_a_new_stage_runs_and_writes_its_declared_schema(tone_run):
-    out, outcome, truth = tone_run
+    _, outcome, truth = tone_run
     assert [(s.stage, s.status) for s in outcome.stages] == [("shots", "succeeded"), ("shot_tone", "succeeded")]
     table = pq.read_table(outcome.title_dir / "shot_tone.parquet")
     assert table.schema.equals(SHOT_TONE_SCHEMA, check_metadata=True)
@@ -192,7 +192,7 @@ def test_minimal_stage_needs_no_declarations(monkeypatch, make_video, tmp_path):
 
 def test_built_in_stages_declare_what_they_write(sample_run):
     """Every file the built-in stages wrote on the sample is declared, each Parquet with its declared schema."""
-    out, _, outcome = sample_run
+    _, _, outcome = sample_run
     stages = registry()
     for stage in outcome.stages:
         cls = stages[stage.stage]
