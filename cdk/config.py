@@ -122,12 +122,25 @@ def with_default_jobs(jobs: tuple[JobSpec, ...], graph: dict[str, list[str]]) ->
     return (*jobs, *added)
 
 
-# One Batch job per group of stages that read the same decoded stream. ``visual`` downloads the
-# source once and decodes the video once (NVDEC, PRISM_HWACCEL=cuda) for shots, keyframes and the
-# black/freeze cues; embeddings runs after it on the keyframes; audio runs beside it.
-# Sized for g6/g5 instances: visual on a 2xlarge (8 vCPU: ffmpeg's scaling and the CPU-side
-# analysis of a 2-hour 1080p title), embeddings and audio on an xlarge (4 vCPU, 1 NVIDIA GPU).
+# One Batch job per title by default: the worker downloads the source once, decodes the video once
+# (NVDEC, PRISM_HWACCEL=cuda) for shots, keyframes and the black/freeze cues, embeds the keyframes
+# it already has on disk, and runs the audio stage beside them on the same GPU (the stages'
+# concurrency groups, prism/schedule.py): no second instance, download or job start per title.
+# Sized from the measured profile (docs/benchmarks.md, "Stage concurrency and job size"): the
+# title is decode-bound, and a 2 h 1080p title in 5 min needs about 576 decoded frames/s, which
+# is 9-10 cores of CPU decode at the 62 frames/s per core measured on a 16-core GPU host (NVDEC
+# takes most of that off the CPU when it can decode the codec); the audio group's CPU side (VAD,
+# resampling, speaker embeddings) and the keyframe seeks take the rest of a 16 vCPU instance.
+# Memory: peak RSS ~1.3 GiB on CPU plus the host copies of the GPU models (Whisper large-v3-turbo,
+# the CLIP/SigLIP model, TransNetV2) and the page cache of the 48x27 frame file: 30 GiB.
 DEFAULT_JOBS: tuple[JobSpec, ...] = (
+    JobSpec("title", stages=("shots", "keyframes", "cues", "audio", "embeddings"), vcpus=16, memory_mib=30_000,
+            gpus=1, timeout_minutes=35, environment={"PRISM_HWACCEL": "cuda"}),
+)  # fmt: skip
+# The same stages as one job per decoded stream (the layout before stage concurrency): visual on a
+# 2xlarge, embeddings after it and audio beside it on an xlarge each. Three instances, downloads and
+# job starts per title; for a deployment that wants a failed audio job retried on its own.
+SPLIT_JOBS: tuple[JobSpec, ...] = (
     JobSpec("visual", stages=("shots", "keyframes", "cues"), vcpus=8, memory_mib=28_000, gpus=1,
             timeout_minutes=35, environment={"PRISM_HWACCEL": "cuda"}),
     JobSpec("embeddings", stages=("embeddings",), requires=("visual",), vcpus=4, memory_mib=14_000, gpus=1,
@@ -152,7 +165,7 @@ class EnvironmentConfig:
     schedule_time_zone: str = "Asia/Seoul"
     schedule_enabled: bool = True
     # compute
-    gpu_instance_types: tuple[str, ...] = ("g6.xlarge", "g6.2xlarge", "g5.xlarge", "g5.2xlarge")
+    gpu_instance_types: tuple[str, ...] = ("g6.4xlarge", "g5.4xlarge")
     max_vcpus: int = 64  # the cap for spot and on-demand together
     spot: bool = True  # spot first with on-demand fallback; False: on-demand only
     on_demand_max_vcpus: int | None = None  # on-demand's part of max_vcpus when spot; None: half
@@ -316,8 +329,7 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         availability_zones=("ap-northeast-2a", "ap-northeast-2c"),
         input_bucket_name="media-delivery-dev",
         input_prefix="transcoded/",
-        gpu_instance_types=("g6.xlarge", "g6.2xlarge", "g5.xlarge", "g5.2xlarge"),
-        max_vcpus=16,
+        max_vcpus=32,  # spot and on-demand 16 each: one title at a time on each
         image_tag="dev",
         model_location="s3://prism-models-dev/v1/",
         embeddings_model="siglip-base-patch16-224",

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ from prism.artifacts import (
 from prism.catalog import Catalog, SQLiteCatalog, StageRecord, TitleRecord
 from prism.errors import ConfigError, MediaError, PrismError, StorageError
 from prism.media import MediaInfo, probe
+from prism.schedule import Waiter, run_stages
 from prism.stages.base import SharedMedia, Stage, StageContext, StageResult, registry, resolve_order
 
 log = logging.getLogger(__name__)
@@ -130,7 +132,10 @@ class Runner:
         params: dict[str, dict[str, Any]] | None = None,
         force: bool = False,
         events: RunEvents | None = None,
+        overlap: bool | None = None,
     ):
+        """``overlap``: run stage concurrency groups side by side (prism/schedule.py); default
+        ``$PRISM_OVERLAP_STAGES`` (0 turns it off), else on."""
         self.out_dir = Path(out_dir)
         if catalog is None:
             _require_writable(self.out_dir)
@@ -139,7 +144,11 @@ class Runner:
         self.params = params or {}
         self.force = force
         self.events = events or _NoEvents()
+        if overlap is None:
+            overlap = os.environ.get("PRISM_OVERLAP_STAGES", "1").strip().lower() not in ("0", "false", "no", "off")
+        self.overlap = overlap
         self._stages: dict[str, Stage] = {}
+        self._commit_lock = threading.RLock()  # one title's stages may finish in two threads at once
 
     def run(self, sources: list[str | Path], stages: list[str] | None = None) -> list[TitleOutcome]:
         """Process each source in turn; configuration errors raise ConfigError before any work.
@@ -270,14 +279,15 @@ class Runner:
         stages, forced = self._plan(order, manifest, changed, upstream)
         run_dir = self.out_dir / WORK_DIR / title_id / uuid.uuid4().hex[:8]
         shared = SharedMedia(run_dir)
-        outcomes: list[StageOutcome] = []
         fingerprints: dict[str, str] = dict(upstream)
+
+        def run_one(stage: Stage, waiter: Waiter) -> StageOutcome:
+            return self._run_stage(
+                title_id, source, info, tdir, manifest, shared, stage, fingerprints, stage.name in forced, waiter
+            )
+
         try:
-            for name, stage in stages.items():
-                outcome = self._run_stage(
-                    title_id, source, info, tdir, manifest, shared, stage, fingerprints, name in forced
-                )
-                outcomes.append(outcome)
+            outcomes = run_stages(stages, run_one, overlap=self.overlap)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
             remove_empty_dirs(run_dir.parent, run_dir.parent.parent)
@@ -392,6 +402,7 @@ class Runner:
         stage: Stage,
         fingerprints: dict[str, str],
         forced: bool,
+        waiter: Waiter | None = None,
     ) -> StageOutcome:
         name = stage.name
         blocked = [dep for dep in stage.requires if dep not in fingerprints]
@@ -432,6 +443,7 @@ class Runner:
             staging=staging,
             shared=shared,
             progress=lambda done, total, label: self.events.stage_progress(title_id, name, done, total, label),
+            wait_for=waiter.wait_for if waiter else None,
         )
         started = now_iso()
         decoded_before = set(shared.decode_seconds)
@@ -447,7 +459,7 @@ class Runner:
             log.exception("stage %s crashed on %s", name, source)
             reason, result = f"{source}: internal error in stage {name}: {type(exc).__name__}: {exc}", None
         elapsed = time.perf_counter() - t0
-        decodes = {k: v for k, v in shared.decode_seconds.items() if k not in decoded_before}
+        decodes = {k: v for k, v in dict(shared.decode_seconds).items() if k not in decoded_before}
         if result is not None and decodes:  # the shared decode this stage triggered, reported apart
             result.metrics["shared_decode_s"] = {k: round(v, 3) for k, v in decodes.items()}
         try:
@@ -585,26 +597,27 @@ class Runner:
         between, the next run's ``_recover`` deletes unlisted journaled files, and a listed file
         that was overwritten no longer matches its recorded hash, so its stage reruns.
         """
-        tdir = title_dir(self.out_dir, title_id)
-        old = set(manifest["stages"].get(name, {}).get("outputs", []))
-        touched = old | set(outputs)
-        journal = tdir / f"{JOURNAL_PREFIX}{name}.json"
-        if touched:
-            write_json(journal, {"stage": name, "outputs": sorted(touched)})
-        if staging is not None and outputs:
-            try:
-                publish(staging, tdir, outputs)
-            except OSError as exc:
-                status, reason, outputs, files = "failed", f"stage {name}: cannot publish its outputs: {exc}", [], {}
-                log.warning("%s: %s", title_id, reason)
-        finished = now_iso()
-        manifest["stages"][name] = entry(status, reason, outputs, files, finished)
-        manifest["updated_at"] = finished
-        write_json(tdir / "manifest.json", manifest)
-        self.catalog.put_stage(record(status, reason, outputs, finished))
-        remove_outputs(tdir, touched - listed_outputs(manifest))
-        journal.unlink(missing_ok=True)
-        return status, reason, outputs
+        with self._commit_lock:  # the manifest and the journal are shared by the title's stage threads
+            tdir = title_dir(self.out_dir, title_id)
+            old = set(manifest["stages"].get(name, {}).get("outputs", []))
+            touched = old | set(outputs)
+            journal = tdir / f"{JOURNAL_PREFIX}{name}.json"
+            if touched:
+                write_json(journal, {"stage": name, "outputs": sorted(touched)})
+            if staging is not None and outputs:
+                try:
+                    publish(staging, tdir, outputs)
+                except OSError as exc:
+                    status, reason, outputs, files = "failed", f"stage {name}: cannot publish its outputs: {exc}", [], {}
+                    log.warning("%s: %s", title_id, reason)
+            finished = now_iso()
+            manifest["stages"][name] = entry(status, reason, outputs, files, finished)
+            manifest["updated_at"] = finished
+            write_json(tdir / "manifest.json", manifest)
+            self.catalog.put_stage(record(status, reason, outputs, finished))
+            remove_outputs(tdir, touched - listed_outputs(manifest))
+            journal.unlink(missing_ok=True)
+            return status, reason, outputs
 
     def _sync_catalog(self, title_id: str, manifest: dict[str, Any], stage: Stage, entry: dict[str, Any]) -> None:
         """A reused stage's catalog record is rewritten from the manifest if a kill left it behind."""

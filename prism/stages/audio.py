@@ -147,6 +147,7 @@ class AudioStage(Stage):
     name = "audio"
     Params = AudioParams
     execution_params = frozenset({"device", "cpu_threads", "batch_size"})
+    concurrency = "audio"  # its own decode and models: runs beside the visual stages
     outputs = (
         Output("transcript.json", "json", description="segments and words with timing, speaker, language"),
         Output("subtitles.vtt", "vtt", description="WebVTT subtitles of the dialogue track"),
@@ -292,7 +293,12 @@ class AudioStage(Stage):
         return StageResult(outputs=[o.path for o in self.outputs], metrics=metrics, summary=summary)
 
     def _shot_changes(self, ctx: StageContext) -> tuple[list[float], float]:
-        """Shot change times from the title's shots.parquet, when the shots stage has run (else none)."""
+        """Shot change times from the title's shots.parquet, when the shots stage has run (else none).
+
+        When this run also runs ``shots`` (in the other thread), wait for it here, after the
+        transcription, so the subtitles never depend on which stage happened to finish first.
+        """
+        ctx.wait_for("shots")
         path = ctx.title_dir / "shots.parquet"
         video = ctx.info.video
         fps = video.fps if video and video.fps else 25.0

@@ -24,6 +24,7 @@ import importlib
 import json
 import math
 import pkgutil
+import threading
 import time
 import types
 import typing
@@ -86,6 +87,7 @@ class StageContext:
         staging: Path,
         shared: SharedMedia,
         progress: ProgressFn | None = None,
+        wait_for: Callable[[str], bool] | None = None,
     ):
         self.title_id = title_id
         self.source = source
@@ -94,10 +96,16 @@ class StageContext:
         self.staging = staging
         self._shared = shared
         self._progress = progress
+        self._wait_for = wait_for
 
     def progress(self, done: int, total: int | None, label: str = "") -> None:
         if self._progress:
             self._progress(done, total, label)
+
+    def wait_for(self, stage: str) -> bool:
+        """Wait until ``stage`` has finished, when this run runs it beside the caller (optional
+        inputs such as the audio stage's shots.parquet); False when it is not part of this run."""
+        return self._wait_for(stage) if self._wait_for else False
 
     def visual(self) -> VisualPass:
         """The title's single visual decode pass, shared by every stage that asks for it."""
@@ -125,8 +133,13 @@ class SharedMedia:
         self._visual: VisualPass | None = None
         self._visual_error: Exception | None = None
         self.decode_seconds: dict[str, float] = {}
+        self._lock = threading.Lock()  # stages of different concurrency groups may ask at once
 
     def visual(self, ctx: StageContext) -> VisualPass:
+        with self._lock:
+            return self._visual_pass(ctx)
+
+    def _visual_pass(self, ctx: StageContext) -> VisualPass:
         if self._visual_error is not None:  # a failed decode is not retried by the next stage
             raise self._visual_error
         if self._visual is None:
@@ -219,6 +232,9 @@ class Stage(ABC):
     report_lane: ClassVar[ReportLane | None] = None
     # Where the stage comes in the report and ``prism show`` (then by name); not the run order.
     display_order: ClassVar[int] = 100
+    # Stages of different groups run side by side within a title (prism/schedule.py): the audio
+    # stage has its own, so ASR overlaps the visual decode and models; one group runs in order.
+    concurrency: ClassVar[str] = "visual"
 
     def __init__(self, params: dict[str, Any] | None = None):
         self.params = make_params(self.Params, params or {}, self.name)

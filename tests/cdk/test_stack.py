@@ -11,6 +11,7 @@ from aws_cdk.assertions import Annotations, Match
 from cdk.config import (
     DEFAULT_JOBS,
     ENVIRONMENTS,
+    SPLIT_JOBS,
     JobSpec,
     check_jobs,
     load,
@@ -176,8 +177,8 @@ def test_without_spot_there_is_one_on_demand_environment_and_no_fallback():
 
 def test_the_vcpu_split_must_fit_the_largest_job():
     with pytest.raises(ValueError, match="each part must fit the largest job"):
-        load("dev", max_vcpus=16, on_demand_max_vcpus=12)  # spot would get 4 < 8 (visual)
-    assert load("dev", max_vcpus=16, on_demand_max_vcpus=8).on_demand_vcpus == 8
+        load("dev", max_vcpus=32, on_demand_max_vcpus=24)  # spot would get 8 < 16 (the title job)
+    assert load("dev", max_vcpus=32, on_demand_max_vcpus=16).on_demand_vcpus == 16
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -245,7 +246,7 @@ def test_state_machine_maps_titles_and_runs_job_chains_in_parallel(synthesized, 
     assert titles["ItemReader"]["Resource"].endswith(":s3:getObject")
     states = all_states(asl["States"])
     (parallel,) = [s for s in states.values() if s["Type"] == "Parallel"]
-    assert len(parallel["Branches"]) == len(job_chains(config.jobs)) == 2  # visual -> embeddings, and audio
+    assert len(parallel["Branches"]) == len(job_chains(config.jobs)) == 1  # one job per title: its stages overlap
     jobs = {n: s for n, s in states.items() if s.get("Resource", "").endswith(":batch:submitJob.sync")}
     assert sorted(jobs) == sorted(f"{j.name} job{m}" for j in config.jobs for m in ("", " on demand"))
     for spec in config.jobs:
@@ -257,13 +258,34 @@ def test_state_machine_maps_titles_and_runs_job_chains_in_parallel(synthesized, 
         assert job["Retry"][0]["ErrorEquals"][0].startswith("Batch.")
         choice = states[f"Run {spec.name}?"]
         assert choice["Choices"][0]["Variable"] == f"$.title.jobs.{spec.name}.run"
-    assert jobs["visual job"]["Next"] == "Run embeddings?"  # embeddings after visual, in its branch
     assert "Summarise" in asl["States"]
     assert states["Finalize title"]["Catch"][0]["Next"] == "Record finalize failure"
 
 
+def test_a_split_job_layout_runs_its_chains_in_parallel_branches():
+    """SPLIT_JOBS (one job per decoded stream): visual -> embeddings in one branch, audio in the other."""
+    from aws_cdk import App
+    from aws_cdk.assertions import Template
+
+    from aws_cdk import Environment
+
+    from cdk.stack import PrismStack
+
+    config = load("dev", jobs=SPLIT_JOBS, max_vcpus=32, gpu_instance_types=("g6.xlarge", "g6.2xlarge"))
+    stack = PrismStack(App(), "Split", config=config, env=Environment(account="123456789012", region=config.region))
+    t = Template.from_stack(stack)
+    states = all_states(definition(t)["States"])
+    (parallel,) = [s for s in states.values() if s["Type"] == "Parallel"]
+    assert len(parallel["Branches"]) == 2
+    assert states["visual job"]["Next"] == "Run embeddings?"  # embeddings after visual, in its branch
+    assert {"Name": "PRISM_LANGUAGE_HINT", "Value.$": "$.title.language_hint"} in (
+        states["audio job"]["Parameters"]["ContainerOverrides"]["Environment"]
+    )
+
+
 def test_job_chains_follow_the_job_graph():
-    chains = [[j.name for j in c] for c in job_chains(load("dev").jobs)]
+    assert [[j.name for j in c] for c in job_chains(load("dev").jobs)] == [["title"]]
+    chains = [[j.name for j in c] for c in job_chains(SPLIT_JOBS)]
     assert chains == [["visual", "embeddings"], ["audio"]]
     extra = (JobSpec("a", ("x",)), JobSpec("b", ("y",)), JobSpec("c", ("z",), requires=("a", "b")))
     assert [[j.name for j in c] for c in job_chains(extra)] == [["a", "b", "c"]]
@@ -323,7 +345,7 @@ def test_job_specs_validate_their_resources():
         JobSpec("v", ("cues",), timeout_minutes=90)
     with pytest.raises(ValueError, match="each once"):
         JobSpec("v", ("cues", "cues"))
-    big = (JobSpec("visual", ("shots", "keyframes", "cues"), vcpus=16, memory_mib=60_000),
+    big = (JobSpec("visual", ("shots", "keyframes", "cues"), vcpus=16, memory_mib=64_000),
            JobSpec("rest", ("embeddings", "audio"), requires=("visual",)))  # fmt: skip
     with pytest.raises(ValueError, match="job visual fits none of"):
         load("dev", jobs=big, max_vcpus=64)
@@ -466,7 +488,7 @@ def test_embeddings_without_a_configured_model_fails_at_synth():
         load("dev", embeddings_model=None)
     with pytest.raises(ValueError, match="relative to /opt/prism/models"):
         load("dev", embeddings_model="/tmp/siglip")
-    visual_only = tuple(j for j in DEFAULT_JOBS if j.name == "visual")
+    visual_only = tuple(j for j in SPLIT_JOBS if j.name == "visual")
     graph = {s: d for s, d in registered_stage_graph().items() if s in visual_only[0].stages}
     with pytest.MonkeyPatch.context() as patch:  # a deployment without embeddings needs no model
         import cdk.config
@@ -481,11 +503,12 @@ def test_the_embeddings_job_names_its_model_and_requires_it(synthesized, env):
     _, t = synthesized[env]
     for job_definition in t.find_resources("AWS::Batch::JobDefinition").values():
         variables = {e["Name"]: e["Value"] for e in job_definition["Properties"]["ContainerProperties"]["Environment"]}
-        if variables["PRISM_JOB"] == "embeddings":
+        (spec,) = [j for j in config.jobs if j.name == variables["PRISM_JOB"]]
+        if "embeddings" in spec.stages:
             assert variables["PRISM_EMBEDDINGS_MODEL"] == f"/opt/prism/models/{config.embeddings_model}"
             assert variables["PRISM_REQUIRE_MODELS"] == "true"
             assert variables["PRISM_MODEL_LOCATION"] == config.model_location
-        elif variables["PRISM_JOB"] == "audio" and config.asr_model:
+        elif "audio" in spec.stages and config.asr_model:
             assert "PRISM_EMBEDDINGS_MODEL" not in variables
         else:
             assert "PRISM_EMBEDDINGS_MODEL" not in variables and "PRISM_REQUIRE_MODELS" not in variables
@@ -497,8 +520,9 @@ def test_the_audio_job_names_its_asr_model_and_gets_each_titles_language_hint(sy
     The language hint travels per title (discover's item), defaulting to the environment's."""
     config = ENVIRONMENTS[env]
     _, t = synthesized[env]
+    (audio_job,) = [j.name for j in config.jobs if "audio" in j.stages]
     (audio,) = [d for d in t.find_resources("AWS::Batch::JobDefinition").values()
-                if {"Name": "PRISM_JOB", "Value": "audio"} in d["Properties"]["ContainerProperties"]["Environment"]]  # fmt: skip
+                if {"Name": "PRISM_JOB", "Value": audio_job} in d["Properties"]["ContainerProperties"]["Environment"]]  # fmt: skip
     variables = {e["Name"]: e["Value"] for e in audio["Properties"]["ContainerProperties"]["Environment"]}
     if env == "dev":
         assert config.asr_model is None and "PRISM_ASR_MODEL" not in variables
@@ -510,7 +534,7 @@ def test_the_audio_job_names_its_asr_model_and_gets_each_titles_language_hint(sy
     for name, state in states.items():
         if state.get("Resource", "").endswith(":batch:submitJob.sync"):
             names = {e["Name"]: e.get("Value.$") for e in state["Parameters"]["ContainerOverrides"]["Environment"]}
-            if name.startswith("audio"):
+            if name.startswith(audio_job):
                 assert names["PRISM_LANGUAGE_HINT"] == "$.title.language_hint"
             else:
                 assert "PRISM_LANGUAGE_HINT" not in names
@@ -559,11 +583,13 @@ def test_nothing_that_grows_with_the_catalogue_travels_in_the_state(synthesized,
 
 def test_max_titles_per_run_must_finish_within_the_execution_timeout():
     config = load("dev")
-    # visual then embeddings, each possibly after a Spot wait and with one retry: 140 min, 5 rounds in 12 h
-    assert config.title_minutes == (30 + 2 * 35) + (30 + 2 * 5)
-    assert config.titles_per_run == 5 * config.max_concurrent_titles == 25
-    with pytest.raises(ValueError, match="max_titles_per_run must be 1..25"):
-        load("dev", max_titles_per_run=26)
+    # the title job, possibly after a Spot wait and with one retry: 100 min, 7 rounds in 12 h
+    assert config.title_minutes == 30 + 2 * 35
+    assert config.titles_per_run == 7 * config.max_concurrent_titles == 35
+    with pytest.raises(ValueError, match="max_titles_per_run must be 1..35"):
+        load("dev", max_titles_per_run=36)
+    split = load("dev", jobs=SPLIT_JOBS, gpu_instance_types=("g6.xlarge", "g6.2xlarge"))
+    assert split.title_minutes == (30 + 2 * 35) + (30 + 2 * 5)  # visual then embeddings: 140 min, 5 rounds
     assert load("dev", max_titles_per_run=10).titles_per_run == 10
 
 
