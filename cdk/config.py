@@ -80,7 +80,7 @@ def check_jobs(jobs: tuple[JobSpec, ...], graph: dict[str, list[str]]) -> None:
                 raise ValueError(f"stage {stage} is in jobs {home[stage]} and {job.name}")
             home[stage] = job.name
     if missing := [s for s in graph if s not in home]:
-        raise ValueError(f"registered stage(s) {missing} are in no job")
+        raise ValueError(f"registered stage(s) {missing} are in no job (with_default_jobs gives each one)")
     before: dict[str, set[str]] = {}  # job -> jobs that finish before it (transitively)
     for job in jobs:
         unknown = [r for r in job.requires if r not in before]
@@ -95,6 +95,31 @@ def check_jobs(jobs: tuple[JobSpec, ...], graph: dict[str, list[str]]) -> None:
                         raise ValueError(f"job {job.name}: list {dep} before {stage}")
                 elif home[dep] not in before[job.name]:
                     raise ValueError(f"job {job.name}: stage {stage} requires {dep}, so require job {home[dep]}")
+
+
+def with_default_jobs(jobs: tuple[JobSpec, ...], graph: dict[str, list[str]]) -> tuple[JobSpec, ...]:
+    """``jobs`` plus one job of ``JobSpec``'s default size (1 GPU) for each stage of ``graph`` that no job
+    names, requiring the jobs of the stages it requires: a new stage deploys without editing the job layout.
+
+    Default jobs come after the configured ones, each after the jobs it requires; a stage is never moved
+    out of a configured job, so ``check_jobs`` still refuses real mistakes (a stage in two jobs, a job
+    listed before its requirements)."""
+    home = {stage: job.name for job in jobs for stage in job.stages}
+    names = {job.name for job in jobs}
+    added: list[JobSpec] = []
+    pending = [stage for stage in graph if stage not in home]
+    while pending:
+        ready = [s for s in pending if all(dep in home or dep not in graph for dep in graph[s])]
+        if not ready:  # a cycle among new stages: leave it to check_jobs/resolve_order to name
+            raise ValueError(f"stage(s) {pending} require each other; they cannot be given jobs")
+        for stage in ready:
+            if stage in names:
+                raise ValueError(f"stage {stage} is in no job and a job is already named {stage!r}; list it in a job")
+            requires = tuple(dict.fromkeys(home[dep] for dep in graph[stage] if dep in home))
+            added.append(JobSpec(stage, stages=(stage,), requires=requires))
+            home[stage], names = stage, names | {stage}
+            pending.remove(stage)
+    return (*jobs, *added)
 
 
 # One Batch job per title by default: the worker downloads the source once, decodes the video once
@@ -167,6 +192,7 @@ class EnvironmentConfig:
     # Korean-first catalogue); "" = the audio track's language tag, if any. Detection still wins when it clearly
     # disagrees, so a foreign film is not transcribed as Korean.
     language_hint: str = ""
+    # the job groups; a registered stage none of them names gets a job of its own (with_default_jobs)
     jobs: tuple[JobSpec, ...] = DEFAULT_JOBS
     # orchestration
     max_concurrent_titles: int = 20
@@ -191,7 +217,9 @@ class EnvironmentConfig:
 
     def __post_init__(self) -> None:
         try:
-            check_jobs(self.jobs, registered_stage_graph())
+            graph = registered_stage_graph()
+            object.__setattr__(self, "jobs", with_default_jobs(self.jobs, graph))  # frozen: set once, here
+            check_jobs(self.jobs, graph)
         except ValueError as exc:
             raise ValueError(f"{self.name}: {exc}") from exc
         if not self.availability_zones:
@@ -355,8 +383,8 @@ def load(name: str, **overrides: object) -> EnvironmentConfig:
     """The named environment, with optional field overrides (``-c account=...``, tests)."""
     if name not in ENVIRONMENTS:
         raise KeyError(f"unknown environment {name!r}; choose one of {sorted(ENVIRONMENTS)}")
-    base = ENVIRONMENTS[name]
-    return replace(base, **overrides) if overrides else base
+    # replace() rebuilds the config even without overrides, so stages registered since import get their jobs
+    return replace(ENVIRONMENTS[name], **overrides)
 
 
 # -- the CI/CD pipeline (cdk/pipeline.py, `cdk synth --app "python -m cdk.pipeline_app"`) ---------------------

@@ -219,21 +219,19 @@ def show(
     out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory of the run."),
     limit: int = typer.Option(50, help="Rows to show per table."),
 ) -> None:
-    """Print a processed title's shots, keyframes and cues."""
+    """Print a processed title's tables: the columns each stage declares to show (shots, keyframes, cues)."""
     import pyarrow.parquet as pq
 
     from prism.artifacts import read_manifest, title_dir
+    from prism.stages.base import registry
 
     tdir = title_dir(out, title)
     manifest = read_manifest(tdir)
     if manifest is None:
         console.print(f"[red]error:[/] no manifest at {tdir} (run `prism run` first or pass --out)")
         raise typer.Exit(EXIT_FAILED)
-    views = {
-        "shots.parquet": ("shot_index", "start_s", "end_s", "transition_in", "score"),
-        "keyframes.parquet": ("shot_index", "rank", "time_s", "quality", "path"),
-        "cues.parquet": ("cue_type", "start_s", "end_s", "value", "value_unit"),
-    }
+    stages = sorted(registry().values(), key=lambda cls: (cls.display_order, cls.name))
+    views = {output.path: output.show for cls in stages for output in cls.outputs if output.show}
     for name, columns in views.items():
         if not (tdir / name).exists():
             continue

@@ -40,3 +40,7 @@ class StorageError(PrismError):
     The runner fails only the title being written; raised before any work (opening the
     catalog), the CLI ends with exit 2.
     """
+
+
+class ArtifactSchemaError(PrismError):
+    """A stage wrote a file that is not what it declares (undeclared file, wrong Parquet schema)."""

@@ -29,6 +29,7 @@ from markupsafe import Markup, escape
 from prism import __version__
 from prism.artifacts import atomic_write_bytes, read_manifest
 from prism.errors import PrismError
+from prism.stages.base import ReportLane, Stage, registry
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ LUFS_FLOOR, LUFS_CEIL = -60.0, 0.0
 CUE_COLORS = {"black": "#222", "frozen": "#1f77b4", "silence": "#9467bd"}
 SEGMENT_COLORS = {"speech": "#2ca02c", "music": "#ff7f0e", "silence": "#c7c7c7"}
 SPEAKER_COLORS = ("#e377c2", "#17becf", "#bcbd22", "#8c564b", "#7f7f7f", "#d62728", "#1f77b4", "#ff9896")
+SPAN_COLORS = ("#6a3d9a", "#33a02c", "#e31a1c", "#1f78b4", "#ff7f00", "#b15928", "#a6cee3", "#fb9a99")
+SECTION_ROWS = 500  # rows listed per stage section (the timeline draws them all)
 
 
 class ReportError(PrismError):
@@ -63,6 +66,29 @@ class Part:
 
 
 @dataclass
+class SpanLane:
+    """A registered stage's ``spans`` report lane: its rows, read by the reading rule, and how to draw them."""
+
+    stage: str
+    part: Part
+    lane: ReportLane
+    columns: tuple[str, ...]  # listed in the stage's section: its output's ``show`` columns, else the lane's
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return self.lane.title or self.stage
+
+    @property
+    def colors(self) -> dict[str, str]:
+        """Label value -> colour, in sorted order (one colour when the lane has no label column)."""
+        if not self.lane.label:
+            return {self.title: SPAN_COLORS[0]}
+        labels = sorted({str(r[self.lane.label]) for r in self.rows})
+        return {label: SPAN_COLORS[i % len(SPAN_COLORS)] for i, label in enumerate(labels)}
+
+
+@dataclass
 class TitleData:
     """What the report shows, read from one title directory."""
 
@@ -81,6 +107,8 @@ class TitleData:
     short_term: list[tuple[float, float | None]] = field(default_factory=list)  # dialogue track
     dialogue_track: int = 0
     warnings: list[str] = field(default_factory=list)  # title-level problems QC must see (truncation)
+    lanes: list[SpanLane] = field(default_factory=list)  # stages drawn by their declared ``spans`` lane
+    drawn: list[tuple[str, ReportLane]] = field(default_factory=list)  # every stage's lane, in drawing order
 
 
 def _read_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
@@ -96,12 +124,17 @@ def load_title(title_dir: str | Path) -> TitleData:
     if manifest is None:
         raise ReportError(f"{tdir}: no manifest.json (run `prism run` first or pass --out)")
     stages = manifest.get("stages", {})
+    registered = sorted(registry().values(), key=lambda cls: (cls.display_order, cls.name))
     parts = {
-        name: Part(name, stages[name]["status"], stages[name].get("reason"))
-        if name in stages
-        else Part(name, "not run")
-        for name in ("shots", "keyframes", "cues", "audio", "embeddings")
+        cls.name: Part(cls.name, stages[cls.name]["status"], stages[cls.name].get("reason"))
+        if cls.name in stages
+        else Part(cls.name, "not run")
+        for cls in registered
     }
+    drawn = sorted(
+        ((cls.name, cls.report_lane) for cls in registered if cls.report_lane is not None),
+        key=lambda item: (item[1].order, item[0]),
+    )
 
     listed = {name: set(e.get("outputs") or []) for name, e in stages.items() if e.get("status") == "succeeded"}
 
@@ -109,9 +142,26 @@ def load_title(title_dir: str | Path) -> TitleData:
         return tdir / name if name in listed.get(stage, ()) and (tdir / name).exists() else None
 
     try:
-        return _load(tdir, manifest, artifact, parts)
+        data = _load(tdir, manifest, artifact, parts)
+        data.drawn = drawn
+        for name, lane in drawn:
+            if lane.kind == "spans":
+                data.lanes.append(_span_lane(registry()[name], lane, parts[name], artifact))
+        ends = [data.duration_s] + [r[lane.lane.end] for lane in data.lanes for r in lane.rows if r[lane.lane.end]]
+        data.duration_s = max(ends)
+        return data
     except (OSError, ValueError, KeyError) as exc:  # a damaged artifact: say which title, not a traceback
         raise ReportError(f"{tdir}: cannot read artifacts: {type(exc).__name__}: {exc}") from exc
+
+
+def _span_lane(cls: type[Stage], lane: ReportLane, part: Part, artifact: Any) -> SpanLane:
+    output = cls.output(lane.output)
+    columns = output.show or tuple(dict.fromkeys(c for c in (lane.label, lane.start, lane.end) if c))
+    spans = SpanLane(cls.name, part, lane, columns)
+    if path := artifact(cls.name, lane.output):
+        wanted = list(dict.fromkeys([*columns, *(c for c in (lane.label, lane.start, lane.end) if c)]))
+        spans.rows = sorted(_read_rows(path, wanted), key=lambda r: (r[lane.start] is None, r[lane.start] or 0.0))
+    return spans
 
 
 def _load(tdir: Path, manifest: dict[str, Any], artifact: Any, parts: dict[str, Part]) -> TitleData:
@@ -283,61 +333,111 @@ def _loudness_paths(points: list[tuple[float, float | None]], scale: _Scale, y: 
     return " ".join(line), " ".join(band)
 
 
+class _Lanes:
+    """The timeline's drawing state: the SVG elements so far and where the next lane goes."""
+
+    lane_h, gap = 16.0, 6.0
+
+    def __init__(self, data: TitleData):
+        self.data, self.scale, self.parts = data, _Scale(data.duration_s), data.parts
+        self.el: list[str] = []
+        self.y = 22.0
+
+    def lane(self, label: str) -> float:
+        top = self.y
+        self.el.append(_lane_label(top, self.lane_h, label))
+        self.y += self.lane_h + self.gap
+        return top
+
+
 def timeline_svg(data: TitleData) -> Markup:
-    """The whole timeline as one SVG string: axis, shots, cues, audio spans, speakers, loudness."""
-    scale = _Scale(data.duration_s)
-    parts, el = data.parts, []
-    lane_h, gap, y = 16.0, 6.0, 22.0
+    """The whole timeline as one SVG string: axis, then each registered stage's lane in its declared order."""
+    t = _Lanes(data)
+    scale, el = t.scale, t.el
     step = _tick_step(data.duration_s)
     ticks = [i * step for i in range(int(data.duration_s // step) + 1)]
-    for t in ticks:
-        x = scale.x(t)
+    for tick in ticks:
+        x = scale.x(tick)
         el.append(f'<line class="grid" x1="{x:.1f}" x2="{x:.1f}" y1="16" y2="100%"/>')
         anchor = "end" if x > PLOT_X1 - 30 else "middle"
         el.append(
-            f'<text class="tick" x="{x:.1f}" y="12" text-anchor="{anchor}">{clock(t)[:-2] if step >= 1 else clock(t)}</text>'
+            f'<text class="tick" x="{x:.1f}" y="12" text-anchor="{anchor}">{clock(tick)[:-2] if step >= 1 else clock(tick)}</text>'
         )
-
-    def lane(label: str) -> float:
-        nonlocal y
-        top = y
-        el.append(_lane_label(top, lane_h, label))
-        y += lane_h + gap
-        return top
-
-    top = lane("shots")
-    if not parts["shots"].available:
-        el.append(_absent(top, lane_h, f"shots {parts['shots'].note}"))
-    else:
-        dense = len(data.shots) > (PLOT_X1 - PLOT_X0) / 3
-        if not dense:
-            for s in data.shots:
-                x0, x1 = scale.x(s["start_s"]), scale.x(s["end_s"])
-                fill = "#dbe7f3" if s["shot_index"] % 2 == 0 else "#b7cde3"
-                tip = f"shot {s['shot_index']} {clock(s['start_s'])}–{clock(s['end_s'])}"
-                el.append(
-                    f'<rect x="{x0:.1f}" y="{top}" width="{max(x1 - x0, 0.5):.1f}" height="{lane_h}" fill="{fill}">'
-                    f"<title>{escape(tip)}</title></rect>"
-                )
+    spans = {lane.stage: lane for lane in data.lanes}
+    for stage, lane in data.drawn:
+        if lane.kind == "spans":
+            _draw_spans(t, spans[stage])
         else:
-            el.append(f'<rect x="{PLOT_X0}" y="{top}" width="{PLOT_X1 - PLOT_X0}" height="{lane_h}" fill="#dbe7f3"/>')
-        fps = _fps(data)
-        gradual = [
-            (
-                s["transition_start_frame"] / fps,
-                s["transition_end_frame"] / fps,
-                f"gradual transition into shot {s['shot_index']}",
-            )
-            for s in data.shots
-            if s.get("transition_in") == "gradual" and s.get("transition_start_frame") is not None
-        ]
-        el += _merged_rects(gradual, scale, top, lane_h, "#f4b942", "gradual")
-        el.append(_boundaries(data.shots[1:], scale, top, lane_h, dense))
+            _DRAWINGS[lane.kind](t, stage)
+    y = t.y
+    el.append(f'<line id="cursor" x1="-10" x2="-10" y1="16" y2="{y:.0f}"/>')
+    return Markup(
+        f'<svg id="timeline" viewBox="0 0 1200 {y:.0f}" role="img" aria-label="timeline" '
+        f'data-x0="{PLOT_X0}" data-x1="{PLOT_X1}" data-duration="{data.duration_s:.3f}">'
+        f'<rect id="hit" x="{PLOT_X0}" y="16" width="{PLOT_X1 - PLOT_X0}" height="{y - 16:.0f}" fill="transparent"/>'
+        + "".join(el)
+        + "</svg>"
+    )
 
+
+def _draw_spans(t: _Lanes, spans: SpanLane) -> None:
+    """A declared ``spans`` lane: one rect per row (merged per drawn pixel), coloured by its label."""
+    top = t.lane(spans.title)
+    if not spans.part.available:
+        t.el.append(_absent(top, t.lane_h, f"{spans.stage} {spans.part.note}"))
+        return
+    if not spans.rows:
+        t.el.append(_absent(top, t.lane_h, f"no {spans.title} spans"))
+        return
+    lane = spans.lane
+    for label, color in spans.colors.items():
+        rows = [r for r in spans.rows if not lane.label or str(r[lane.label]) == label]
+        marks = [
+            (r[lane.start], r[lane.end], f"{label} {clock(r[lane.start])}–{clock(r[lane.end])}")
+            for r in rows
+            if r[lane.start] is not None and r[lane.end] is not None
+        ]
+        t.el.extend(_merged_rects(marks, t.scale, top, t.lane_h, color, label))
+
+
+def _draw_shots(t: _Lanes, stage: str) -> None:
+    data, scale, el, lane_h = t.data, t.scale, t.el, t.lane_h
+    top = t.lane("shots")
+    if not t.parts[stage].available:
+        el.append(_absent(top, lane_h, f"shots {t.parts[stage].note}"))
+        return
+    dense = len(data.shots) > (PLOT_X1 - PLOT_X0) / 3
+    if not dense:
+        for s in data.shots:
+            x0, x1 = scale.x(s["start_s"]), scale.x(s["end_s"])
+            fill = "#dbe7f3" if s["shot_index"] % 2 == 0 else "#b7cde3"
+            tip = f"shot {s['shot_index']} {clock(s['start_s'])}–{clock(s['end_s'])}"
+            el.append(
+                f'<rect x="{x0:.1f}" y="{top}" width="{max(x1 - x0, 0.5):.1f}" height="{lane_h}" fill="{fill}">'
+                f"<title>{escape(tip)}</title></rect>"
+            )
+    else:
+        el.append(f'<rect x="{PLOT_X0}" y="{top}" width="{PLOT_X1 - PLOT_X0}" height="{lane_h}" fill="#dbe7f3"/>')
+    fps = _fps(data)
+    gradual = [
+        (
+            s["transition_start_frame"] / fps,
+            s["transition_end_frame"] / fps,
+            f"gradual transition into shot {s['shot_index']}",
+        )
+        for s in data.shots
+        if s.get("transition_in") == "gradual" and s.get("transition_start_frame") is not None
+    ]
+    el += _merged_rects(gradual, scale, top, lane_h, "#f4b942", "gradual")
+    el.append(_boundaries(data.shots[1:], scale, top, lane_h, dense))
+
+
+def _draw_cues(t: _Lanes, stage: str) -> None:
+    part = t.parts[stage]
     for cue_type in ("black", "frozen", "silence"):
-        top = lane(f"{cue_type}")
-        if not parts["cues"].available:
-            el.append(_absent(top, lane_h, f"cues {parts['cues'].note}"))
+        top = t.lane(f"{cue_type}")
+        if not part.available:
+            t.el.append(_absent(top, t.lane_h, f"cues {part.note}"))
             continue
         spans = [
             (
@@ -345,13 +445,17 @@ def timeline_svg(data: TitleData) -> Markup:
                 c["end_s"],
                 f"{cue_type} {clock(c['start_s'])}–{clock(c['end_s'])} ({c['duration_s']:.1f} s)",
             )
-            for c in data.cues
+            for c in t.data.cues
             if c["cue_type"] == cue_type
         ]
-        el += _merged_rects(spans, scale, top, lane_h, CUE_COLORS[cue_type], cue_type)
+        t.el.extend(_merged_rects(spans, t.scale, top, t.lane_h, CUE_COLORS[cue_type], cue_type))
 
-    audio = parts["audio"]
-    top = lane(f"audio (track {data.dialogue_track})")
+
+def _draw_audio(t: _Lanes, stage: str) -> None:
+    """The dialogue track's speech/music/silence, its speakers, and the short-term loudness plot."""
+    data, scale, el, lane_h = t.data, t.scale, t.el, t.lane_h
+    audio = t.parts[stage]
+    top = t.lane(f"audio (track {data.dialogue_track})")
     if not audio.available:
         el.append(_absent(top, lane_h, f"audio {audio.note}"))
     else:
@@ -367,22 +471,22 @@ def timeline_svg(data: TitleData) -> Markup:
             ]
             el += _merged_rects(spans, scale, top, lane_h, color, label)
 
-    top = lane("speakers")
-    speakers = sorted({t["speaker"] for t in data.turns})
+    top = t.lane("speakers")
+    speakers = sorted({turn["speaker"] for turn in data.turns})
     if not audio.available:
         el.append(_absent(top, lane_h, f"audio {audio.note}"))
     elif not speakers:
         el.append(_absent(top, lane_h, "no speech turns"))
     for i, spk in enumerate(speakers):
         spans = [
-            (t["start_s"], t["end_s"], f"{spk} {clock(t['start_s'])}–{clock(t['end_s'])}")
-            for t in data.turns
-            if t["speaker"] == spk
+            (turn["start_s"], turn["end_s"], f"{spk} {clock(turn['start_s'])}–{clock(turn['end_s'])}")
+            for turn in data.turns
+            if turn["speaker"] == spk
         ]
         el += _merged_rects(spans, scale, top, lane_h, SPEAKER_COLORS[i % len(SPEAKER_COLORS)], spk)
 
     loud_h = 90.0
-    top = y
+    top = t.y
     for i, text in enumerate(("loudness", "short-term", "LUFS")):
         cls = "lane" if i == 0 else "lane small"
         el.append(f'<text class="{cls}" x="{PLOT_X0 - 30}" y="{top + 34 + 11 * i}" text-anchor="end">{text}</text>')
@@ -401,15 +505,10 @@ def timeline_svg(data: TitleData) -> Markup:
         el.append(
             f'<text class="target-label" x="{PLOT_X1 - 4}" y="{ty - 3:.1f}" text-anchor="end">target {target:g} LUFS</text>'
         )
-    y = top + loud_h + 8
-    el.append(f'<line id="cursor" x1="-10" x2="-10" y1="16" y2="{y:.0f}"/>')
-    return Markup(
-        f'<svg id="timeline" viewBox="0 0 1200 {y:.0f}" role="img" aria-label="timeline" '
-        f'data-x0="{PLOT_X0}" data-x1="{PLOT_X1}" data-duration="{data.duration_s:.3f}">'
-        f'<rect id="hit" x="{PLOT_X0}" y="16" width="{PLOT_X1 - PLOT_X0}" height="{y - 16:.0f}" fill="transparent"/>'
-        + "".join(el)
-        + "</svg>"
-    )
+    t.y = top + loud_h + 8
+
+
+_DRAWINGS = {"shots": _draw_shots, "cues": _draw_cues, "audio": _draw_audio}
 
 
 def _boundaries(shots: list[dict[str, Any]], scale: _Scale, top: float, h: float, dense: bool) -> str:
@@ -532,6 +631,13 @@ def _loudness_rows(loudness: dict[str, Any] | None) -> list[dict[str, Any]]:
     return rows
 
 
+def _cell(value: Any) -> str:
+    """A table cell as ``prism show`` prints it."""
+    if value is None:
+        return ""
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
 @lru_cache(maxsize=1)
 def _template():
     import jinja2
@@ -545,6 +651,7 @@ def _template():
     )
     env.filters["clock"] = clock
     env.filters["num"] = _num
+    env.filters["cell"] = _cell
     return env.get_template("report.html.j2")
 
 
@@ -579,6 +686,8 @@ def render_report(title_dir: str | Path) -> str:
         speaker_colors=SPEAKER_COLORS,
         cue_colors=CUE_COLORS,
         segment_colors=SEGMENT_COLORS,
+        lanes=data.lanes,
+        section_rows=SECTION_ROWS,
         script_data=Markup(json.dumps(script_data, separators=(",", ":")).replace("</", "<\\/")),
         prism_version=__version__,
     )

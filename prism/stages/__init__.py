@@ -1,4 +1,5 @@
-"""Built-in stages. Each module registers its stage; add a new one here with one import."""
+"""Built-in stages. Each module registers its stage; ``registry()`` imports every module of this
+package, so a new stage is one new file (re-export it here to make it part of the public API)."""
 
 from prism.stages.audio import AudioStage
 from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register, registry, resolve_order

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from prism.artifacts import atomic_write_bytes, write_json, write_parquet
+from prism.artifacts import atomic_write_bytes, write_json
 from prism.audio.levels import level_db
 from prism.audio.pcm import Loudness
 from prism.audio.segments import segment_spans
@@ -40,20 +40,11 @@ from prism.devices import check_device, resolve_device
 from prism.errors import ConfigError, ModelUnavailable
 from prism.media.decode import align_blocks
 from prism.provenance import code_version
-from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
+from prism.stages.base import ModelInfo, Output, ReportLane, Stage, StageContext, StageResult, register
 
 log = logging.getLogger(__name__)
 
 LANGUAGE_HINT_ENV = "PRISM_LANGUAGE_HINT"  # the cloud worker's per-title hint (e.g. from the discover input)
-OUTPUTS = [
-    "transcript.json",
-    "subtitles.vtt",
-    "subtitles.srt",
-    "audio_segments.parquet",
-    "speakers.parquet",
-    "loudness.json",
-    "loudness_short_term.parquet",
-]
 
 
 # ISO 639-2 tags as containers carry them (MKV/MP4 "language") -> Whisper's ISO 639-1 codes.
@@ -156,6 +147,17 @@ class AudioStage(Stage):
     Params = AudioParams
     execution_params = frozenset({"device", "cpu_threads", "batch_size"})
     concurrency = "audio"  # its own decode and models: runs beside the visual stages
+    outputs = (
+        Output("transcript.json", "json", description="segments and words with timing, speaker, language"),
+        Output("subtitles.vtt", "vtt", description="WebVTT subtitles of the dialogue track"),
+        Output("subtitles.srt", "srt", description="the same cues in SubRip"),
+        Output("audio_segments.parquet", "parquet", SEGMENTS_SCHEMA, "speech/music/silence spans per track"),
+        Output("speakers.parquet", "parquet", SPEAKERS_SCHEMA, "speaker turns on the dialogue track"),
+        Output("loudness.json", "json", description="EBU R128 loudness per track"),
+        Output("loudness_short_term.parquet", "parquet", SHORT_TERM_SCHEMA, "the loudness meter every 100 ms"),
+    )
+    report_lane = ReportLane(kind="audio", order=30)
+    display_order = 40
 
     def model(self) -> ModelInfo:
         try:
@@ -286,7 +288,7 @@ class AudioStage(Stage):
             if dialogue_loudness.integrated_lufs is not None
             else "silent"
         )
-        return StageResult(outputs=list(OUTPUTS), metrics=metrics, summary=summary)
+        return StageResult(outputs=[o.path for o in self.outputs], metrics=metrics, summary=summary)
 
     def _shot_changes(self, ctx: StageContext) -> tuple[list[float], float]:
         """Shot change times from the title's shots.parquet, when the shots stage has run (else none).
@@ -337,7 +339,7 @@ class AudioStage(Stage):
         write_json(out / "transcript.json", transcript)
         atomic_write_bytes(out / "subtitles.vtt", to_vtt(cues).encode("utf-8"))
         atomic_write_bytes(out / "subtitles.srt", to_srt(cues).encode("utf-8"))
-        write_parquet(out / "audio_segments.parquet", pa.Table.from_pylist(segment_rows, schema=SEGMENTS_SCHEMA))
+        self.write_table(ctx, "audio_segments.parquet", segment_rows)
         speaker_rows = [
             {
                 "turn_index": i,
@@ -348,7 +350,7 @@ class AudioStage(Stage):
             }
             for i, t in enumerate(turns)
         ]
-        write_parquet(out / "speakers.parquet", pa.Table.from_pylist(speaker_rows, schema=SPEAKERS_SCHEMA))
+        self.write_table(ctx, "speakers.parquet", speaker_rows)
         write_json(
             out / "loudness.json",
             {"standard": "EBU R128", "target_lufs": -23.0, "tracks": [l.to_dict() for l in loudness]},
@@ -359,7 +361,7 @@ class AudioStage(Stage):
             "momentary_lufs": pa.array([m for l in loudness for m in l.momentary], pa.float64()),
             "short_term_lufs": pa.array([s for l in loudness for s in l.short_term], pa.float64()),
         }
-        write_parquet(out / "loudness_short_term.parquet", pa.Table.from_pydict(short, schema=SHORT_TERM_SCHEMA))
+        self.write_table(ctx, "loudness_short_term.parquet", short)
 
 
 def _label_words(segments: list[Segment], turns: list[SpeakerTurn]) -> None:

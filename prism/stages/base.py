@@ -5,27 +5,38 @@ stages it ``requires``, a ``Params`` dataclass (typed, validated in ``__post_ini
 ``model()`` identity and one ``run(ctx)`` method. ``@register`` puts it in the registry; the
 runner orders stages by ``requires`` and never needs editing when a stage is added. Third-party
 stages can register through the ``prism.stages`` entry-point group.
+
+A stage also declares what it writes (``outputs``: file, format and, for Parquet, the schema it
+writes with, and the columns ``prism show`` prints) and optionally how the report draws it
+(``report_lane``). The report, ``prism show``, the CDK job layout and the docs
+check iterate these declarations, so adding a stage touches only its own file. Every declared
+Parquet output is checked against its schema when the stage returns: a file that drifted from
+its declaration fails the stage instead of reaching consumers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import functools
 import hashlib
+import importlib
 import json
 import math
+import pkgutil
 import threading
 import time
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from prism.errors import ConfigError, StageInputMissing
+from prism.errors import ArtifactSchemaError, ConfigError, StageInputMissing
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -196,6 +207,65 @@ class SharedMedia:
         return stream
 
 
+OUTPUT_FORMATS = ("parquet", "json", "vtt", "srt", "jpg", "txt")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One file, or family of files (``path`` a glob such as ``keyframes/*.jpg``), a stage writes.
+
+    ``schema`` (Parquet only) is the pyarrow schema the stage writes with: its column names,
+    order and types, and the metadata keys it lists, are what every written file must have. A
+    declared ``list<T>`` column also accepts a ``fixed_size_list<T>[n]`` of any ``n`` (vector
+    columns whose size depends on the model).
+    """
+
+    path: str
+    format: str
+    schema: pa.Schema | None = None
+    description: str = ""
+    show: tuple[str, ...] = ()  # Parquet columns ``prism show`` prints (and a ``spans`` lane's section lists)
+
+    def __post_init__(self) -> None:
+        if self.format not in OUTPUT_FORMATS:
+            raise ValueError(f"output {self.path}: format must be one of {OUTPUT_FORMATS}, got {self.format!r}")
+        if (self.schema is not None) != (self.format == "parquet"):
+            raise ValueError(f"output {self.path}: a Parquet output declares its schema, other formats none")
+        if self.show and self.schema is None:
+            raise ValueError(f"output {self.path}: only Parquet outputs have columns to show")
+
+    def matches(self, relative: str) -> bool:
+        return fnmatch.fnmatchcase(relative, self.path)
+
+
+LANE_KINDS = ("spans", "shots", "cues", "audio")
+
+
+@dataclass(frozen=True)
+class ReportLane:
+    """How the HTML report draws a stage on its timeline, and lists it in a section of its own.
+
+    ``spans`` (the default) draws each row of the Parquet ``output`` from ``start`` to ``end``,
+    one colour per value of ``label``, and lists the rows (the output's ``show`` columns) below
+    the timeline. ``shots``, ``cues`` and ``audio`` are the report's own drawings of the built-in
+    stages. Lanes are drawn in ``order``, then by stage name.
+    """
+
+    output: str = ""
+    label: str = ""
+    start: str = "start_s"
+    end: str = "end_s"
+    title: str = ""  # the lane's name on the timeline; "" = the stage name
+    kind: str = "spans"
+    order: int = 100
+
+    def __post_init__(self) -> None:
+        if self.kind not in LANE_KINDS:
+            raise ValueError(f"report lane kind must be one of {LANE_KINDS}, got {self.kind!r}")
+        if self.kind == "spans" and not self.output:
+            raise ValueError("a spans report lane names the Parquet output it draws")
+
+
 class Stage(ABC):
     """Base class of every stage; see the module docstring."""
 
@@ -205,12 +275,72 @@ class Stage(ABC):
     # Parameters that change how fast a stage runs, not what it outputs (device, batch size,
     # threads): recorded in the manifest but left out of the fingerprint, so they never force a rerun.
     execution_params: ClassVar[frozenset[str]] = frozenset()
+    # What the stage writes; () = undeclared (nothing is checked, nothing is listed).
+    outputs: ClassVar[tuple[Output, ...]] = ()
+    report_lane: ClassVar[ReportLane | None] = None
+    # Where the stage comes in the report and ``prism show`` (then by name); not the run order.
+    display_order: ClassVar[int] = 100
     # Stages of different groups run side by side within a title (prism/schedule.py): the audio
     # stage has its own, so ASR overlaps the visual decode and models; one group runs in order.
     concurrency: ClassVar[str] = "visual"
 
     def __init__(self, params: dict[str, Any] | None = None):
         self.params = make_params(self.Params, params or {}, self.name)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "run" in cls.__dict__ and not getattr(cls.run, "_checks_outputs", False):
+            cls.run = _checking_outputs(cls.run)
+
+    @classmethod
+    def output(cls, path: str) -> Output:
+        """The declaration of the output ``path`` (a file of a declared family matches it)."""
+        for declared in cls.outputs:
+            if declared.path == path or declared.matches(path):
+                return declared
+        raise KeyError(f"stage {cls.name!r} declares no output {path!r}; declared: {[o.path for o in cls.outputs]}")
+
+    def write_table(
+        self, ctx: StageContext, path: str, rows: list[dict[str, Any]] | dict[str, Any] | pa.Table
+    ) -> pa.Table:
+        """Write the declared Parquet output ``path`` into staging, built with its declared schema."""
+        import pyarrow as pa
+
+        from prism.artifacts import write_parquet
+
+        schema = self.output(path).schema
+        if schema is None:
+            raise TypeError(f"stage {self.name!r}: output {path} is not Parquet")
+        if isinstance(rows, pa.Table):
+            table = rows
+        elif isinstance(rows, dict):
+            table = pa.Table.from_pydict(rows, schema=schema)
+        else:
+            table = pa.Table.from_pylist(rows, schema=schema)
+        check_schema(self.name, path, schema, table.schema)
+        write_parquet(ctx.staging / path, table)
+        return table
+
+    def check_outputs(self, staging: Path, result: StageResult) -> None:
+        """Raise ``ArtifactSchemaError`` unless every output of ``result`` is declared and each
+        declared Parquet file has its declared schema. Stages that declare nothing are not checked."""
+        if not self.outputs or result.status != "succeeded":
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for relative in result.outputs:
+            try:
+                declared = self.output(relative)
+            except KeyError as exc:
+                raise ArtifactSchemaError(f"stage {self.name}: {relative} is not a declared output") from exc
+            if declared.schema is None or not (staging / relative).is_file():
+                continue
+            try:
+                actual = pq.read_schema(staging / relative)
+            except (OSError, pa.ArrowException) as exc:
+                raise ArtifactSchemaError(f"stage {self.name}: {relative} is not readable Parquet: {exc}") from exc
+            check_schema(self.name, relative, declared.schema, actual)
 
     @abstractmethod
     def model(self) -> ModelInfo:
@@ -228,6 +358,69 @@ class Stage(ABC):
         shaping = {k: v for k, v in self.params_dict().items() if k not in self.execution_params}
         text = json.dumps(shaping, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _checking_outputs(
+    run: Callable[[Stage, StageContext], StageResult],
+) -> Callable[[Stage, StageContext], StageResult]:
+    """Wrap a stage's ``run`` so what it returns is checked against its declared outputs."""
+
+    @functools.wraps(run)
+    def checked(self: Stage, ctx: StageContext) -> StageResult:
+        result = run(self, ctx)
+        if isinstance(result, StageResult):
+            self.check_outputs(ctx.staging, result)
+        return result
+
+    checked._checks_outputs = True  # type: ignore[attr-defined]
+    return checked
+
+
+def type_name(t: pa.DataType) -> str:
+    """A column type as the docs write it: ``int32``, ``float64``, ``string``, ``list<float32>``."""
+    import pyarrow as pa
+
+    if pa.types.is_floating(t):
+        return f"float{t.bit_width}"
+    if pa.types.is_fixed_size_list(t):
+        return f"fixed_size_list<{type_name(t.value_type)}>[{t.list_size}]"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"list<{type_name(t.value_type)}>"
+    return str(t)
+
+
+def _type_matches(declared: pa.DataType, actual: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    if declared.equals(actual):
+        return True
+    return (
+        pa.types.is_list(declared)
+        and pa.types.is_fixed_size_list(actual)
+        and _type_matches(declared.value_type, actual.value_type)
+    )
+
+
+def check_schema(stage: str, path: str, declared: pa.Schema, actual: pa.Schema) -> None:
+    """Raise ``ArtifactSchemaError`` naming every difference between a file's schema and its declaration."""
+    problems = []
+    names, wanted = actual.names, declared.names
+    if missing := [n for n in wanted if n not in names]:
+        problems.append(f"missing column(s) {missing}")
+    if extra := [n for n in names if n not in wanted]:
+        problems.append(f"undeclared column(s) {extra}")
+    for field_ in declared:
+        if field_.name in names and not _type_matches(field_.type, actual.field(field_.name).type):
+            got = type_name(actual.field(field_.name).type)
+            problems.append(f"column {field_.name!r} is {got}, declared {type_name(field_.type)}")
+    if not problems and [n for n in names if n in wanted] != list(wanted):
+        problems.append(f"columns in order {names}, declared {wanted}")
+    have = actual.metadata or {}
+    for key, value in (declared.metadata or {}).items():
+        if have.get(key) != value:
+            problems.append(f"metadata {key.decode()}={value.decode()} missing")
+    if problems:
+        raise ArtifactSchemaError(f"stage {stage}: {path} does not match its declared schema: {'; '.join(problems)}")
 
 
 def make_params(cls: type, values: dict[str, Any], stage: str) -> Any:
@@ -329,8 +522,31 @@ def register(cls: type[Stage]) -> type[Stage]:
         raise TypeError(f"{cls.__name__} has no stage name")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"stage name {cls.name!r} is registered twice")
+    check_declarations(cls)
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def check_declarations(cls: type[Stage]) -> None:
+    """Refuse declarations that contradict each other: a shown or drawn file the stage does not
+    declare, a column its schema does not have."""
+    parquet = {o.path: o.schema for o in cls.outputs if o.schema is not None}
+    paths = [o.path for o in cls.outputs]
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"stage {cls.name!r}: outputs {paths} repeat")
+
+    def columns(path: str, wanted: list[str], what: str) -> None:
+        if path not in parquet:
+            raise ValueError(f"stage {cls.name!r}: {what} reads {path}, which is not a declared Parquet output")
+        if missing := [c for c in wanted if c not in parquet[path].names]:
+            raise ValueError(f"stage {cls.name!r}: {what} names column(s) {missing} that {path} does not declare")
+
+    for output in cls.outputs:
+        if output.show:
+            columns(output.path, list(output.show), "show")
+    lane = cls.report_lane
+    if lane is not None and lane.kind == "spans":
+        columns(lane.output, [c for c in (lane.start, lane.end, lane.label) if c], "report_lane")
 
 
 _plugins_loaded = False
@@ -339,10 +555,12 @@ _plugins_loaded = False
 def registry() -> dict[str, type[Stage]]:
     """All stages: the built-in ones plus those other packages declare as ``prism.stages`` entry points."""
     global _plugins_loaded
-    import prism.stages  # noqa: F401  (registers the built-in stages)
+    import prism.stages  # registers the built-in stages
 
     if not _plugins_loaded:
         _plugins_loaded = True
+        for module in pkgutil.iter_modules(prism.stages.__path__):  # a new stage file needs no import line
+            importlib.import_module(f"prism.stages.{module.name}")
         for entry in entry_points(group="prism.stages"):
             register(entry.load())
     return dict(_REGISTRY)

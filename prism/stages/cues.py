@@ -17,13 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from prism.artifacts import write_parquet
 from prism.audio.levels import WINDOW_S, level_db, silent_runs
 from prism.audio.pcm import ANALYSIS_RATE
 from prism.errors import MediaError
 from prism.media.decode import align_blocks, duration_check
 from prism.provenance import code_version
-from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
+from prism.stages.base import ModelInfo, Output, ReportLane, Stage, StageContext, StageResult, register
 from prism.timeline import runs
 
 SILENCE_RATE = ANALYSIS_RATE
@@ -72,6 +71,17 @@ CUES_SCHEMA = pa.schema(
 class CuesStage(Stage):
     name = "cues"
     Params = CuesParams
+    outputs = (
+        Output(
+            "cues.parquet",
+            "parquet",
+            CUES_SCHEMA,
+            "black, frozen and silent spans",
+            show=("cue_type", "start_s", "end_s", "value", "value_unit"),
+        ),
+    )
+    report_lane = ReportLane(kind="cues", order=20)
+    display_order = 30
 
     def model(self) -> ModelInfo:
         return ModelInfo("prism-cue-rules", f"code-{code_version(__name__)}")
@@ -130,7 +140,7 @@ class CuesStage(Stage):
             except MediaError as exc:  # a corrupt audio stream must not hide the visual cues
                 metrics["silence"] = f"not analysed: {exc}"
         rows.sort(key=lambda r: (r["start_s"], r["cue_type"]))
-        write_parquet(ctx.staging / "cues.parquet", pa.Table.from_pylist(rows, schema=CUES_SCHEMA))
+        self.write_table(ctx, "cues.parquet", rows)
         counts = {kind: sum(r["cue_type"] == kind for r in rows) for kind in ("black", "frozen", "silence")}
         metrics.update(counts)
         return StageResult(

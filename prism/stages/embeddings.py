@@ -30,10 +30,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from prism.artifacts import write_parquet
 from prism.devices import check_device, resolve_device
 from prism.errors import ModelUnavailable
-from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
+from prism.stages.base import ModelInfo, Output, Stage, StageContext, StageResult, register
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -447,30 +446,38 @@ def shot_vectors(shot_index: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarra
     return shots, (sums / np.maximum(norms, 1e-12)).astype(np.float32), counts
 
 
+# As declared: ``vector`` is a list of float32 whose fixed size is the model's (``embeddings_schema``).
+EMBEDDINGS_SCHEMA = pa.schema(
+    [
+        ("shot_index", pa.int32()),
+        ("kind", pa.string()),
+        ("frame", pa.int64()),
+        ("time_s", pa.float64()),
+        ("path", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("keyframes", pa.int32()),
+        ("vector", pa.list_(pa.float32())),
+        ("model", pa.string()),
+        ("model_revision", pa.string()),
+    ],
+    metadata={"prism.artifact": "embeddings", "prism.artifact_version": "1"},
+)
+
+
 def embeddings_schema(dim: int, model: ModelInfo) -> pa.Schema:
-    return pa.schema(
-        [
-            ("shot_index", pa.int32()),
-            ("kind", pa.string()),
-            ("frame", pa.int64()),
-            ("time_s", pa.float64()),
-            ("path", pa.string()),
-            ("start_s", pa.float64()),
-            ("end_s", pa.float64()),
-            ("keyframes", pa.int32()),
-            ("vector", pa.list_(pa.float32(), dim)),
-            ("model", pa.string()),
-            ("model_revision", pa.string()),
-        ],
-        metadata={
-            "prism.artifact": "embeddings",
-            "prism.artifact_version": "1",
+    """The declared schema with the vector's size and the model that made it."""
+    vector = EMBEDDINGS_SCHEMA.get_field_index("vector")
+    schema = EMBEDDINGS_SCHEMA.set(vector, pa.field("vector", pa.list_(pa.float32(), dim)))
+    return schema.with_metadata(
+        {
+            **{k.decode(): v.decode() for k, v in EMBEDDINGS_SCHEMA.metadata.items()},
             "prism.embedding_dim": str(dim),
             "prism.vector_dtype": "float32",
             "prism.vector_norm": "l2",
             "prism.model": model.name,
             "prism.model_revision": model.version,
-        },
+        }
     )
 
 
@@ -527,6 +534,8 @@ class EmbeddingsStage(Stage):
     requires = ("keyframes",)
     Params = EmbeddingsParams
     execution_params = frozenset({"device", "batch_size", "workers"})
+    outputs = (Output(ARTIFACT, "parquet", EMBEDDINGS_SCHEMA, "image-text vectors of keyframes and shots"),)
+    display_order = 50
 
     def _model_dir(self) -> Path:
         return resolve_model_dir(model_location(self.params.model))
@@ -549,7 +558,7 @@ class EmbeddingsStage(Stage):
             files, self.params, path, progress=lambda d, t: ctx.progress(d, t, "embed")
         )
         table = embeddings_table(keyframes, shots, vectors, encoder.info)
-        write_parquet(ctx.staging / ARTIFACT, table)
+        self.write_table(ctx, ARTIFACT, table)
         n_shots = table["kind"].to_pylist().count("shot")
         return StageResult(
             outputs=[ARTIFACT],

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from prism.artifacts import write_parquet
 from prism.media.decode import VisualPass, WrittenFrame, extract_frames, frame_requests
 from prism.provenance import code_version
-from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
+from prism.stages.base import ModelInfo, Output, Stage, StageContext, StageResult, register
 
 BLACK_FRAME_RATIO = 0.98
 
@@ -96,12 +95,42 @@ def select_keyframes(
     return chosen
 
 
+KEYFRAMES_SCHEMA = pa.schema(
+    [
+        ("shot_index", pa.int32()),
+        ("frame", pa.int64()),
+        ("time_s", pa.float64()),
+        ("path", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("quality", pa.float32()),
+        ("sharpness", pa.float32()),
+        ("exposure", pa.float32()),
+        ("contrast", pa.float32()),
+        ("stillness", pa.float32()),
+        ("rank", pa.int32()),
+    ],
+    metadata={"prism.artifact": "keyframes", "prism.artifact_version": "1"},
+)
+
+
 @register
 class KeyframesStage(Stage):
     name = "keyframes"
     requires = ("shots",)
     Params = KeyframesParams
     execution_params = frozenset({"workers"})
+    outputs = (
+        Output(
+            "keyframes.parquet",
+            "parquet",
+            KEYFRAMES_SCHEMA,
+            "the chosen keyframes of each shot",
+            show=("shot_index", "rank", "time_s", "quality", "path"),
+        ),
+        Output("keyframes/*.jpg", "jpg", description="full-resolution JPEG of each keyframe"),
+    )
+    display_order = 20
 
     def model(self) -> ModelInfo:
         return ModelInfo("prism-keyframe-scorer", f"code-{code_version(__name__)}")
@@ -141,8 +170,7 @@ class KeyframesStage(Stage):
             }
             for (shot, frame), rel, jpeg in zip(picks, paths, written)
         ]
-        table = pa.Table.from_pylist(rows, schema=KEYFRAMES_SCHEMA)
-        write_parquet(ctx.staging / "keyframes.parquet", table)
+        self.write_table(ctx, "keyframes.parquet", rows)
         covered = len({r["shot_index"] for r in rows})
         methods = {m: sum(w.method == m for w in written) for m in ("seek", "seek-retry", "decode")}
         return StageResult(
@@ -156,22 +184,3 @@ class KeyframesStage(Stage):
             },
             summary=f"{len(rows)} keyframes for {covered}/{shots.num_rows} shots",
         )
-
-
-KEYFRAMES_SCHEMA = pa.schema(
-    [
-        ("shot_index", pa.int32()),
-        ("frame", pa.int64()),
-        ("time_s", pa.float64()),
-        ("path", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("quality", pa.float32()),
-        ("sharpness", pa.float32()),
-        ("exposure", pa.float32()),
-        ("contrast", pa.float32()),
-        ("stillness", pa.float32()),
-        ("rank", pa.int32()),
-    ],
-    metadata={"prism.artifact": "keyframes", "prism.artifact_version": "1"},
-)

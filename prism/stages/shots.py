@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from prism.artifacts import write_parquet
 from prism.devices import check_device, resolve_device
 from prism.media.decode import duration_check
 from prism.provenance import code_version
-from prism.stages.base import ModelInfo, Stage, StageContext, StageResult, register
+from prism.stages.base import ModelInfo, Output, ReportLane, Stage, StageContext, StageResult, register
 
 WINDOW, STEP, CONTEXT = 100, 50, 25  # TransNetV2's sliding window: 100 frames in, middle 50 out
 
@@ -150,6 +149,14 @@ SHOTS_SCHEMA = pa.schema(
     ],
     metadata={"prism.artifact": "shots", "prism.artifact_version": "1"},
 )
+SHOT_SCORES_SCHEMA = pa.schema(
+    [
+        ("frame", pa.int64()),
+        ("time_s", pa.float64()),
+        ("transition_prob", pa.float32()),
+        ("transition_extent_prob", pa.float32()),
+    ]
+)
 
 
 @register
@@ -157,6 +164,18 @@ class ShotsStage(Stage):
     name = "shots"
     Params = ShotsParams
     execution_params = frozenset({"device", "batch_windows"})
+    outputs = (
+        Output(
+            "shots.parquet",
+            "parquet",
+            SHOTS_SCHEMA,
+            "one row per shot",
+            show=("shot_index", "start_s", "end_s", "transition_in", "score"),
+        ),
+        Output("shot_scores.parquet", "parquet", SHOT_SCORES_SCHEMA, "per-frame TransNetV2 probabilities"),
+    )
+    report_lane = ReportLane(kind="shots", order=10)
+    display_order = 10
 
     def model(self) -> ModelInfo:
         return ModelInfo(
@@ -193,16 +212,14 @@ class ShotsStage(Stage):
                     "transition_end_frame": tr.end if tr else 0,
                 }
             )
-        write_parquet(ctx.staging / "shots.parquet", pa.Table.from_pylist(rows, schema=SHOTS_SCHEMA))
-        scores = pa.table(
-            {
-                "frame": pa.array(np.arange(vp.frame_count), pa.int64()),
-                "time_s": pa.array(vp.times, pa.float64()),
-                "transition_prob": pa.array(single, pa.float32()),
-                "transition_extent_prob": pa.array(many, pa.float32()),
-            }
-        )
-        write_parquet(ctx.staging / "shot_scores.parquet", scores)
+        self.write_table(ctx, "shots.parquet", rows)
+        scores = {
+            "frame": pa.array(np.arange(vp.frame_count), pa.int64()),
+            "time_s": pa.array(vp.times, pa.float64()),
+            "transition_prob": pa.array(single, pa.float32()),
+            "transition_extent_prob": pa.array(many, pa.float32()),
+        }
+        self.write_table(ctx, "shot_scores.parquet", scores)
         cuts = sum(t.kind == "cut" for t in transitions)
         check = duration_check(vp, ctx.info)
         flag = f"; TRUNCATED: {check.decoded_s:.1f} s of {check.declared_s:.1f} s decoded" if check.truncated else ""

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 from aws_cdk.assertions import Annotations, Match
 
-from cdk.config import DEFAULT_JOBS, ENVIRONMENTS, SPLIT_JOBS, JobSpec, check_jobs, load, registered_stage_graph
+from cdk.config import (
+    DEFAULT_JOBS,
+    ENVIRONMENTS,
+    SPLIT_JOBS,
+    JobSpec,
+    check_jobs,
+    load,
+    registered_stage_graph,
+    with_default_jobs,
+)
 from cdk.orchestration import job_chains
 
 ENVS = ["dev", "staging", "prod"]
@@ -295,7 +304,6 @@ def test_every_registered_stage_is_in_exactly_one_job():
 
 
 @pytest.mark.parametrize(("jobs", "message"), [
-    ((JobSpec("v", ("shots", "keyframes", "cues", "embeddings")),), r"\['audio'\] are in no job"),
     ((JobSpec("v", ("shots", "keyframes", "cues", "embeddings", "audio")), JobSpec("a", ("audio",))),
      "audio is in jobs v and a"),
     ((JobSpec("v", ("keyframes", "shots", "cues", "embeddings", "audio")),), "list shots before keyframes"),
@@ -310,6 +318,24 @@ def test_job_layouts_that_break_the_stage_graph_are_refused(jobs, message):
         check_jobs(jobs, registered_stage_graph())
     with pytest.raises(ValueError, match=message):
         load("dev", jobs=jobs)
+
+
+def test_a_stage_no_job_group_names_gets_a_default_job():
+    graph = registered_stage_graph()
+    config = load("dev", jobs=(JobSpec("v", ("shots", "keyframes", "cues", "embeddings"), vcpus=8, memory_mib=28_000),))
+    assert [j.name for j in config.jobs] == ["v", "audio"]
+    assert config.jobs[1] == JobSpec("audio", ("audio",))  # JobSpec's defaults: 4 vCPU, 15,000 MiB, 1 GPU, 30 min
+    with pytest.raises(ValueError, match=r"\['audio'\] are in no job"):
+        check_jobs((JobSpec("v", ("shots", "keyframes", "cues", "embeddings")),), graph)  # the check itself is strict
+    # a default job requires the jobs of the stages its stage requires, also when those are default jobs too
+    chain = with_default_jobs((JobSpec("v", ("shots", "cues", "audio")),), graph)
+    assert [(j.name, j.stages, j.requires) for j in chain] == [
+        ("v", ("shots", "cues", "audio"), ()), ("keyframes", ("keyframes",), ("v",)),
+        ("embeddings", ("embeddings",), ("keyframes",)),
+    ]  # fmt: skip
+    check_jobs(chain, graph)
+    with pytest.raises(ValueError, match="a job is already named 'audio'"):
+        with_default_jobs((JobSpec("audio", ("shots", "keyframes", "cues", "embeddings")),), graph)
 
 
 def test_job_specs_validate_their_resources():
