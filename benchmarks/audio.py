@@ -188,7 +188,7 @@ def write_doc(doc: Path, section: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".bench/audio")  # .bench/ is git-ignored
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     if "skipped" in result:
         print(f"audio stage: skipped: {result['skipped']}")
         return
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    when = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps(result, indent=2))
     Path(args.out, "result.json").write_text(json.dumps({"when": when, "result": result}, indent=2))
     if args.doc:

@@ -19,8 +19,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from prism.audio.synth import build_dialogue, espeak_available
 from prism.audio.scoring import word_error_rate
+from prism.audio.synth import build_dialogue, espeak_available
 from prism.runner import Runner
 from prism.synth import ffmpeg
 
