@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +103,7 @@ def run(
             console=console, transient=False,
         ) as progress:  # fmt: skip
             runner.events = _ProgressEvents(progress)
-            outcomes = runner.run(videos, wanted)
+            outcomes = runner.run([*videos], wanted)
     except (ConfigError, StorageError) as exc:  # bad params, or an output directory/catalog that cannot be used
         console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
@@ -153,14 +152,14 @@ def status(
     """Show what the catalog knows: every title, or the stages of one."""
     from prism.catalog import SQLiteCatalog
 
-    path = out / "catalog.sqlite"
+    path: Path | str = out / "catalog.sqlite"  # or the name of a cloud catalog, for messages
     if env:
         from prism.cloud.ops import cloud_catalog
 
         catalog, path = cloud_catalog(env), f"the {env} catalog"
-    elif not path.exists():
+    elif not Path(path).exists():
         console.print(f"[red]error:[/] no catalog at {path} (run `prism run` first or pass --out)")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(EXIT_USAGE)
     else:
         try:
             catalog = SQLiteCatalog(path)
@@ -169,7 +168,7 @@ def status(
             raise typer.Exit(EXIT_USAGE) from None
     if title is None:
         rows = [vars(t) for t in catalog.list_titles()]
-        columns = ("title_id", "status", "reason", "updated_at", "source_uri")
+        columns: tuple[str, ...] = ("title_id", "status", "reason", "updated_at", "source_uri")
     else:
         if catalog.get_title(title) is None:
             console.print(f"[red]error:[/] title {title!r} is not in {path}")
@@ -351,4 +350,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

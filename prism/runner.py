@@ -102,7 +102,7 @@ def sha256_file(path: Path, catalog: Catalog | SQLiteCatalog | None = None) -> s
     except OSError as exc:
         raise MediaError(path, f"cannot read the file ({exc.strerror or exc})") from exc
     if catalog is not None:
-        catalog.store_hash(path.resolve(), stat.st_size, stat.st_mtime_ns, digest)
+        catalog.store_hash(path.resolve(), stat.st_size, stat.st_mtime_ns, digest)  # type: ignore[attr-defined]
     return digest
 
 
@@ -270,7 +270,7 @@ class Runner:
         stages, forced = self._plan(order, manifest, changed, upstream)
         run_dir = self.out_dir / WORK_DIR / title_id / uuid.uuid4().hex[:8]
         shared = SharedMedia(run_dir)
-        outcomes: list[StageOutcome] = []
+        outcomes = []
         fingerprints: dict[str, str] = dict(upstream)
         try:
             for name, stage in stages.items():
@@ -437,7 +437,7 @@ class Runner:
         decoded_before = set(shared.decode_seconds)
         t0 = time.perf_counter()
         try:
-            result: StageResult = stage.run(ctx)
+            result: StageResult | None = stage.run(ctx)
         except PrismError as exc:
             reason, result = str(exc), None
         except OSError as exc:  # the environment (disk full, permissions), not a bug: no traceback

@@ -117,7 +117,7 @@ class DurationCheck:
         return self.decoded_s < TRUNCATED_SHARE * self.declared_s and self.declared_s - self.decoded_s >= 1.0
 
     def metrics(self) -> dict:
-        out = {
+        out: dict[str, float | bool | str] = {
             "decoded_duration_s": round(self.decoded_s, 3),
             "container_duration_s": round(self.container_s, 3),
             "truncated": self.truncated,

@@ -378,5 +378,5 @@ def _label_words(segments: list[Segment], turns: list[SpeakerTurn]) -> None:
             best = int(np.argmin(distance))
             w.speaker = turns[best].speaker if distance[best] <= 1.0 else None
             if w.speaker:
-                weight[w.speaker] += max(w.end - w.start, 0.01)
+                weight[w.speaker] += max(w.end - w.start, 0.01)  # type: ignore[assignment]  # float seconds
         seg.speaker = weight.most_common(1)[0][0] if weight else None
