@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from prism.artifacts import blocked_reason
 from prism.cloud.catalog import DynamoCatalog
 from prism.synth import Shot, Title, build_title
 
@@ -213,7 +212,7 @@ def test_a_job_that_died_marks_its_stages_failed_and_later_jobs_blocked(deployme
         record = catalog.get_stage("Ep-1", name)
         assert record.status == "failed" and "exceeded timeout" in record.reason and "job visual" in record.reason
     embeddings = catalog.get_stage("Ep-1", "embeddings")
-    assert embeddings.status == "skipped" and embeddings.reason == blocked_reason(["shots", "keyframes"])
+    assert embeddings.status == "skipped" and embeddings.reason == "upstream stage(s) ['shots', 'keyframes'] did not succeed"
     assert catalog.get_stage("Ep-1", "audio") is None  # its own chain: not this job's business
     assert out["reason"] == catalog.get_stage("Ep-1", "shots").reason
     assert catalog.get_title("Ep-1").status == "failed"
@@ -240,7 +239,7 @@ def test_a_job_whose_worker_recorded_a_failure_keeps_its_records(deployment, mon
     assert out["reason"] == "Ep 1.mp4: cues broke"
     assert [catalog.get_stage("Ep-1", s).status for s in ("shots", "keyframes")] == ["succeeded", "succeeded"]
     assert catalog.get_stage("Ep-1", "cues").reason == "Ep 1.mp4: cues broke"
-    assert catalog.get_stage("Ep-1", "embeddings").reason == blocked_reason(["cues"])  # the job stopped its chain
+    assert catalog.get_stage("Ep-1", "embeddings").reason == "upstream stage(s) ['cues'] did not succeed"  # the job stopped its chain
 
 
 def test_a_job_cancelled_for_want_of_spot_capacity_runs_again_on_demand(deployment, videos):
