@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.shots import score
 from prism.synth import Shot, Title, Truth
 
@@ -28,6 +30,7 @@ def test_trecvid_style_matching_is_one_to_one():
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_benchmark_command_runs_on_tiny_inputs(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path), "--doc", str(tmp_path / "doc.md")],
@@ -67,6 +70,7 @@ def test_audio_benchmark_skips_with_a_reason_without_espeak(tmp_path, monkeypatc
     assert result == {"skipped": "espeak-ng is not on PATH, so the spoken test input cannot be generated"}
 
 
+@pytest.mark.slow
 def test_shots_speed_excludes_the_model_load(make_video, tmp_path, monkeypatch):
     import time
 

@@ -45,6 +45,7 @@ def test_definition_under_test_is_the_synthesized_one(deployment):
     assert "arn:aws:lambda:us-east-1:123456789012:function:" in deployment.definition
 
 
+@pytest.mark.slow
 def test_scheduled_run_processes_new_titles_and_a_second_run_skips_them(deployment, videos):
     d = deployment
     deliver(d, videos, "Ep 1", "Ep 2")
@@ -80,6 +81,7 @@ def test_scheduled_run_processes_new_titles_and_a_second_run_skips_them(deployme
     assert d.worker_runs == [] and d.jobs_run == []
 
 
+@pytest.mark.slow
 def test_manual_run_with_force_redoes_one_stage_of_one_title(deployment, videos):
     d = deployment
     deliver(d, videos, "Ep 1", "Ep 2")

@@ -41,6 +41,7 @@ def _run(out, video, params=None):
             json.loads((tdir / "manifest.json").read_text())["stages"]["audio"], tdir)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_korean_detected_with_default_model_and_no_text_over_music(korean):
     root, video, truth = korean
     transcript, manifest, tdir = _run(root / "out", video)
@@ -66,6 +67,7 @@ def test_korean_detected_with_default_model_and_no_text_over_music(korean):
     assert lines and all(len(line) <= 16 for line in lines), lines
 
 
+@pytest.mark.slow
 def test_language_forced_and_hint(korean, tmp_path):
     root, video, truth = korean
     transcript, manifest, _ = _run(tmp_path / "forced", video, {"language": "ko"})
@@ -113,6 +115,7 @@ def _vtt_times(path) -> list[tuple[float, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_subtitles_snap_to_shot_changes_from_shots_parquet(korean, tmp_path):
     import pyarrow as pa
 

@@ -83,6 +83,7 @@ def test_directory_without_weights_is_unavailable(tmp_path):
         resolve_model_dir(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_runner_embeds_keyframes_and_shots_random_weights(three_shots, tmp_path, random_clip_dir, monkeypatch):
     monkeypatch.delenv(MODEL_ENV, raising=False)
     params = {"embeddings": {"model": str(random_clip_dir), "batch_size": 2}}
