@@ -155,7 +155,8 @@ class ShotIndex:
         self.excluded: dict[str, int] = {}  # other models' revision -> number of titles not searchable here
         self._titles = {t.title_id: t for t in titles}
         self._cols = shots.to_pydict()
-        stale_ids = np.concatenate([np.arange(a, a + n) for a, n in self.stale] or [np.zeros(0, np.int64)]).astype(np.int64)
+        ranges = [np.arange(a, a + n) for a, n in self.stale]
+        stale_ids = np.concatenate(ranges or [np.zeros(0, np.int64)]).astype(np.int64)
         self._live = int(index.ntotal) - len(stale_ids)
         self._selector = None
         if len(stale_ids):  # faiss does not own these: keep them alive as long as the index

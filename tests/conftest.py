@@ -40,7 +40,9 @@ def make_video(media_dir):
 # seconds before the first test that asks for one. Every test using one is `slow` (left out by `-m "not slow"`),
 # whatever its own call costs; tests slow on their own carry @pytest.mark.slow. Names are looked up per test, so
 # they must stay unique across the suite.
-SLOW_FIXTURES = frozenset({"sample_run", "container_run", "full_run", "silent_run", "script_run", "dialogue", "pipeline"})
+SLOW_FIXTURES = frozenset(
+    {"sample_run", "container_run", "full_run", "silent_run", "script_run", "dialogue", "pipeline"}
+)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,7 @@
-"""The `prism` command in process (CliRunner): exit codes, summary, status, sample. The installed script: test_console_script.py."""
+"""The `prism` command in process (CliRunner): exit codes, summary, status, sample.
+
+The installed script, run as a subprocess: test_console_script.py.
+"""
 
 from __future__ import annotations
 

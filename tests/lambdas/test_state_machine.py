@@ -214,7 +214,8 @@ def test_a_job_that_died_marks_its_stages_failed_and_later_jobs_blocked(deployme
         record = catalog.get_stage("Ep-1", name)
         assert record.status == "failed" and "exceeded timeout" in record.reason and "job visual" in record.reason
     embeddings = catalog.get_stage("Ep-1", "embeddings")
-    assert embeddings.status == "skipped" and embeddings.reason == "upstream stage(s) ['shots', 'keyframes'] did not succeed"
+    assert embeddings.status == "skipped"
+    assert embeddings.reason == "upstream stage(s) ['shots', 'keyframes'] did not succeed"
     assert catalog.get_stage("Ep-1", "audio") is None  # its own chain: not this job's business
     assert out["reason"] == catalog.get_stage("Ep-1", "shots").reason
     assert catalog.get_title("Ep-1").status == "failed"
@@ -241,7 +242,8 @@ def test_a_job_whose_worker_recorded_a_failure_keeps_its_records(deployment, mon
     assert out["reason"] == "Ep 1.mp4: cues broke"
     assert [catalog.get_stage("Ep-1", s).status for s in ("shots", "keyframes")] == ["succeeded", "succeeded"]
     assert catalog.get_stage("Ep-1", "cues").reason == "Ep 1.mp4: cues broke"
-    assert catalog.get_stage("Ep-1", "embeddings").reason == "upstream stage(s) ['cues'] did not succeed"  # the job stopped its chain
+    blocked = catalog.get_stage("Ep-1", "embeddings")  # the job stopped its chain
+    assert blocked.reason == "upstream stage(s) ['cues'] did not succeed"
 
 
 def test_a_job_cancelled_for_want_of_spot_capacity_runs_again_on_demand(deployment, videos):
