@@ -13,7 +13,7 @@ import json
 import os
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import e2e, shots
@@ -40,7 +40,7 @@ def run_all(out: Path, *, quick: bool, device: str) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     size = (160, 90) if quick else (640, 360)
-    results: dict = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "quick": quick}
+    results: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "quick": quick}
     results["shots_quality"] = shots.run_quality(out / "shots", width=size[0], height=size[1], device=device, quick=quick)
     speed_size, speed_s = ((320, 180), 8.0) if quick else ((1920, 1080), 60.0)
     path, frames = ensure_input(out / "inputs", speed_s, *speed_size)

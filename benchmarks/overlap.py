@@ -25,8 +25,8 @@ STAGES = ["shots", "keyframes", "cues", "audio"]
 
 def build_input(out: Path, seconds: float, width: int, height: int) -> Path:
     """The benchmark's generated video with a two-voice espeak-ng dialogue as its audio track."""
-    from testkit.audio_synth import build_dialogue, espeak_available
     from prism.media.tools import ffmpeg_exe
+    from testkit.audio_synth import build_dialogue, espeak_available
 
     target = out / f"overlap_{width}x{height}_{int(seconds)}s.mp4"
     if target.exists():

@@ -26,7 +26,7 @@ from constructs import Construct
 from cdk.config import PipelineConfig, PromotionStage
 from cdk.stage import PrismStage
 
-CI_COMMAND = "bash .ci/run"  # the repository's CI entry point: setup from scratch, then the test suite
+CI_COMMAND = "bash .ci/run"  # the repository's CI entry point: setup from scratch, lint, type check, the test suite
 PIPELINE_APP = "python -m cdk.pipeline_app"
 IMAGE_PULL_ACTIONS = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]
 IMAGE_PUSH_ACTIONS = ["ecr:DescribeImages", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart",

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -89,7 +88,7 @@ def run(
     # readable=False: click would abort the whole batch (exit 2) on one unreadable file; the runner fails that title
     videos: list[Path] = typer.Argument(..., help="Video files to process.", readable=False),
     out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory (titles/ and catalog)."),
-    stages: Optional[str] = typer.Option(None, "--stages", "-s", help="Comma-separated stages (default: all)."),
+    stages: str | None = typer.Option(None, "--stages", "-s", help="Comma-separated stages (default: all)."),
     force: bool = typer.Option(False, "--force", help="Rerun stages even if their outputs are up to date."),
     param: list[str] = typer.Option([], "--param", "-p", help="Stage parameter, STAGE.NAME=VALUE (repeatable)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -105,10 +104,10 @@ def run(
             console=console, transient=False,
         ) as progress:  # fmt: skip
             runner.events = _ProgressEvents(progress)
-            outcomes = runner.run(videos, wanted)
+            outcomes = runner.run([*videos], wanted)
     except (ConfigError, StorageError) as exc:  # bad params, or an output directory/catalog that cannot be used
         console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(EXIT_USAGE) from None
     out_console.print(_summary_table(outcomes))
     for title in outcomes:
         if title.status == "failed":
@@ -121,7 +120,7 @@ def run(
     raise typer.Exit(EXIT_OK if ok == len(outcomes) else EXIT_FAILED)
 
 
-def _write_report(tdir: Path, output: Optional[Path]) -> bool:
+def _write_report(tdir: Path, output: Path | None) -> bool:
     from prism.report import ReportError, write_report
 
     try:
@@ -136,7 +135,7 @@ def _write_report(tdir: Path, output: Optional[Path]) -> bool:
 def report(
     title: str = typer.Argument(..., help="A processed title id."),
     out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory of the run."),
-    output: Optional[Path] = typer.Option(None, "--output", help="HTML file to write (default OUT/reports/TITLE.html)."),
+    output: Path | None = typer.Option(None, "--output", help="HTML file to write (default OUT/reports/TITLE.html)."),
 ) -> None:
     """Write a self-contained HTML page of a processed title: shots, keyframes, cues, speech, loudness, stages."""
     from prism.artifacts import title_dir
@@ -146,20 +145,20 @@ def report(
 
 @app.command()
 def status(
-    title: Optional[str] = typer.Argument(None, help="A title id; omit to list all titles."),
+    title: str | None = typer.Argument(None, help="A title id; omit to list all titles."),
     out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory holding catalog.sqlite."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    env: Optional[str] = typer.Option(None, "--env", help="Read a deployed environment's DynamoDB catalog instead."),
+    env: str | None = typer.Option(None, "--env", help="Read a deployed environment's DynamoDB catalog instead."),
 ) -> None:
     """Show what the catalog knows: every title, or the stages of one."""
     from prism.catalog import SQLiteCatalog
 
-    path = out / "catalog.sqlite"
+    path: Path | str = out / "catalog.sqlite"  # or the name of a cloud catalog, for messages
     if env:
         from prism.cloud.ops import cloud_catalog
 
         catalog, path = cloud_catalog(env), f"the {env} catalog"
-    elif not path.exists():
+    elif not Path(path).exists():
         console.print(f"[red]error:[/] no catalog at {path} (run `prism run` first or pass --out)")
         raise typer.Exit(EXIT_USAGE)
     else:
@@ -167,10 +166,10 @@ def status(
             catalog = SQLiteCatalog(path)
         except StorageError as exc:
             console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
-            raise typer.Exit(EXIT_USAGE)
+            raise typer.Exit(EXIT_USAGE) from None
     if title is None:
         rows = [vars(t) for t in catalog.list_titles()]
-        columns = ("title_id", "status", "reason", "updated_at", "source_uri")
+        columns: tuple[str, ...] = ("title_id", "status", "reason", "updated_at", "source_uri")
     else:
         if catalog.get_title(title) is None:
             console.print(f"[red]error:[/] title {title!r} is not in {path}")
@@ -195,7 +194,7 @@ def status(
 def reprocess(
     env: str = typer.Option(..., "--env", help="Deployed environment (dev, staging, prod)."),
     titles: str = typer.Option(..., "--titles", help="Comma-separated title ids."),
-    stages: Optional[str] = typer.Option(None, "--stages", "-s", help="Comma-separated stages (default: all)."),
+    stages: str | None = typer.Option(None, "--stages", "-s", help="Comma-separated stages (default: all)."),
     force: bool = typer.Option(False, "--force", help="Rerun the stages even if their outputs are up to date."),
     language: str = typer.Option("", "--language", help="Language hint for the audio stage (e.g. ko)."),
 ) -> None:
@@ -208,7 +207,7 @@ def reprocess(
         arn = start_manual_run(env, wanted, chosen, force, language=language)
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(EXIT_USAGE) from None
     out_console.print(f"started {arn}")
     out_console.print(f"follow it with: aws stepfunctions describe-execution --execution-arn {arn}")
 
@@ -281,9 +280,9 @@ def _span(start: float | None, end: float | None) -> str:
 
 @app.command()
 def search(
-    query: Optional[str] = typer.Argument(None, help="Text describing the shots to find."),
-    image: Optional[Path] = typer.Option(None, "--image", help="Find shots that look like this image instead."),
-    title: Optional[str] = typer.Option(None, "--title", "-t", help="Search this title only."),
+    query: str | None = typer.Argument(None, help="Text describing the shots to find."),
+    image: Path | None = typer.Option(None, "--image", help="Find shots that look like this image instead."),
+    title: str | None = typer.Option(None, "--title", "-t", help="Search this title only."),
     top: int = typer.Option(10, "--top", "-k", min=1, help="How many shots to return."),
     out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory holding catalog.sqlite."),
     model: str = typer.Option("", "--model", help="Model directory or cached id (default: $PRISM_EMBEDDINGS_MODEL)."),
@@ -297,7 +296,7 @@ def search(
         hits = find_shots(out, text=query, image=image, model=model, top_k=top, title=title)
     except PrismError as exc:
         console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(EXIT_USAGE) from None
     if as_json:
         out_console.print_json(json.dumps([{**vars(h.shot), "score": h.score} for h in hits]))
         return
@@ -312,7 +311,7 @@ def search(
 
 @app.command()
 def duplicates(
-    title: Optional[str] = typer.Option(None, "--title", "-t", help="Only pairs involving this title."),
+    title: str | None = typer.Option(None, "--title", "-t", help="Only pairs involving this title."),
     threshold: float = typer.Option(0.95, "--threshold", help="Minimum cosine similarity of a pair."),
     across: bool = typer.Option(False, "--across", help="Only pairs from two different titles."),
     out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory holding catalog.sqlite."),
@@ -327,7 +326,7 @@ def duplicates(
         pairs = find_duplicates(out, model=model, threshold=threshold, title=title, across_titles=across)
     except PrismError as exc:
         console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(EXIT_USAGE) from None
     if as_json:
         rows = [{"group": p.group, "a": vars(p.a), "b": vars(p.b), "score": p.score} for p in pairs]
         out_console.print_json(json.dumps(rows))
@@ -350,4 +349,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

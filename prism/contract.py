@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """How a stage ended, as the manifest, the catalog and the events spell it.
 
     ``blocked``: not run because a stage it requires did not succeed (the title fails).

@@ -102,7 +102,7 @@ def sha256_file(path: Path, catalog: Catalog | SQLiteCatalog | None = None) -> s
     except OSError as exc:
         raise MediaError(path, f"cannot read the file ({exc.strerror or exc})") from exc
     if catalog is not None:
-        catalog.store_hash(path.resolve(), stat.st_size, stat.st_mtime_ns, digest)
+        catalog.store_hash(path.resolve(), stat.st_size, stat.st_mtime_ns, digest)  # type: ignore[attr-defined]
     return digest
 
 
@@ -461,7 +461,7 @@ class Runner:
         decoded_before = set(shared.decode_seconds)
         t0 = time.perf_counter()
         try:
-            result: StageResult = stage.run(ctx)
+            result: StageResult | None = stage.run(ctx)
         except PrismError as exc:
             reason, result = str(exc), None
         except OSError as exc:  # the environment (disk full, permissions), not a bug: no traceback
@@ -601,7 +601,7 @@ class Runner:
                 continue
             deps = [fingerprints.get(d) or _succeeded_fingerprint(manifest, d) for d in stage.requires]
             try:
-                expected = fingerprint(sha, stage, deps) if all(deps) else None
+                expected = fingerprint(sha, stage, [d for d in deps if d]) if all(deps) else None
             except Exception:  # model() could not say what it is: its record cannot be trusted either
                 log.exception("stage %s: model identity failed", name)
                 expected = None

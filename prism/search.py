@@ -153,7 +153,8 @@ class ShotIndex:
         self.excluded: dict[str, int] = {}  # other models' revision -> number of titles not searchable here
         self._titles = {t.title_id: t for t in titles}
         self._cols = shots.to_pydict()
-        stale_ids = np.concatenate([np.arange(a, a + n) for a, n in self.stale] or [np.zeros(0)]).astype(np.int64)
+        ranges = [np.arange(a, a + n) for a, n in self.stale]
+        stale_ids = np.concatenate(ranges or [np.zeros(0, np.int64)]).astype(np.int64)
         self._live = int(index.ntotal) - len(stale_ids)
         self._selector = None
         if len(stale_ids):  # faiss does not own these: keep them alive as long as the index
@@ -511,6 +512,7 @@ def find_shots(
     index = ShotIndex.open(out_dir, encoder.info)
     if text is not None:
         return search_text(index, encoder, text, top_k, title)
+    assert image is not None  # checked above: exactly one of text and image
     return search_image(index, encoder, image, top_k, title)
 
 

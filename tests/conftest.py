@@ -36,6 +36,21 @@ def make_video(media_dir):
     return make
 
 
+# Fixtures that run real models over generated media, or a whole pipeline, once per session or module: tens of
+# seconds before the first test that asks for one. Every test using one is `slow` (left out by `-m "not slow"`),
+# whatever its own call costs; tests slow on their own carry @pytest.mark.slow. Names are looked up per test, so
+# they must stay unique across the suite.
+SLOW_FIXTURES = frozenset(
+    {"sample_run", "container_run", "full_run", "silent_run", "script_run", "dialogue", "pipeline"}
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def no_logged_errors(caplog):
     """Like PySceneDetect's suite: any ERROR logged during a test fails it, unless the test expects it."""

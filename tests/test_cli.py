@@ -1,10 +1,11 @@
-"""The `prism` command: exit codes, summary, status, sample."""
+"""The `prism` command in process (CliRunner): exit codes, summary, status, sample.
+
+The installed script, run as a subprocess: test_console_script.py.
+"""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from typer.testing import CliRunner
 
@@ -53,8 +54,3 @@ def test_sample_writes_a_video_with_known_cuts(tmp_path):
     result = runner.invoke(app, ["sample", str(target), "--width", "160", "--height", "90"])
     assert result.exit_code == 0 and target.stat().st_size > 0
     assert "hard cuts at frames [75, 187, 287, 362, 387, 499]" in result.output
-
-
-def test_console_script_is_installed():
-    proc = subprocess.run([sys.executable, "-m", "prism.cli", "--help"], capture_output=True, text=True)
-    assert proc.returncode == 0 and "run" in proc.stdout and "status" in proc.stdout

@@ -173,6 +173,7 @@ def test_rerunning_an_upstream_stage_brings_its_dependents_up_to_date(make_video
     assert [(s.stage, s.reused) for s in same.stages] == [("parts", True), ("tally", True)]
 
 
+@pytest.mark.slow
 def test_new_shots_threshold_reruns_keyframes(make_video, tmp_path):
     path, _ = make_video(
         "dissolve.mp4",
@@ -210,6 +211,7 @@ def _replace_failing_at(monkeypatch, n: int, exc: BaseException) -> list[int]:
     return calls
 
 
+@pytest.mark.slow
 def test_a_crash_before_any_rename_is_repaired_by_the_next_run(make_video, tmp_path, cheap_stages):
     path, _ = make_video("tiny.mp4", TINY)
     a_params, b_params = {"parts": {"count": 2, "label": "a"}}, {"parts": {"count": 3, "label": "b"}}

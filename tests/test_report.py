@@ -261,6 +261,7 @@ def fabricate_title(root: Path, shots: int, fps: float = 25.0) -> Path:
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_two_thousand_shots_stay_light(tmp_path):
     tdir = fabricate_title(tmp_path, 2000)
     t0 = time.perf_counter()
@@ -278,6 +279,7 @@ def test_two_thousand_shots_stay_light(tmp_path):
     assert "audio not run" in dom
 
 
+@pytest.mark.slow
 def test_truncated_title_is_flagged_and_drawn_at_its_decoded_length(tmp_path):
     """moov first with 10 % of mdat: the report warns, and its timeline spans what was decoded,
     not the 12 s the container declares."""

@@ -60,6 +60,7 @@ def test_catalog_records_titles_and_stages(sample_run):
     assert stages["shots"].model_name == "transnetv2" and stages["shots"].outputs == ["shots.parquet", "shot_scores.parquet"]
 
 
+@pytest.mark.slow
 def test_rerun_skips_and_force_reruns(make_video, tmp_path):
     path, _ = make_video("rerun.mp4", Title([Shot("testsrc2", 1.0), Shot("life", 1.0)], width=160, height=90))
     [first] = Runner(tmp_path).run([path], VISUAL)
@@ -188,6 +189,7 @@ FAILS = {
 SUCCEEDS = ["no_audio", "vfr", "rotated", "short", "non_ascii"]
 
 
+@pytest.mark.slow
 def test_bad_inputs_in_one_run(bad_inputs, tmp_path):
     good, files = bad_inputs
     order = ["missing", "empty", "text", "truncated", "truncated_faststart", "audio_only", *SUCCEEDS]

@@ -208,6 +208,7 @@ def counted(monkeypatch, aws):
     return calls
 
 
+@pytest.mark.slow
 def test_visual_group_downloads_and_decodes_the_source_once(aws, tiny_video, tmp_path, counted):
     s3, ddb = aws
     s3.upload_file(str(tiny_video), INPUT, "delivered/Episode 1.mp4")
@@ -236,6 +237,7 @@ def test_visual_group_downloads_and_decodes_the_source_once(aws, tiny_video, tmp
     assert len(decode_reports) == 1  # the one decode is reported on the stage that triggered it
 
 
+@pytest.mark.slow
 def test_a_group_runs_only_the_listed_stages_and_those_not_up_to_date(aws, tiny_video, tmp_path, counted):
     s3, ddb = aws
     s3.upload_file(str(tiny_video), INPUT, "delivered/Episode 1.mp4")

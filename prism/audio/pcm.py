@@ -26,9 +26,9 @@ import subprocess
 import threading
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -151,6 +151,7 @@ class TrackStream:
             self.track, lo["channels"], lo["sample_rate"], lo["integrated_lufs"], lo["lra_lu"], lo["true_peak_dbtp"],
             list(lo["times"]), list(lo["momentary"]), list(lo["short_term"]),
         )  # fmt: skip
+        assert self.spool is not None  # spooled() said so
         with open(self.spool, "rb") as pcm:
             while buf := pcm.read(self.block_samples * 4):
                 block = np.frombuffer(buf, np.float32)

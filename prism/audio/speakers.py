@@ -181,6 +181,7 @@ def _spectral(x: np.ndarray, fixed: int, max_k: int) -> np.ndarray:
         score = (p / n) / max(float(gaps.max()) / max(float(values[-1]), 1e-9), 1e-9)
         if best is None or score < best[0]:
             best = (score, k, vectors[:, :k])
+    assert best is not None  # the loop above runs at least once
     _, k, embedding = best
     if k == 1:
         return np.zeros(n, np.int64)

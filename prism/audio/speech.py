@@ -15,10 +15,10 @@ import hashlib
 import logging
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

@@ -82,7 +82,8 @@ class DynamoCatalog:
         return {k: _from_attr(self._de.deserialize(v)) for k, v in wire.items()}
 
     def _query(self, **kwargs: Any) -> list[dict[str, Any]]:
-        items, start = [], None
+        items: list[dict[str, Any]] = []
+        start = None
         while True:
             if start:
                 kwargs["ExclusiveStartKey"] = start
@@ -166,7 +167,7 @@ class DynamoCatalog:
         found: dict[str, dict[str, Any]] = {}
         for i in range(0, len(title_ids), 100):
             keys = [{"title_id": {"S": t}, "record": {"S": TITLE}} for t in dict.fromkeys(title_ids[i : i + 100])]
-            request = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
+            request: dict[str, Any] | None = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
             while request:
                 resp = self._client.batch_get_item(RequestItems=request)
                 for item in resp.get("Responses", {}).get(self.table_name, []):
@@ -182,7 +183,7 @@ class DynamoCatalog:
             writes = [{"PutRequest": {"Item": {"title_id": {"S": PENDING_KEY}, "record": {"S": t},
                                                "delivered_at": {"S": at}, "execution": {"S": execution}}}}
                       for t, at in items[i : i + 25]]  # fmt: skip
-            request = {self.table_name: writes}
+            request: dict[str, Any] | None = {self.table_name: writes}
             while request:
                 request = self._client.batch_write_item(RequestItems=request).get("UnprocessedItems") or None
 
@@ -190,7 +191,7 @@ class DynamoCatalog:
         for i in range(0, len(title_ids), 25):
             deletes = [{"DeleteRequest": {"Key": {"title_id": {"S": PENDING_KEY}, "record": {"S": t}}}}
                        for t in title_ids[i : i + 25]]  # fmt: skip
-            request = {self.table_name: deletes}
+            request: dict[str, Any] | None = {self.table_name: deletes}
             while request:
                 request = self._client.batch_write_item(RequestItems=request).get("UnprocessedItems") or None
 

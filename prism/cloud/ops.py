@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prism.cloud.catalog import DynamoCatalog
 from prism.contract import STACK_NAME
@@ -37,7 +37,7 @@ def start_manual_run(
         raise ValueError("give at least one title id")
     outputs = outputs or stack_outputs(env)
     client = sfn or boto3.client("stepfunctions")
-    name = f"manual-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    name = f"manual-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     payload = {"mode": "manual", "titles": titles, "stages": stages, "force": force}
     if language:
         payload["language"] = language

@@ -167,6 +167,7 @@ def merge_ranges(path: Path, info: MediaInfo, ranges: list[VisualRange], out_fil
     at = 0
     for before, after in itertools.pairwise(ranges):
         at += before.count
+        assert after.first_luma is not None and before.last_luma is not None  # _check_join: every range has frames
         features["diff_prev"][at] = np.abs(after.first_luma - before.last_luma).mean()
     source_times = np.concatenate([r.source_times for r in ranges])
     count = int(source_times.shape[0])
@@ -274,7 +275,7 @@ def _save_arrays(r: VisualRange) -> dict[str, np.ndarray]:
 
 def save_range(r: VisualRange, npz_file: str | Path) -> None:
     """Write a range's arrays (not its 48x27 file) for another machine to merge."""
-    np.savez(npz_file, **_save_arrays(r))
+    np.savez(npz_file, **_save_arrays(r))  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
 
 
 def load_range(npz_file: str | Path, small_file: str | Path) -> VisualRange:

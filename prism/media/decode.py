@@ -35,11 +35,11 @@ import re
 import subprocess
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -123,7 +123,7 @@ class DurationCheck:
         return self.decoded_s < TRUNCATED_SHARE * self.declared_s and self.declared_s - self.decoded_s >= 1.0
 
     def metrics(self) -> dict:
-        out = {
+        out: dict[str, float | bool | str] = {
             "decoded_duration_s": round(self.decoded_s, 3),
             "container_duration_s": round(self.container_s, 3),
             "truncated": self.truncated,
@@ -364,13 +364,14 @@ def decode_range_with(
     assert info.video is not None
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
-    _grow_pipe(proc.stdout)
+    stdout, stderr = proc.stdout, proc.stderr  # narrowed, for the reader threads
+    _grow_pipe(stdout)
     times: list[float] = []
     tail: deque[bytes] = deque(maxlen=8)
 
     def read_stderr() -> None:
         time_base = None
-        for line in proc.stderr:
+        for line in stderr:
             match = _PTS_TIME.search(line)
             if match:  # pts x time base is exact; pts_time is printed to 6 significant digits only
                 times.append(int(match[1]) * time_base if time_base else float(match[2]))
@@ -385,7 +386,7 @@ def decode_range_with(
 
     def read_frames() -> None:  # keeps ffmpeg writing while the main thread reduces a chunk
         try:
-            while buf := proc.stdout.read(frame_bytes * CHUNK_FRAMES):
+            while buf := stdout.read(frame_bytes * CHUNK_FRAMES):
                 chunks.put(buf)
         finally:
             chunks.put(None)
@@ -561,7 +562,9 @@ def _decoded_blocks(
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tail: deque[bytes] = deque(maxlen=8)
-    reader = threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True)
+    stderr = proc.stderr
+    assert stderr is not None
+    reader = threading.Thread(target=lambda: tail.extend(stderr), daemon=True)
     reader.start()
     frame_bytes = 4 * channels
     total = 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from prism.errors import PrismError
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ffmpeg_exe() -> str:
     explicit = os.environ.get("PRISM_FFMPEG")
     if explicit:
@@ -25,7 +25,7 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ffprobe_exe() -> str | None:
     """ffprobe if there is one; imageio-ffmpeg ships ffmpeg only, so this may be None."""
     explicit = os.environ.get("PRISM_FFPROBE")

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from prism.artifacts import atomic_write_bytes, write_json
 from prism.audio.levels import level_db
-from prism.audio.pcm import Loudness
+from prism.audio.pcm import Loudness, TrackStream
 from prism.audio.segments import segment_spans
 from prism.audio.speakers import SpeakerConfig, SpeakerTurn, WindowEmbedder, encoder_id, load_encoder
 from prism.audio.speech import (
@@ -210,6 +210,7 @@ class AudioStage(Stage):
             dialogue = track.index == p.track
             # kept for the cues stage unless the runner says it does not run
             stream = ctx.audio_track(track.index, block_s=p.block_s, keep=ctx.will_run("cues") is not False)
+            assert isinstance(stream, TrackStream)  # loudness is asked for (the default)
             vad = StreamingVad(vad_config)
             levels: list[np.ndarray] = []
             spans = []
@@ -378,5 +379,5 @@ def _label_words(segments: list[Segment], turns: list[SpeakerTurn]) -> None:
             best = int(np.argmin(distance))
             w.speaker = turns[best].speaker if distance[best] <= 1.0 else None
             if w.speaker:
-                weight[w.speaker] += max(w.end - w.start, 0.01)
+                weight[w.speaker] += max(w.end - w.start, 0.01)  # type: ignore[assignment]  # float seconds
         seg.speaker = weight.most_common(1)[0][0] if weight else None

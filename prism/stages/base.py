@@ -41,7 +41,7 @@ from prism.errors import ArtifactSchemaError, ConfigError, StageInputMissing
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from prism.audio.pcm import TrackStream
+    from prism.audio.pcm import PcmStream, TrackStream
     from prism.media import MediaInfo, VisualPass
 
 
@@ -114,7 +114,7 @@ class StageContext:
 
     def audio_track(
         self, track: int, *, block_s: float = 600.0, loudness: bool = True, keep: bool = True
-    ) -> TrackStream:
+    ) -> TrackStream | PcmStream:
         """A stream of audio track ``track`` (16 kHz mono blocks, plus EBU R128 loudness unless
         ``loudness=False``), decoded once per title run however many stages read it (see
         :meth:`SharedMedia.audio_track`)."""
@@ -180,7 +180,7 @@ class SharedMedia:
 
     def audio_track(
         self, ctx: StageContext, track: int, *, block_s: float = 600.0, loudness: bool = True, keep: bool = True
-    ) -> TrackStream:
+    ) -> TrackStream | PcmStream:
         """A new stream of one audio track, 16 kHz mono (the same samples, whichever way it is read).
 
         - A decode an earlier reader kept (spooled PCM, loudness, error counts) is replayed: no ffmpeg.
@@ -290,7 +290,7 @@ class Stage(ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "run" in cls.__dict__ and not getattr(cls.run, "_checks_outputs", False):
-            cls.run = _checking_outputs(cls.run)
+            cls.run = _checking_outputs(cls.run)  # type: ignore[method-assign,assignment]
 
     @classmethod
     def output(cls, path: str) -> Output:

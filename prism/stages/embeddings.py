@@ -181,7 +181,7 @@ class ImageTransform:
             shortest_edge=None if (height and width) else int(shortest),
             size=(int(height), int(width)) if (height and width) else None,
             resample=resample,
-            crop=crop_hw,  # type: ignore[arg-type]
+            crop=crop_hw,
             scale=float(getattr(ip, "rescale_factor", 1 / 255)) if getattr(ip, "do_rescale", False) else 1.0,
             mean=_triple(mean) if normalize else None,
             std=_triple(std) if normalize else None,
@@ -221,7 +221,7 @@ class ImageTransform:
         import torch.nn.functional as F
 
         out_h, out_w = self.output_size(height, width)
-        resize = {"mode": self.resample, "antialias": True, "align_corners": False}
+        resize: dict[str, Any] = {"mode": self.resample, "antialias": True, "align_corners": False}
         if (out_h, out_w) == (height, width):
             x = x.float()
         elif x.device.type == "cpu":  # torch's uint8 kernel is PIL's algorithm (and several times faster)

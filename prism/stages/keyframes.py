@@ -174,7 +174,7 @@ class KeyframesStage(Stage):
         covered = len({r["shot_index"] for r in rows})
         methods = {m: sum(w.method == m for w in written) for m in ("seek", "seek-retry", "decode")}
         return StageResult(
-            outputs=["keyframes.parquet", *(r["path"] for r in rows)],
+            outputs=["keyframes.parquet", *(str(r["path"]) for r in rows)],
             metrics={
                 "keyframes": len(rows),
                 "shots_with_keyframe": covered,

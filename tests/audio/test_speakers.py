@@ -29,6 +29,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.slow
 def test_speaker_count_and_labels(case, tmp_path):
     from prism.media import decode_audio
 

@@ -164,6 +164,7 @@ def test_language_hint_from_environment_enters_the_params(monkeypatch):
 
 
 @pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+@pytest.mark.slow
 def test_no_speech_no_text_over_music_and_silence(tmp_path):
     """Music alone and silence give no transcript even when the decoder is handed them."""
     from testkit.audio_synth import music

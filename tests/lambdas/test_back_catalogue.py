@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+import pytest
+
 from prism.cloud.catalog import DynamoCatalog
 from tests.lambdas.conftest import ACCOUNT, REGION
 
@@ -55,6 +57,7 @@ def state_payload_sizes(d) -> dict[str, int]:
         kwargs["nextToken"] = page["nextToken"]
 
 
+@pytest.mark.slow
 def test_a_capped_run_over_100000_listed_keys_stays_within_the_payload_limit(deployment, monkeypatch):
     d = deployment
     deliver_back_catalogue(d)

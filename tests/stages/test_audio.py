@@ -342,6 +342,7 @@ def test_streaming_vad_matches_whole_track_across_blocks(dialogue):
         assert abs(a.start_s - b.start_s) <= 0.1 and abs(a.end_s - b.end_s) <= 0.1, (a, b)
 
 
+@pytest.mark.slow
 def test_late_audio_is_placed_on_the_title_clock(dialogue, tmp_path):
     """The same dialogue with its audio starting 1.5 s after the first video frame: words, speech
     spans and the loudness series move 1.5 s later (t=0 is the first frame, docs/artifacts.md)."""

@@ -41,9 +41,17 @@ def _run(out, video, params=None):
             json.loads((tdir / "manifest.json").read_text())["stages"]["audio"], tdir)  # fmt: skip
 
 
-def test_korean_detected_with_default_model_and_no_text_over_music(korean):
-    root, video, truth = korean
-    transcript, manifest, tdir = _run(root / "out", video)
+@pytest.fixture(scope="module")
+def default_run(korean):
+    """The title through the audio stage with the default model, once: several tests read it."""
+    root, video, _ = korean
+    return _run(root / "out", video)
+
+
+@pytest.mark.slow
+def test_korean_detected_with_default_model_and_no_text_over_music(korean, default_run):
+    _, _, truth = korean
+    transcript, manifest, tdir = default_run
     assert transcript["model"]["name"] == "faster-whisper-base" and transcript["model"]["multilingual"]
     assert transcript["language"] == "ko" and transcript["language_source"] == "detected", transcript[
         "language_detected"
@@ -66,6 +74,7 @@ def test_korean_detected_with_default_model_and_no_text_over_music(korean):
     assert lines and all(len(line) <= 16 for line in lines), lines
 
 
+@pytest.mark.slow
 def test_language_forced_and_hint(korean, tmp_path):
     root, video, truth = korean
     transcript, manifest, _ = _run(tmp_path / "forced", video, {"language": "ko"})
@@ -95,9 +104,10 @@ def test_english_only_model_refuses_a_forced_other_language(korean, tmp_path):
     assert stage.status == "failed" and "English-only" in stage.reason
 
 
-def test_speech_music_spans_on_korean(korean):
-    root, video, truth = korean
-    rows = pq.read_table(root / "out" / "titles" / "korean" / "audio_segments.parquet").to_pylist()
+@pytest.mark.slow
+def test_speech_music_spans_on_korean(korean, default_run):
+    _, _, truth = korean
+    rows = pq.read_table(default_run[2] / "audio_segments.parquet").to_pylist()
     music = [r for r in rows if r["label"] == "music"]
     assert any(abs(r["start_s"] - truth.music[0][0]) <= SPAN_TOL_S for r in music), rows
 
@@ -113,6 +123,7 @@ def _vtt_times(path) -> list[tuple[float, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_subtitles_snap_to_shot_changes_from_shots_parquet(korean, tmp_path):
     import pyarrow as pa
 

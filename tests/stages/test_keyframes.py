@@ -105,6 +105,7 @@ def test_keyframes_are_the_frames_they_claim_in_other_containers(container_run, 
     assert np.allclose(kf.time_s, kf.frame / truth.fps, atol=1e-3)  # on the title clock, not the source's
 
 
+@pytest.mark.slow
 def test_keyframe_size_is_the_jpeg_written(media_dir, tmp_path):
     """A stream that changes resolution (as broadcast captures do): each keyframe records its own size."""
     from prism.runner import Runner
@@ -130,6 +131,7 @@ def test_keyframe_size_is_the_jpeg_written(media_dir, tmp_path):
     assert sizes == {(160, 90), (240, 136)}
 
 
+@pytest.mark.slow
 def test_spliced_mpegts_keyframes_and_times(make_video, media_dir, tmp_path):
     """Two programmes cut together as MPEG-TS: timestamps restart at the splice, so a timestamp
     names two frames. Times stay monotonic on the title clock and each JPEG is still its frame."""

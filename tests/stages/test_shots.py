@@ -69,6 +69,7 @@ def test_per_frame_scores_written(sample_run):
     ],
     ids=["single-shot", "three-short-shots"],
 )
+@pytest.mark.slow
 def test_cut_table(make_video, tmp_path, title, expected_cuts):
     path, truth = make_video(f"cuts-{len(expected_cuts)}.mp4", title)
     assert truth.cuts == expected_cuts
@@ -117,6 +118,7 @@ def test_other_containers_and_start_offsets(container_run, variant):
     assert metrics["truncated"] is False
 
 
+@pytest.mark.slow
 def test_lying_container_duration_does_not_stretch_the_last_shot(make_video, media_dir, tmp_path):
     from testkit.broken_media import lie_about_duration
 
