@@ -247,10 +247,7 @@ def test_state_machine_maps_titles_and_runs_job_chains_in_parallel(synthesized, 
     (parallel,) = [s for s in states.values() if s["Type"] == "Parallel"]
     assert len(parallel["Branches"]) == len(job_chains(config.jobs)) == 1  # one job per title: its stages overlap
     jobs = {n: s for n, s in states.items() if s.get("Resource", "").endswith(":batch:submitJob.sync")}
-    assert sorted(jobs) == [
-        "audio job", "audio job on demand", "embeddings job", "embeddings job on demand", "visual job",
-        "visual job on demand",
-    ]  # fmt: skip
+    assert sorted(jobs) == ["title job", "title job on demand"]
     for spec in config.jobs:
         job = jobs[f"{spec.name} job"]
         assert job["Parameters"]["JobQueue.$"] == "$.title.job_queue"
@@ -602,7 +599,7 @@ def test_lambda_throttling_is_retried_and_a_failed_failure_record_does_not_fail_
     for name, state in invokes.items():
         assert ["Lambda.TooManyRequestsException"] in [r["ErrorEquals"] for r in state["Retry"]], name
     records = {n: s for n, s in invokes.items() if n.startswith("Record ")}
-    assert sorted(records) == [f"Record {j} failure" for j in ("audio", "embeddings", "finalize", "visual")]
+    assert sorted(records) == ["Record finalize failure", "Record title failure"]
     for name, state in records.items():
         (catch,) = state["Catch"]
         assert catch["ErrorEquals"] == ["States.ALL"] and catch["Next"] == f"{name} failed"

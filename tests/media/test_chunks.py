@@ -94,7 +94,7 @@ def test_lying_or_truncated_file_gives_the_single_pass(chunk_video, damage, medi
     """Split targets come from the declared duration: a header claiming 10 hours puts them past
     the end, a truncated file's index points at data that is not there. Either way the result
     (chunked or fallen back) is the single pass's."""
-    from prism.synth import lie_about_duration, truncate_mp4
+    from testkit.broken_media import lie_about_duration, truncate_mp4
 
     path = media_dir / f"chunks-{damage}.mp4"
     if not path.exists():
