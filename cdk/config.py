@@ -128,11 +128,12 @@ def with_default_jobs(jobs: tuple[JobSpec, ...], graph: dict[str, list[str]]) ->
 # concurrency groups, prism/schedule.py): no second instance, download or job start per title.
 # Sized from the measured profile (docs/benchmarks.md, "Stage concurrency and job size"): the
 # title is decode-bound, and a 2 h 1080p title in 5 min needs about 576 decoded frames/s, which
-# is 9-10 cores of CPU decode at the 62 frames/s per core measured on a 16-core GPU host (NVDEC
-# takes most of that off the CPU when it can decode the codec); the audio group's CPU side (VAD,
-# resampling, speaker embeddings) and the keyframe seeks take the rest of a 16 vCPU instance.
-# Memory: peak RSS ~1.3 GiB on CPU plus the host copies of the GPU models (Whisper large-v3-turbo,
-# the CLIP/SigLIP model, TransNetV2) and the page cache of the 48x27 frame file: 30 GiB.
+# is 9-14 cores of CPU decode at the 43-62 frames/s per core measured on a 16-core GPU host (the
+# chunked visual pass spreads one title over them; NVDEC takes most of that load when it can
+# decode the codec); the audio group's CPU side (VAD, resampling, speaker embeddings) and the
+# keyframe seeks take the rest of a 16 vCPU instance. Memory: peak RSS ~1.2 GiB on CPU plus the
+# host copies of the GPU models (Whisper large-v3-turbo, the CLIP/SigLIP model, TransNetV2) and
+# the page cache of the 48x27 frame file: 30 GiB.
 DEFAULT_JOBS: tuple[JobSpec, ...] = (
     JobSpec("title", stages=("shots", "keyframes", "cues", "audio", "embeddings"), vcpus=16, memory_mib=30_000,
             gpus=1, timeout_minutes=35, environment={"PRISM_HWACCEL": "cuda"}),
