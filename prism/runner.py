@@ -33,7 +33,7 @@ from prism.artifacts import (
     title_id_for,
 )
 from prism.catalog import Catalog, SQLiteCatalog, StageRecord, TitleRecord
-from prism.contract import Status
+from prism.contract import ENV_OVERLAP_STAGES, Status
 from prism.errors import ConfigError, MediaError, PrismError, StorageError
 from prism.media import MediaInfo, probe
 from prism.schedule import Waiter, run_stages
@@ -143,7 +143,7 @@ class Runner:
         self.force = force
         self.events = events or _NoEvents()
         if overlap is None:
-            overlap = os.environ.get("PRISM_OVERLAP_STAGES", "1").strip().lower() not in ("0", "false", "no", "off")
+            overlap = os.environ.get(ENV_OVERLAP_STAGES, "1").strip().lower() not in ("0", "false", "no", "off")
         self.overlap = overlap
         self._stages: dict[str, Stage] = {}
         self._commit_lock = threading.RLock()  # one title's stages may finish in two threads at once

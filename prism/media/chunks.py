@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prism.contract import ENV_DECODE_CHUNKS
 from prism.errors import ConfigError, MediaError
 from prism.media.decode import (
     SMALL_FILE,
@@ -58,7 +59,7 @@ from prism.media.tools import ffmpeg_exe
 
 log = logging.getLogger(__name__)
 
-CHUNKS_ENV = "PRISM_DECODE_CHUNKS"
+CHUNKS_ENV = ENV_DECODE_CHUNKS
 MIN_CHUNKED_S = 120.0  # automatic chunking only above this (declared) duration
 MIN_CHUNK_S = 60.0  # and at most one range per this many seconds
 BOUNDARY_STEP_SLACK = 1.5  # the step across a boundary may be this many local frame steps at most
