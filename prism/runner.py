@@ -36,7 +36,7 @@ from prism.catalog import Catalog, SQLiteCatalog, StageRecord, TitleRecord
 from prism.contract import ENV_OVERLAP_STAGES, Status
 from prism.errors import ConfigError, MediaError, PrismError, StorageError
 from prism.media import MediaInfo, probe
-from prism.schedule import Waiter, run_stages
+from prism.schedule import Waiter, ancestors, run_stages
 from prism.stages.base import SharedMedia, Stage, StageContext, StageResult, registry, resolve_order
 from prism.store import LocalStore, TitleStore
 
@@ -349,7 +349,7 @@ class Runner:
         known = registry()
         recorded = [name for name in manifest["stages"] if name in known and name not in order and name not in upstream]
         requested = set(order)
-        extra = [name for name in recorded if changed or _ancestors(name, known) & requested]
+        extra = [name for name in recorded if changed or ancestors(name, known) & requested]
         stages = {name: self.build_stages([name])[name] for name in order}
         if not extra:
             return stages, requested, {}
@@ -713,18 +713,6 @@ def _same_path(a: Path, b: Path) -> bool:
         return a == b or a.resolve() == b.resolve()
     except OSError:
         return False
-
-
-def _ancestors(name: str, known: dict[str, type[Stage]]) -> set[str]:
-    """Every stage ``name`` requires, directly or not."""
-    seen: set[str] = set()
-    pending = list(known[name].requires)
-    while pending:
-        dep = pending.pop()
-        if dep not in seen and dep in known:
-            seen.add(dep)
-            pending.extend(known[dep].requires)
-    return seen
 
 
 def _probe_facts(info: MediaInfo) -> dict[str, Any]:

@@ -58,8 +58,8 @@ class Waiter:
         return True
 
 
-def ancestors(name: str, stages: Mapping[str, Stage]) -> set[str]:
-    """Every stage ``name`` requires, directly or not, among ``stages``."""
+def ancestors(name: str, stages: Mapping[str, Stage] | Mapping[str, type[Stage]]) -> set[str]:
+    """Every stage ``name`` requires, directly or not, among ``stages`` (instances or registered classes)."""
     seen: set[str] = set()
     todo = [name]
     while todo:

@@ -19,7 +19,7 @@ from prism.contract import Status
 from prism.stages import base
 from prism.store import LocalStore
 from prism.synth import Shot, Title, build_title
-from tests.test_worker import ARTIFACTS, INPUT, REGION, TABLE, create_catalog_table
+from tests.test_worker import ARTIFACTS, INPUT, REGION, TABLE, create_catalog_table, deployed_clients
 
 TITLE = "Ep-1"
 SOURCE = f"s3://{INPUT}/delivered/Ep-1.mp4"
@@ -178,11 +178,7 @@ def cloud(monkeypatch, tmp_path):
     video = tmp_path / "Ep-1.mp4"
     build_title(Title(shots=[Shot("orange", 0.5)], width=64, height=36), video)
     with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        ddb = boto3.client("dynamodb", region_name=REGION)
-        for bucket in (INPUT, ARTIFACTS):
-            s3.create_bucket(Bucket=bucket)
-        create_catalog_table(ddb)
+        s3, ddb = deployed_clients()
         s3.upload_file(str(video), INPUT, "delivered/Ep-1.mp4")
         yield s3, ddb
 

@@ -49,16 +49,21 @@ def tiny_video(tmp_path_factory):
     return path
 
 
+def deployed_clients():
+    """Inside ``mock_aws``: S3 with the input and artifacts buckets and the catalog table, as deployed."""
+    s3 = boto3.client("s3", region_name=REGION)
+    ddb = boto3.client("dynamodb", region_name=REGION)
+    for bucket in (INPUT, ARTIFACTS):
+        s3.create_bucket(Bucket=bucket)
+    create_catalog_table(ddb)
+    return s3, ddb
+
+
 @pytest.fixture
 def aws(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        ddb = boto3.client("dynamodb", region_name=REGION)
-        for bucket in (INPUT, ARTIFACTS):
-            s3.create_bucket(Bucket=bucket)
-        create_catalog_table(ddb)
-        yield s3, ddb
+        yield deployed_clients()
 
 
 def _job(**overrides) -> Job:
