@@ -1,9 +1,9 @@
 """One command for every benchmark: generates its inputs, runs Prism and its peers, writes JSON + Markdown.
 
-    python -m benchmarks                 # full run (minutes), writes .bench/results.json and docs/benchmarks.md
-    python -m benchmarks --quick         # tiny inputs, seconds: checks the code, numbers mean nothing
-    python -m benchmarks --device        # on the accelerator (same as --device cuda); fails at once without one
-    python -m benchmarks --device cpu    # any stage device: auto (default) | cpu | cuda | cuda:N
+python -m benchmarks                 # full run (minutes), writes .bench/results.json and docs/benchmarks.md
+python -m benchmarks --quick         # tiny inputs, seconds: checks the code, numbers mean nothing
+python -m benchmarks --device        # on the accelerator (same as --device cuda); fails at once without one
+python -m benchmarks --device cpu    # any stage device: auto (default) | cpu | cuda | cuda:N
 """
 
 from __future__ import annotations
@@ -41,12 +41,23 @@ def run_all(out: Path, *, quick: bool, device: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     size = (160, 90) if quick else (640, 360)
     results: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "quick": quick}
-    results["shots_quality"] = shots.run_quality(out / "shots", width=size[0], height=size[1], device=device, quick=quick)
+    results["shots_quality"] = shots.run_quality(
+        out / "shots", width=size[0], height=size[1], device=device, quick=quick
+    )
     speed_size, speed_s = ((320, 180), 8.0) if quick else ((1920, 1080), 60.0)
     path, frames = ensure_input(out / "inputs", speed_s, *speed_size)
-    results["shots_speed"] = {"size": f"{speed_size[0]}x{speed_size[1]}", **shots.run_speed(path, frames, out / "shots-speed", device)}
+    results["shots_speed"] = {
+        "size": f"{speed_size[0]}x{speed_size[1]}",
+        **shots.run_speed(path, frames, out / "shots-speed", device),
+    }
     results["audio"] = audio.run(out / "audio", minutes=0.2 if quick else 2.0, device=device)
-    results["embeddings"] = embeddings.run(out / "embeddings", keyframes=8 if quick else 64, device=device, search_vectors=2_000 if quick else 200_000, preset="tiny" if quick else "vit-b-32")
+    results["embeddings"] = embeddings.run(
+        out / "embeddings",
+        keyframes=8 if quick else 64,
+        device=device,
+        search_vectors=2_000 if quick else 200_000,
+        preset="tiny" if quick else "vit-b-32",
+    )
     e2e_size, e2e_s = ((320, 180), 8.0) if quick else ((1920, 1080), 600.0)
     results["end_to_end"] = e2e.run(out / "e2e", duration_s=e2e_s, width=e2e_size[0], height=e2e_size[1], device=device)
     return results
@@ -56,7 +67,8 @@ def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [
         f"Measured {r['when']} on {m['cores']} CPU cores ({m['cpu']}), {m['memory_gib']} GiB, GPU: {m['gpu'] or 'none'}; "
-        f"torch {m['torch']} with {m['torch_threads']} threads." + (" QUICK MODE: tiny inputs, not meaningful." if r["quick"] else ""),
+        f"torch {m['torch']} with {m['torch_threads']} threads."
+        + (" QUICK MODE: tiny inputs, not meaningful." if r["quick"] else ""),
         "",
         f"### Shot detection quality ({r['shots_quality']['size']}, ±{r['shots_quality']['tolerance_frames']} frames, 1-to-1 matching)",
         "",
@@ -64,10 +76,22 @@ def markdown(r: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for method, s in r["shots_quality"]["overall"].items():
-        lines.append(f"| {method} | {s['precision']} | {s['recall']} | {s['f1']} | {s['recall_cut']} | {s['recall_gradual']} | {s['false_positives']} | {s['misses']} |")
-    lines += ["", "Per generated title (F1 / false positives):", "", "| title | transitions | " + " | ".join(shots.METHODS) + " |", "|---" * (2 + len(shots.METHODS)) + "|"]
+        lines.append(
+            f"| {method} | {s['precision']} | {s['recall']} | {s['f1']} | {s['recall_cut']} | {s['recall_gradual']} | {s['false_positives']} | {s['misses']} |"
+        )
+    lines += [
+        "",
+        "Per generated title (F1 / false positives):",
+        "",
+        "| title | transitions | " + " | ".join(shots.METHODS) + " |",
+        "|---" * (2 + len(shots.METHODS)) + "|",
+    ]
     for name, t in r["shots_quality"]["per_title"].items():
-        lines.append(f"| {name} | {t['transitions']} | " + " | ".join(f"{t[m]['f1']} / {t[m]['false_positives']}" for m in shots.METHODS) + " |")
+        lines.append(
+            f"| {name} | {t['transitions']} | "
+            + " | ".join(f"{t[m]['f1']} / {t[m]['false_positives']}" for m in shots.METHODS)
+            + " |"
+        )
     sp = r["shots_speed"]
     lines += [
         "",
@@ -78,7 +102,9 @@ def markdown(r: dict) -> str:
         f"| ffmpeg decode-only to 48x27 (the floor) | {sp['decode_only_fps']} |",
     ]
     if "visual_pass_fps" in sp:
-        lines.append(f"| Prism visual pass alone (the one decode feeding shots, keyframes, cues) | {sp['visual_pass_fps']} |")
+        lines.append(
+            f"| Prism visual pass alone (the one decode feeding shots, keyframes, cues) | {sp['visual_pass_fps']} |"
+        )
     lines += [f"| {m} | {sp[f'{m}_fps']} |" for m in shots.METHODS]
     if "visual_pass_fps" in sp:
         lines += [

@@ -45,9 +45,7 @@ def _child(source: str, out: str, device: str = "auto") -> None:
     )
 
 
-def run(
-    out: Path, *, duration_s: float = 600.0, width: int = 1920, height: int = 1080, device: str = "auto"
-) -> dict:
+def run(out: Path, *, duration_s: float = 600.0, width: int = 1920, height: int = 1080, device: str = "auto") -> dict:
     path, frames = ensure_input(out / "inputs", duration_s, width, height)
     decode_s = decode_only_seconds(path, width=48, height=27)
     proc = subprocess.run(

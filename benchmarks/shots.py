@@ -39,16 +39,38 @@ def quality_set(width: int, height: int, quick: bool = False) -> dict[str, Title
         return {"mixed": mixed}
     return {
         "cuts": Title(
-            [Shot(s, 2.5) for s in ("testsrc2", "mandelbrot", "life", "smptehdbars", "gradients", "cellauto", "orange", "blue", "sierpinski", "colorchart")],
-            width=width, height=height,
+            [
+                Shot(s, 2.5)
+                for s in (
+                    "testsrc2",
+                    "mandelbrot",
+                    "life",
+                    "smptehdbars",
+                    "gradients",
+                    "cellauto",
+                    "orange",
+                    "blue",
+                    "sierpinski",
+                    "colorchart",
+                )
+            ],
+            width=width,
+            height=height,
         ),  # fmt: skip
         "dissolves": Title(
-            [Shot("testsrc2", 3.0)] + [Shot(s, 3.0, "dissolve", d) for s, d in (("life", 1.0), ("gradients", 0.5), ("orange", 1.5), ("mandelbrot", 1.0), ("blue", 0.8))],
-            width=width, height=height,
+            [Shot("testsrc2", 3.0)]
+            + [
+                Shot(s, 3.0, "dissolve", d)
+                for s, d in (("life", 1.0), ("gradients", 0.5), ("orange", 1.5), ("mandelbrot", 1.0), ("blue", 0.8))
+            ],
+            width=width,
+            height=height,
         ),  # fmt: skip
         "fades": Title(
-            [Shot("colorchart", 3.0)] + [Shot(s, 3.0, "fadeblack", 1.0) for s in ("testsrc2", "life", "smptehdbars", "blue")],
-            width=width, height=height,
+            [Shot("colorchart", 3.0)]
+            + [Shot(s, 3.0, "fadeblack", 1.0) for s in ("testsrc2", "life", "smptehdbars", "blue")],
+            width=width,
+            height=height,
         ),  # fmt: skip
         "hard_negatives": Title(
             [
@@ -58,7 +80,8 @@ def quality_set(width: int, height: int, quick: bool = False) -> dict[str, Title
                 Shot("life", 4.0, flashes_s=(1.5,)),
                 Shot("pan", 4.0, flashes_s=(2.0,)),
             ],
-            width=width, height=height,
+            width=width,
+            height=height,
         ),  # fmt: skip
         "mixed": mixed,
     }

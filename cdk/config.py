@@ -260,7 +260,9 @@ class EnvironmentConfig:
         if self.asr_model and (self.asr_model.startswith("/") or ".." in self.asr_model.split("/")):
             raise ValueError(f"{self.name}: asr_model is a directory relative to {MODEL_DIR}, got {self.asr_model!r}")
         if self.language_hint and not re.fullmatch(r"[a-z]{2,3}", self.language_hint):
-            raise ValueError(f"{self.name}: language_hint is an ISO 639-1/-2 code such as 'ko', got {self.language_hint!r}")
+            raise ValueError(
+                f"{self.name}: language_hint is an ISO 639-1/-2 code such as 'ko', got {self.language_hint!r}"
+            )
 
     @property
     def stack_name(self) -> str:
@@ -273,7 +275,9 @@ class EnvironmentConfig:
         """What a title may take: its longest chain of jobs, each waiting for Spot and then run twice (a retry)."""
         from cdk.orchestration import job_chains
 
-        return max(sum(j.timeout_minutes * 2 + self.spot_wait_minutes for j in chain) for chain in job_chains(self.jobs))
+        return max(
+            sum(j.timeout_minutes * 2 + self.spot_wait_minutes for j in chain) for chain in job_chains(self.jobs)
+        )
 
     @property
     def titles_per_run_limit(self) -> int:

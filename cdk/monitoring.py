@@ -40,8 +40,13 @@ class Monitoring(Construct):
             self.topic.add_subscription(subscriptions.EmailSubscription(email))
         action = cw_actions.SnsAction(self.topic)
 
-        titles_failed = cw.Metric(namespace=NAMESPACE, metric_name="TitlesFailed",
-                                  dimensions_map={"service": FINALIZE_SERVICE}, statistic="Sum", period=Duration.hours(1))
+        titles_failed = cw.Metric(
+            namespace=NAMESPACE,
+            metric_name="TitlesFailed",
+            dimensions_map={"service": FINALIZE_SERVICE},
+            statistic="Sum",
+            period=Duration.hours(1),
+        )
         titles_ok = cw.Metric(namespace=NAMESPACE, metric_name="TitlesSucceeded",
                               dimensions_map={"service": FINALIZE_SERVICE}, statistic="Sum", period=Duration.hours(1))  # fmt: skip
         self.alarms = {
@@ -64,9 +69,15 @@ class Monitoring(Construct):
             event_pattern=events.EventPattern(source=["aws.batch"], detail_type=["Batch Job State Change"],
                                               detail={"status": ["FAILED"], "jobQueue": job_queue_arns}),
         )  # fmt: skip
-        self.failed_jobs.add_target(events_targets.SnsTopic(self.topic, message=events.RuleTargetInput.from_text(
-            f"Prism Batch job {events.EventField.from_path('$.detail.jobName')} failed: "
-            f"{events.EventField.from_path('$.detail.statusReason')} ({events.EventField.from_path('$.detail.jobId')})")))
+        self.failed_jobs.add_target(
+            events_targets.SnsTopic(
+                self.topic,
+                message=events.RuleTargetInput.from_text(
+                    f"Prism Batch job {events.EventField.from_path('$.detail.jobName')} failed: "
+                    f"{events.EventField.from_path('$.detail.statusReason')} ({events.EventField.from_path('$.detail.jobId')})"
+                ),
+            )
+        )
         # No target: the rule exists for its MatchedEvents metric (jobs waiting for capacity).
         self.runnable_jobs = events.Rule(
             self, "BatchJobRunnable",

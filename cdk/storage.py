@@ -98,8 +98,11 @@ class Storage(Construct):
 
     # -- least-privilege grants, exact actions (no wildcards in actions) --------------------
     def grant_input_read(self, grantee: iam.IGrantable, *, list_objects: bool = False) -> None:
-        statements = [iam.PolicyStatement(actions=["s3:GetObject"],
-                                          resources=[self.input_bucket.arn_for_objects(f"{self.input_prefix}*")])]
+        statements = [
+            iam.PolicyStatement(
+                actions=["s3:GetObject"], resources=[self.input_bucket.arn_for_objects(f"{self.input_prefix}*")]
+            )
+        ]
         if list_objects:
             statements.append(iam.PolicyStatement(
                 actions=["s3:ListBucket"], resources=[self.input_bucket.bucket_arn],
@@ -113,8 +116,9 @@ class Storage(Construct):
     def grant_artifacts(self, grantee: iam.IGrantable, *, prefix: str, write: bool, delete: bool = False) -> None:
         actions = ["s3:GetObject"] + (["s3:PutObject"] if write else []) + (["s3:DeleteObject"] if delete else [])
         principal = grantee.grant_principal
-        principal.add_to_principal_policy(iam.PolicyStatement(
-            actions=actions, resources=[self.artifacts.arn_for_objects(f"{prefix}*")]))
+        principal.add_to_principal_policy(
+            iam.PolicyStatement(actions=actions, resources=[self.artifacts.arn_for_objects(f"{prefix}*")])
+        )
         principal.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:ListBucket"], resources=[self.artifacts.bucket_arn],
             conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}},
@@ -123,10 +127,15 @@ class Storage(Construct):
 
     def grant_catalog(self, grantee: iam.IGrantable, *, write: bool) -> None:
         actions = ["dynamodb:GetItem", "dynamodb:Query"] + (["dynamodb:PutItem"] if write else [])
-        grantee.grant_principal.add_to_principal_policy(iam.PolicyStatement(
-            actions=actions, resources=[self.catalog.table_arn, f"{self.catalog.table_arn}/index/record-index"]))
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=actions, resources=[self.catalog.table_arn, f"{self.catalog.table_arn}/index/record-index"]
+            )
+        )
         self.grant_key(grantee, write=write)
 
     def grant_key(self, grantee: iam.IGrantable, *, write: bool) -> None:
         actions = ["kms:Decrypt", "kms:DescribeKey"] + (["kms:GenerateDataKey", "kms:Encrypt"] if write else [])
-        grantee.grant_principal.add_to_principal_policy(iam.PolicyStatement(actions=actions, resources=[self.key.key_arn]))
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(actions=actions, resources=[self.key.key_arn])
+        )

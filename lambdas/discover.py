@@ -60,7 +60,9 @@ class RunRequest(BaseModel):
     def _manual_needs_titles(self) -> RunRequest:
         if self.mode == "manual" and not self.titles:
             raise ValueError("a manual run needs at least one title id in 'titles'")
-        if self.mode == "scheduled" and (self.titles or self.stages or self.force or self.language or self.language_hints):
+        if self.mode == "scheduled" and (
+            self.titles or self.stages or self.force or self.language or self.language_hints
+        ):
             raise ValueError("a scheduled run takes no titles, stages, force or language hints")
         if stray := sorted(set(self.language_hints) - set(self.titles)):
             raise ValueError(f"language_hints name titles this run does not take: {stray}")
@@ -190,9 +192,7 @@ def _scheduled(aws: Aws, execution: str, started_at: str) -> tuple[list[dict], l
     # Markers of titles this run did not take are done, gone from the input, or after listed_through.
     catalog.delete_pending(sorted(set(pending) - set(taken)))
     catalog.put_pending(taken, execution)
-    listed_through = (
-        left[0][1]["LastModified"].isoformat() if left else (started_at or datetime.now(UTC).isoformat())
-    )
+    listed_through = left[0][1]["LastModified"].isoformat() if left else (started_at or datetime.now(UTC).isoformat())
     catalog.put_run_watermark(listed_through, settings.pipeline_version, execution)
     return items, skipped, [], len(left)
 

@@ -125,7 +125,9 @@ def _batch_job(error: TaskError) -> tuple[str, int | None]:
 
 def _record(title_id: str, stage: str, status: str, reason: str, previous: StageRecord | None) -> StageRecord:
     """A bare record (no files, no fingerprint): the stage did not run in this execution."""
-    model = {"name": previous.model_name, "version": previous.model_version} if previous and previous.model_name else None
+    model = (
+        {"name": previous.model_name, "version": previous.model_version} if previous and previous.model_name else None
+    )
     entry = StageEntry(status, reason, model=model, params_hash=previous.params_hash if previous else None,
                        started_at=None, finished_at=now_iso(), duration_s=0.0)  # fmt: skip
     return entry.to_record(title_id, stage, previous.source_sha256 if previous else None, __version__)

@@ -95,7 +95,9 @@ def run(
     report: bool = typer.Option(False, "--report", help="Also write each title's HTML report (see `prism report`)."),
 ) -> None:
     """Process VIDEOS into OUT/titles/<title_id>/ and print a summary."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     wanted = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
     try:
         runner = Runner(out, params=_parse_params(param), force=force)
@@ -175,7 +177,16 @@ def status(
             console.print(f"[red]error:[/] title {title!r} is not in {path}")
             raise typer.Exit(EXIT_FAILED)
         rows = [vars(s) for s in catalog.list_stages(title)]
-        columns = ("stage", "status", "reason", "model_name", "model_version", "params_hash", "duration_s", "finished_at")
+        columns = (
+            "stage",
+            "status",
+            "reason",
+            "model_name",
+            "model_version",
+            "params_hash",
+            "duration_s",
+            "finished_at",
+        )
     if as_json:
         out_console.print_json(json.dumps(rows, default=str))
         return
@@ -239,7 +250,12 @@ def show(
         for col in columns:
             table.add_column(col)
         for row in rows[:limit]:
-            table.add_row(*("" if row[c] is None else f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+            table.add_row(
+                *(
+                    "" if row[c] is None else f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c])
+                    for c in columns
+                )
+            )
         out_console.print(table)
     for stage, entry in manifest["stages"].items():
         if entry["status"] != "succeeded":
@@ -268,7 +284,6 @@ def sample(
 def version() -> None:
     """Print Prism's version."""
     out_console.print(__version__)
-
 
 
 def _span(start: float | None, end: float | None) -> str:

@@ -572,7 +572,10 @@ class Runner:
                     try:
                         store.publish(staging, entry.outputs)
                     except OSError as exc:
-                        entry.status, entry.reason = Status.FAILED.value, f"stage {name}: cannot publish its outputs: {exc}"
+                        entry.status, entry.reason = (
+                            Status.FAILED.value,
+                            f"stage {name}: cannot publish its outputs: {exc}",
+                        )
                         entry.outputs, entry.files = [], {}
                         log.warning("%s: %s", store.title_id, entry.reason)
                 entry.finished_at = now_iso()
@@ -587,7 +590,9 @@ class Runner:
     def _sync_catalog(self, store: TitleStore, manifest: dict[str, Any], stage: Stage, entry: dict[str, Any]) -> None:
         """A reused stage's catalog record is rewritten from the manifest if a kill left it behind."""
         with self._commit_lock:
-            store.sync(manifest, stage.name, _record_from_entry(store.title_id, manifest, stage.name, entry, "succeeded"))
+            store.sync(
+                manifest, stage.name, _record_from_entry(store.title_id, manifest, stage.name, entry, "succeeded")
+            )
 
     def _invalidate(
         self, store: TitleStore, manifest: dict[str, Any], dependents: dict[str, Stage], fingerprints: dict[str, str]

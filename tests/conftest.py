@@ -60,7 +60,6 @@ def no_logged_errors(caplog):
         pytest.fail(f"unexpected ERROR log: {errors[0].getMessage()}")
 
 
-
 @pytest.fixture(scope="session")
 def sample_run(sample_video, tmp_path_factory):
     """The sample title through shots, keyframes and cues once; tests read its artifacts."""

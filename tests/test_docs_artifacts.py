@@ -30,7 +30,9 @@ def _block(lines: list[str], name: str) -> list[str] | None:
 
     for i, line in enumerate(lines):
         if starts(line, name):
-            end = next((j for j in range(i + 1, len(lines)) if starts(lines[j]) or lines[j].startswith("**")), len(lines))
+            end = next(
+                (j for j in range(i + 1, len(lines)) if starts(lines[j]) or lines[j].startswith("**")), len(lines)
+            )
             return lines[i:end]
     return None
 
@@ -81,7 +83,9 @@ def _schema_problems(stage: str, output: Output, block: list[str]) -> list[str]:
         mentioned = set(re.findall(r"`([^`]+)`", " ".join(block)))
         return [f"{stage}: {output.path} column {c} is not documented" for c in declared if c not in mentioned]
     problems = [f"{stage}: {output.path} column {c} is not documented" for c in declared if c not in documented]
-    problems += [f"{stage}: {output.path} documents {c}, which it does not declare" for c in documented if c not in declared]
+    problems += [
+        f"{stage}: {output.path} documents {c}, which it does not declare" for c in documented if c not in declared
+    ]
     problems += [
         f"{stage}: {output.path} column {c} is documented as {documented[c]}, declared {t}"
         for c, t in declared.items()

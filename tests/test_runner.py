@@ -57,7 +57,10 @@ def test_catalog_records_titles_and_stages(sample_run):
     assert catalog.get_title("sample").status == "succeeded"
     stages = {s.stage: s for s in catalog.list_stages("sample")}
     assert set(stages) == set(VISUAL)
-    assert stages["shots"].model_name == "transnetv2" and stages["shots"].outputs == ["shots.parquet", "shot_scores.parquet"]
+    assert stages["shots"].model_name == "transnetv2" and stages["shots"].outputs == [
+        "shots.parquet",
+        "shot_scores.parquet",
+    ]
 
 
 @pytest.mark.slow
@@ -112,8 +115,13 @@ def extra_stages(monkeypatch):
         def run(self, ctx):
             shots = ctx.read_table("shots.parquet").to_pydict()
             vp = ctx.visual()
-            values = [float(vp.luma_mean[a:b].mean()) * self.params.scale for a, b in zip(shots["start_frame"], shots["end_frame"])]
-            write_parquet(ctx.staging / "shot_luma.parquet", pa.table({"shot_index": shots["shot_index"], "luma": values}))
+            values = [
+                float(vp.luma_mean[a:b].mean()) * self.params.scale
+                for a, b in zip(shots["start_frame"], shots["end_frame"])
+            ]
+            write_parquet(
+                ctx.staging / "shot_luma.parquet", pa.table({"shot_index": shots["shot_index"], "luma": values})
+            )
             return StageResult(outputs=["shot_luma.parquet"], summary=f"{len(values)} shots")
 
     @register
@@ -166,15 +174,35 @@ def bad_inputs(tmp_path_factory, make_video):
     ffmpeg("-i", str(good), "-c", "copy", "-movflags", "+faststart", str(d / "faststart.mp4"))
     fs = (d / "faststart.mp4").read_bytes()
     files["truncated_faststart"].write_bytes(fs[: len(fs) * 2 // 3])
-    files["no_audio"], _ = make_video("noaudio.mp4", Title([Shot("testsrc2", 1.0), Shot("life", 1.0)], audio=False, width=160, height=90))
-    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=2", str(files.setdefault("audio_only", d / "audio_only.m4a")))
+    files["no_audio"], _ = make_video(
+        "noaudio.mp4", Title([Shot("testsrc2", 1.0), Shot("life", 1.0)], audio=False, width=160, height=90)
+    )
+    ffmpeg(
+        "-f", "lavfi", "-i", "sine=frequency=300:duration=2", str(files.setdefault("audio_only", d / "audio_only.m4a"))
+    )
     ffmpeg(
         "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=30:duration=3",
         "-vf", "select='lt(n,30)+gte(n,30)*not(mod(n,3))',setpts='if(lt(N,30),N/30,1+(N-30)/10)/TB'",
         "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(files.setdefault("vfr", d / "vfr.mp4")),
     )  # fmt: skip
-    ffmpeg("-i", str(good), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(files.setdefault("rotated", d / "rotated.mp4")))
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x90:rate=25:duration=0.4", "-c:v", "libx264", str(files.setdefault("short", d / "short.mp4")))
+    ffmpeg(
+        "-i",
+        str(good),
+        "-c",
+        "copy",
+        "-metadata:s:v:0",
+        "rotate=90",
+        str(files.setdefault("rotated", d / "rotated.mp4")),
+    )
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x90:rate=25:duration=0.4",
+        "-c:v",
+        "libx264",
+        str(files.setdefault("short", d / "short.mp4")),
+    )
     shutil.copy(good, files.setdefault("non_ascii", d / "드라마 01 — 시즌1.mp4"))
     return good, files
 
@@ -239,7 +267,9 @@ def test_media_error_message_names_file_and_cause(tmp_path):
 def test_execution_params_do_not_force_a_rerun(make_video, tmp_path):
     path, _ = make_video("rerun.mp4", Title([Shot("testsrc2", 1.0), Shot("life", 1.0)], width=160, height=90))
     Runner(tmp_path).run([path], ["keyframes"])
-    [again] = Runner(tmp_path, params={"shots": {"batch_windows": 3}, "keyframes": {"workers": 1}}).run([path], ["keyframes"])
+    [again] = Runner(tmp_path, params={"shots": {"batch_windows": 3}, "keyframes": {"workers": 1}}).run(
+        [path], ["keyframes"]
+    )
     assert [(s.stage, s.reused) for s in again.stages] == [("shots", True), ("keyframes", True)]
     manifest = read_manifest(again.title_dir)
     assert manifest["stages"]["shots"]["params"]["batch_windows"] == 0  # untouched: the stage did not rerun

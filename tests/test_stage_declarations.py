@@ -31,7 +31,9 @@ from prism.synth import Shot, Title
 def load_plugin():
     """tests/plugin_stage.py as a module (the suite imports test files by path, not by package)."""
     if "prism_test_plugin_stage" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("prism_test_plugin_stage", Path(__file__).with_name("plugin_stage.py"))
+        spec = importlib.util.spec_from_file_location(
+            "prism_test_plugin_stage", Path(__file__).with_name("plugin_stage.py")
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
@@ -87,7 +89,7 @@ def test_a_new_stage_appears_in_the_report(tone_run):
     _, outcome, _ = tone_run
     html = render_report(outcome.title_dir)
     svg = html[html.index('<svg id="timeline"') : html.index("</svg>")]
-    assert '>tone</text>' in svg  # its lane, named by the declaration
+    assert ">tone</text>" in svg  # its lane, named by the declaration
     assert len(re.findall(r"<title>bright 00:00:0", svg)) == 2 and "<title>dark 00:00:01.5–00:00:03.0" in svg
     section = html[html.index('id="shot_tone-panel"') :]
     section = section[: section.index("</section>")]
@@ -116,12 +118,24 @@ def test_check_schema_names_every_difference():
     with pytest.raises(ArtifactSchemaError, match=r"missing column\(s\) \['b'\]; undeclared column\(s\) \['c'\]"):
         check_schema("s", "x.parquet", declared, pa.schema([("a", pa.int32()), ("c", pa.string())]))
     with pytest.raises(ArtifactSchemaError, match=r"columns in order \['b', 'a'\], declared \['a', 'b'\]"):
-        check_schema("s", "x.parquet", declared, pa.schema([("b", pa.string()), ("a", pa.int32())], metadata={"prism.artifact": "x"}))
+        check_schema(
+            "s",
+            "x.parquet",
+            declared,
+            pa.schema([("b", pa.string()), ("a", pa.int32())], metadata={"prism.artifact": "x"}),
+        )
     with pytest.raises(ArtifactSchemaError, match="column 'a' is int64, declared int32"):
-        check_schema("s", "x.parquet", declared, pa.schema([("a", pa.int64()), ("b", pa.string())], metadata={"prism.artifact": "x"}))
+        check_schema(
+            "s",
+            "x.parquet",
+            declared,
+            pa.schema([("a", pa.int64()), ("b", pa.string())], metadata={"prism.artifact": "x"}),
+        )
     vectors = pa.schema([("v", pa.list_(pa.float32()))])
     check_schema("s", "v.parquet", vectors, pa.schema([("v", pa.list_(pa.float32(), 512))]))  # any fixed size
-    with pytest.raises(ArtifactSchemaError, match=r"column 'v' is fixed_size_list<float64>\[4\], declared list<float32>"):
+    with pytest.raises(
+        ArtifactSchemaError, match=r"column 'v' is fixed_size_list<float64>\[4\], declared list<float32>"
+    ):
         check_schema("s", "v.parquet", vectors, pa.schema([("v", pa.list_(pa.float64(), 4))]))
 
 
@@ -151,7 +165,9 @@ def test_contradictory_declarations_are_refused_at_registration(monkeypatch):
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
 
     def stage(**attrs) -> type[Stage]:
-        return type("Bad", (Stage,), {"name": "bad", "model": lambda self: None, "run": lambda self, ctx: None, **attrs})
+        return type(
+            "Bad", (Stage,), {"name": "bad", "model": lambda self: None, "run": lambda self, ctx: None, **attrs}
+        )
 
     schema = pa.schema([("start_s", pa.float64())])
     with pytest.raises(ValueError, match=r"show names column\(s\) \['end_s'\] that x.parquet does not declare"):

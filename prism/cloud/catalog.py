@@ -113,7 +113,9 @@ class DynamoCatalog:
     def put_stage(self, record: StageRecord, *, extra: dict[str, Any] | None = None) -> None:
         self._put({**(extra or {}), **asdict(record), "record": STAGE_PREFIX + record.stage})
 
-    def put_stage_if(self, record: StageRecord, *, extra: dict[str, Any] | None = None, fingerprint: str | None) -> bool:
+    def put_stage_if(
+        self, record: StageRecord, *, extra: dict[str, Any] | None = None, fingerprint: str | None
+    ) -> bool:
         """``put_stage`` only while the stored record still has ``fingerprint``; False when another writer won."""
         item = {**(extra or {}), **asdict(record), "record": STAGE_PREFIX + record.stage}
         wire = {k: self._ser.serialize(_to_attr(v)) for k, v in item.items()}

@@ -185,9 +185,7 @@ def probe(path: str | Path) -> MediaInfo:
             )
     if video is None and not audio:
         raise MediaError(path, "no video or audio stream found")
-    duration = _rate(fmt.get("duration")) or max(
-        (_rate(s.get("duration")) for s in streams), default=0.0
-    )
+    duration = _rate(fmt.get("duration")) or max((_rate(s.get("duration")) for s in streams), default=0.0)
     return MediaInfo(
         path=str(path),
         size_bytes=path.stat().st_size,
@@ -250,6 +248,12 @@ def _probe_with_ffmpeg(path: Path) -> MediaInfo:
         raise MediaError(path, "no video or audio stream found")
     start = _START.search(text)
     return MediaInfo(
-        str(path), path.stat().st_size, "unknown", duration, None, video, tuple(audio),
+        str(path),
+        path.stat().st_size,
+        "unknown",
+        duration,
+        None,
+        video,
+        tuple(audio),
         float(start[1]) if start else None,
     )

@@ -117,7 +117,11 @@ class CuesStage(Stage):
         held = repeats.copy()
         held[:-1] |= repeats[1:]
         add_frame_spans(
-            "frozen", held & ~black, p.freeze_min_s, lambda a, b: vp.diff_prev[a + 1 : b].max(initial=0.0), "max_frame_diff_0_255"
+            "frozen",
+            held & ~black,
+            p.freeze_min_s,
+            lambda a, b: vp.diff_prev[a + 1 : b].max(initial=0.0),
+            "max_frame_diff_0_255",
         )
         metrics: dict = duration_check(vp, ctx.info).metrics()
         tracks = ctx.info.audio_tracks

@@ -50,7 +50,9 @@ def frame_scores(vp: VisualPass) -> dict[str, np.ndarray]:
     """Per-frame quality in [0, 1] and its parts."""
     sharp = np.log1p(vp.sharpness)
     sharp = sharp / max(float(sharp.max()), 1e-6)
-    exposure = np.clip(1.0 - np.abs(vp.luma_mean - 118.0) / 118.0, 0, 1) * np.clip(1.0 - vp.clip_low - vp.clip_high, 0, 1)
+    exposure = np.clip(1.0 - np.abs(vp.luma_mean - 118.0) / 118.0, 0, 1) * np.clip(
+        1.0 - vp.clip_low - vp.clip_high, 0, 1
+    )
     contrast = np.clip(vp.luma_std / 64.0, 0, 1)
     stillness = 1.0 / (1.0 + vp.diff_prev / 8.0)
     quality = 0.4 * sharp + 0.3 * exposure + 0.15 * contrast + 0.15 * stillness
@@ -62,9 +64,7 @@ def _near_duplicate(vp: VisualPass, a: int, b: int, threshold: float) -> bool:
     return bool(diff < threshold)
 
 
-def select_keyframes(
-    vp: VisualPass, shots: pa.Table, p: KeyframesParams, quality: np.ndarray
-) -> list[tuple[int, int]]:
+def select_keyframes(vp: VisualPass, shots: pa.Table, p: KeyframesParams, quality: np.ndarray) -> list[tuple[int, int]]:
     """(shot_index, frame) of the chosen keyframes, in frame order."""
     cols = shots.to_pydict()
     n_shots = shots.num_rows
@@ -144,7 +144,9 @@ class KeyframesStage(Stage):
         for shot, frame in picks:
             by_shot.setdefault(shot, []).append(frame)
         rank = {  # 0 = the shot's best keyframe
-            frame: i for frames in by_shot.values() for i, frame in enumerate(sorted(frames, key=lambda f: -scores["quality"][f]))
+            frame: i
+            for frames in by_shot.values()
+            for i, frame in enumerate(sorted(frames, key=lambda f: -scores["quality"][f]))
         }
         (ctx.staging / "keyframes").mkdir()
         paths = [f"keyframes/{shot:05d}_{frame:07d}.jpg" for shot, frame in picks]

@@ -188,9 +188,7 @@ class ShotsStage(Stage):
         vp = ctx.visual()
         device = resolve_device(self.params.device, self.name)
         batch = self.params.batch_windows or (16 if device.startswith("cuda") else 1)
-        single, many = predict(
-            vp.frames_small, device, batch, lambda d, t: ctx.progress(d, t, "transnetv2")
-        )
+        single, many = predict(vp.frames_small, device, batch, lambda d, t: ctx.progress(d, t, "transnetv2"))
         transitions = find_transitions(single, many, self.params)
         bounds = [0] + [t.boundary for t in transitions] + [vp.frame_count]
         rows = []

@@ -63,10 +63,37 @@ def test_uninterrupted_speech_of_a_minute_transcribes(tmp_path):
 def test_repetition_and_compression_guards():
     loop = "I'm not sure if it's possible, but " * 20
     assert compression_ratio(loop) > 2.4 and repeated_phrase(loop.split()) is not None
-    assert repeated_phrase(["I", "don't", "know", "how", "to", "do", "it,", "I", "don't", "know", "how", "to", "do", "it,", "I", "don't", "know", "how", "to", "do", "it,"])
+    assert repeated_phrase(
+        [
+            "I",
+            "don't",
+            "know",
+            "how",
+            "to",
+            "do",
+            "it,",
+            "I",
+            "don't",
+            "know",
+            "how",
+            "to",
+            "do",
+            "it,",
+            "I",
+            "don't",
+            "know",
+            "how",
+            "to",
+            "do",
+            "it,",
+        ]
+    )
     fine = "Good morning. The weather today is cold and windy, so take a warm coat."
     assert compression_ratio(fine) < 2.4 and repeated_phrase(fine.split()) is None
-    assert repeated_phrase(["no,", "no,", "no,", "I", "said", "the", "station", "near", "the", "river", "at", "seven"]) is None  # emphasis
+    assert (
+        repeated_phrase(["no,", "no,", "no,", "I", "said", "the", "station", "near", "the", "river", "at", "seven"])
+        is None
+    )  # emphasis
     assert repeated_phrase(["네", "네", "네", "네", "네", "네"]) is not None
     assert repeated_phrase(["안녕하세요.", "오늘은", "날씨가", "춥고", "바람이", "많이", "불어요."]) is None
 

@@ -45,7 +45,9 @@ def deployed(monkeypatch):
 def test_reprocess_starts_a_manual_execution(deployed):
     sfn, machine = deployed
 
-    result = CliRunner().invoke(app, ["reprocess", "--env", "dev", "--titles", "Ep-1, Ep-2", "--stages", "cues", "--force"])
+    result = CliRunner().invoke(
+        app, ["reprocess", "--env", "dev", "--titles", "Ep-1, Ep-2", "--stages", "cues", "--force"]
+    )
 
     assert result.exit_code == 0, result.output
     (execution,) = sfn.list_executions(stateMachineArn=machine)["executions"]
@@ -56,7 +58,9 @@ def test_reprocess_starts_a_manual_execution(deployed):
 
 def test_status_with_env_reads_the_dynamodb_catalog(deployed):
     DynamoCatalog("prism-catalog").put_title(
-        TitleRecord("Ep-1", "s3://in/Ep 1.mp4", 10, None, "failed", "Ep 1.mp4: bad input", "0.1.0", "2026-01-01T00:00:00+00:00")
+        TitleRecord(
+            "Ep-1", "s3://in/Ep 1.mp4", 10, None, "failed", "Ep 1.mp4: bad input", "0.1.0", "2026-01-01T00:00:00+00:00"
+        )
     )
 
     result = CliRunner().invoke(app, ["status", "--env", "dev", "--json"])

@@ -56,7 +56,8 @@ def test_silence_detector_on_known_signal():
 
 def test_video_without_audio_still_gets_visual_cues(make_video, tmp_path):
     path, truth = make_video(
-        "noaudio-black.mp4", Title([Shot("testsrc2", 1.0), Shot("life", 1.0)], black_after={0: 1.0}, audio=False, width=160, height=90)
+        "noaudio-black.mp4",
+        Title([Shot("testsrc2", 1.0), Shot("life", 1.0)], black_after={0: 1.0}, audio=False, width=160, height=90),
     )
     [outcome] = Runner(tmp_path).run([path], ["cues"])
     assert outcome.status == "succeeded"

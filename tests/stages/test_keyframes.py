@@ -21,7 +21,9 @@ def test_one_good_keyframe_per_visible_shot(sample_run):
     tdir = out / "titles" / "sample"
     shots = pq.read_table(tdir / "shots.parquet").to_pandas()
     kf = pq.read_table(tdir / "keyframes.parquet").to_pandas()
-    black_shots = {i for i, r in shots.iterrows() if any(b[0] <= r.start_frame and r.end_frame <= b[1] + 2 for b in truth.black)}
+    black_shots = {
+        i for i, r in shots.iterrows() if any(b[0] <= r.start_frame and r.end_frame <= b[1] + 2 for b in truth.black)
+    }
     assert black_shots, "the sample has a black shot"
     assert set(kf.shot_index) == set(range(len(shots))) - black_shots
     for _, row in kf.iterrows():
@@ -65,9 +67,13 @@ def test_near_duplicates_are_not_repeated(sample_video, tmp_path):
          "transition_start_frame": [0], "transition_end_frame": [0]}
     )  # fmt: skip
     quality = frame_scores(vp)["quality"]
-    many = select_keyframes(vp, one_shot, KeyframesParams(max_per_shot=3, seconds_per_keyframe=1.0, duplicate_threshold=0.0), quality)
+    many = select_keyframes(
+        vp, one_shot, KeyframesParams(max_per_shot=3, seconds_per_keyframe=1.0, duplicate_threshold=0.0), quality
+    )
     assert len(many) == 3
-    strict = select_keyframes(vp, one_shot, KeyframesParams(max_per_shot=3, seconds_per_keyframe=1.0, duplicate_threshold=255.0), quality)
+    strict = select_keyframes(
+        vp, one_shot, KeyframesParams(max_per_shot=3, seconds_per_keyframe=1.0, duplicate_threshold=255.0), quality
+    )
     assert len(strict) == 1  # everything after the first pick counts as a duplicate
 
 

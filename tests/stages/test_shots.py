@@ -87,7 +87,10 @@ def test_find_transitions_classifies_cut_and_gradual():
     many[120:140] = 0.9  # a dissolve over frames 120..139 peaking at 130
     single[130] = 0.8
     got = find_transitions(single, many, ShotsParams())
-    assert got == [Transition(50, "cut", pytest.approx(0.95), 50, 50), Transition(131, "gradual", pytest.approx(0.8), 120, 140)]
+    assert got == [
+        Transition(50, "cut", pytest.approx(0.95), 50, 50),
+        Transition(131, "gradual", pytest.approx(0.8), 120, 140),
+    ]
 
 
 @pytest.mark.parametrize("bad", [{"threshold": 1.5}, {"device": "tpu"}, {"batch_windows": -1}, {"nope": 1}])
