@@ -88,12 +88,13 @@ def test_the_synth_step_runs_ci_run_before_cdk_synth(pipeline):
     assert {"name": "IMAGE_TAG", "type": "PLAINTEXT", "value": "#{Source@example-org_prism.CommitId}"} in env
 
 
-def test_ci_run_is_setup_lint_types_then_the_test_command():
+def test_ci_run_is_setup_lint_format_types_then_the_test_command():
     """What the synth step runs, spelled out: a change to .ci/run changes the pipeline's test step with it."""
     lines = [ln for ln in (ROOT / ".ci/run").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    assert lines[-4:] == [
+    assert lines[-5:] == [
         "bash scripts/setup.sh",
         ".venv/bin/ruff check .",
+        ".venv/bin/ruff format --check .",
         ".venv/bin/mypy prism",  # settings in pyproject.toml
         ".venv/bin/python -m pytest -q",
     ]
