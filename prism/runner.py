@@ -667,10 +667,10 @@ class Runner:
         unlisted journaled files, and a listed file that was overwritten no longer matches its
         recorded hash, so its stage reruns.
 
-        Where the store owns the manifest, a stage that did not succeed leaves the results it
+        Where the store owns the manifest, a stage that failed or is blocked leaves the results it
         published before (files, manifest entry, catalog record) as they were, until a run of it
-        succeeds: the returned entry says why it failed, and so does the title's record.
-        Where the store owns the manifest, the write that records this stage also records
+        succeeds: the returned entry says why it failed, and so does the title's record. And the
+        manifest write that records this stage also records
         ``stale`` every succeeded stage that no longer follows from the source and its inputs (a
         re-delivered source's new shots make the old keyframes stale), so no instant on disk shows
         a success made from other inputs.
@@ -693,9 +693,14 @@ class Runner:
                 entry.finished_at = now_iso()
                 # (in the cloud each stage record stands alone and must say it failed: S3Store.remove keeps
                 # the objects of a failed rerun, and finalize's manifest says what is current)
-                keep = store.owns_manifest and entry.status != Status.SUCCEEDED and bool(previous.get("outputs"))
+                keep = (
+                    store.owns_manifest
+                    and entry.status in (Status.FAILED, Status.BLOCKED)  # not a skip: a fact about the title
+                    and bool(previous.get("outputs"))
+                    and store.outputs_intact(previous)  # damaged or partly overwritten ones are not worth keeping
+                )
                 if keep:
-                    log.warning("%s: stage %s %s; its earlier results are kept", store.title_id, name, entry.status)
+                    log.info("%s: stage %s %s; its earlier results are kept", store.title_id, name, entry.status)
                 else:
                     manifest["stages"][name] = entry.to_manifest()
                 manifest["updated_at"] = entry.finished_at

@@ -147,6 +147,20 @@ def test_a_failing_downstream_stage_keeps_its_results_but_not_as_a_success(
     assert stale_successes(out, "episode") == []
 
 
+def test_a_damaged_result_is_not_kept_by_a_failing_rerun(episode, tmp_path, cheap_stages, monkeypatch):
+    out = tmp_path / "out"
+    Runner(out).run([episode], cheap_stages)
+    (out / "titles" / "episode" / "parts.parquet").write_bytes(b"damaged")
+    _fail_parts(monkeypatch, MediaError(episode, "decoder crashed"))
+    [outcome] = Runner(out).run([episode], cheap_stages)
+    assert [(s.stage, s.status) for s in outcome.stages] == [("parts", "failed"), ("tally", "blocked")]
+    stages = read_manifest(out / "titles" / "episode")["stages"]
+    assert (stages["parts"]["status"], stages["parts"]["outputs"]) == ("failed", [])
+    assert stages["tally"]["status"] == "stale"  # kept, but no longer made from a succeeded input
+    assert not (out / "titles" / "episode" / "parts.parquet").exists()
+    assert stale_successes(out, "episode") == []
+
+
 @pytest.mark.parametrize(
     ("args", "env", "setting"),
     [
@@ -260,6 +274,17 @@ def test_the_hash_cache_sees_edits_that_keep_size_and_mtime(edit, tmp_path, monk
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     assert sha256_file(path, catalog) != first
+
+
+def test_the_hash_cache_is_used_while_the_file_is_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner_module, "RACY_S", 0.0)
+    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite")
+    path = tmp_path / "master.mov"
+    path.write_bytes(b"A" * 4096)
+    sha256_file(path, catalog)
+    with catalog._db:  # what comes back is the stored value, not a new hash
+        catalog._db.execute("UPDATE source_digests SET sha256 = 'planted'")
+    assert sha256_file(path, catalog) == "planted"
 
 
 def test_a_file_changed_just_now_is_hashed_but_not_cached(tmp_path):
