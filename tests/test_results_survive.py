@@ -193,11 +193,29 @@ class Killed(BaseException):
     """A kill -9 stand-in: not an Exception, so nothing in the runner catches it."""
 
 
+def _register_solo() -> str:
+    """A stage that requires nothing (like ``audio``): only the source's hash ties it to the title's content."""
+
+    @base.register
+    class Solo(base.Stage):
+        name = "solo"
+
+        def model(self):
+            return base.ModelInfo("solo", "1")
+
+        def run(self, ctx):
+            (ctx.staging / "solo.txt").write_text(f"{ctx.info.duration_s:.3f}")
+            return base.StageResult(outputs=["solo.txt"])
+
+    return "solo"
+
+
 def test_a_kill_after_the_redelivered_upstream_publishes_leaves_no_stale_success(
     episode, make_video, tmp_path, cheap_stages, monkeypatch
 ):
+    order = [*cheap_stages, _register_solo()]
     out = tmp_path / "out"
-    Runner(out).run([episode], cheap_stages)
+    Runner(out).run([episode], order)
     shutil.copy(make_video("other.mp4", OTHER)[0], episode)  # re-delivered: new content at the same path
     real, seen = LocalStore.record, []
 
@@ -210,17 +228,19 @@ def test_a_kill_after_the_redelivered_upstream_publishes_leaves_no_stale_success
 
     monkeypatch.setattr(LocalStore, "record", record)
     with pytest.raises(Killed):
-        Runner(out).run([episode], cheap_stages)
+        Runner(out).run([episode], order)
     assert seen == [("parts", [])]
     manifest = read_manifest(out / "titles" / "episode")
+    catalog = SQLiteCatalog(out / "catalog.sqlite")
     assert manifest["stages"]["parts"]["status"] == "succeeded"
-    assert manifest["stages"]["tally"]["status"] == "stale"
-    assert SQLiteCatalog(out / "catalog.sqlite").get_stage("episode", "tally").status == "stale"
+    for name in ("tally", "solo"):  # made from the old content: neither record may still say succeeded
+        assert manifest["stages"][name]["status"] == "stale", name
+        assert catalog.get_stage("episode", name).status == "stale", name
     monkeypatch.setattr(LocalStore, "record", real)
-    [outcome] = Runner(out).run([episode], cheap_stages)  # the next run brings the dependent up to date
-    assert [(s.stage, s.status, s.reused) for s in outcome.stages] == [
-        ("parts", "skipped", True), ("tally", "succeeded", False)
-    ]  # fmt: skip
+    [outcome] = Runner(out).run([episode], order)  # the next run brings them up to date
+    assert {s.stage: (s.status, s.reused) for s in outcome.stages} == {
+        "parts": ("skipped", True), "tally": ("succeeded", False), "solo": ("succeeded", False)
+    }  # fmt: skip
     assert stale_successes(out, "episode") == []
 
 
