@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 BASE_BYTES = 145217532
 LEFTOVER_PREFIXES = (".assembling-", ".damaged-")
 
-_verified: dict[Path, tuple[int, int, int, int, int]] = {}  # target -> model.bin's identity when it was checked
+_verified: dict[Path, tuple] = {}  # target -> its files' identity (see _identity) when they were checked
 
 
 def cache_dir() -> Path:
@@ -66,29 +66,32 @@ def _part_dir(package: str) -> Path:
         ) from exc
 
 
-def _identity(path: Path) -> tuple[int, int, int, int, int]:
-    st = path.stat()
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+Identity = tuple[tuple[int, int, int, int, int], ...]
+
+
+def _identity(target: Path) -> Identity:
+    """Device, inode, size, mtime and ctime of each file of the model: any write changes one of them."""
+    stats = [(target / name).stat() for name in ("model.bin", *BASE_FILES)]
+    return tuple((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for st in stats)
 
 
 def _intact(target: Path, package_files: Path) -> bool:
-    """Whether the assembled model is the pinned one: ``model.bin``'s size and sha256 (hashed once
-    per process while its inode, size, mtime and ctime stay the same) and the small files equal to
-    the package's."""
-    weights = target / "model.bin"
+    """Whether the assembled model is the pinned one: ``model.bin``'s size and sha256, the small
+    files equal to the package's; checked once per process while no file of it changes."""
     try:
-        identity = _identity(weights)
-        if _verified.get(target) != identity:
-            if identity[2] != BASE_BYTES:
-                return False
-            with open(weights, "rb") as fh:
-                if hashlib.file_digest(fh, "sha256").hexdigest() != BASE_SHA256:
-                    return False
-            if _identity(weights) != identity:
+        identity = _identity(target)
+        if _verified.get(target) == identity:
+            return True
+        if identity[0][2] != BASE_BYTES:
+            return False
+        with open(target / "model.bin", "rb") as fh:
+            if hashlib.file_digest(fh, "sha256").hexdigest() != BASE_SHA256:
                 return False
         for name in BASE_FILES:
             if (target / name).read_bytes() != (package_files / name).read_bytes():
                 return False
+        if _identity(target) != identity:  # changed while it was checked
+            return False
     except OSError:
         return False
     _verified[target] = identity
