@@ -574,7 +574,7 @@ class Runner:
             try:
                 _check_unchanged(source, identity)
             except MediaError as exc:
-                reason, result = f"{exc}; stage {name} not recorded", None
+                reason, result = str(exc), None
                 log.warning("%s", reason)
         try:
             if result is None:
@@ -670,10 +670,9 @@ class Runner:
         Where the store owns the manifest, a stage that failed or is blocked leaves the results it
         published before (files, manifest entry, catalog record) as they were, until a run of it
         succeeds: the returned entry says why it failed, and so does the title's record. And the
-        manifest write that records this stage also records
-        ``stale`` every succeeded stage that no longer follows from the source and its inputs (a
-        re-delivered source's new shots make the old keyframes stale), so no instant on disk shows
-        a success made from other inputs.
+        manifest write that records this stage also records ``stale`` every succeeded stage that
+        no longer follows from the source and its inputs (a re-delivered source's new shots make
+        the old keyframes stale), so no instant on disk shows a success made from other inputs.
         """
         with self._commit_lock:  # the manifest and the journal are shared by the title's stage threads
             previous = manifest["stages"].get(name) or {}
