@@ -313,3 +313,34 @@ def test_a_file_changed_just_now_is_hashed_but_not_cached(tmp_path):
     path.write_bytes(b"fresh")
     sha256_file(path, catalog)
     assert catalog.cached_hash(path.resolve(), runner_module.source_identity(path)) is None
+
+
+@pytest.mark.slow
+def test_a_kill_after_redelivered_shots_publish_leaves_keyframes_and_cues_stale(
+    episode, make_video, tmp_path, monkeypatch
+):
+    """The issue's scenario with the real stages: keyframes must never say succeeded beside shots they were not cut from."""
+    out = tmp_path / "out"
+    Runner(out).run([episode], ["keyframes", "cues"])
+    shutil.copy(make_video("other.mp4", OTHER)[0], episode)
+    real = LocalStore.record
+
+    def record(self, manifest, name, rec):
+        real(self, manifest, name, rec)
+        if name == "shots":
+            raise Killed
+
+    monkeypatch.setattr(LocalStore, "record", record)
+    monkeypatch.setenv("PRISM_OVERLAP_STAGES", "0")
+    with pytest.raises(Killed):
+        Runner(out).run([episode], ["shots"])
+    stages = read_manifest(out / "titles" / "episode")["stages"]
+    catalog = SQLiteCatalog(out / "catalog.sqlite")
+    assert stages["shots"]["status"] == "succeeded" and stages["keyframes"]["status"] == "stale"
+    for name in ("keyframes", "cues"):
+        if stages[name]["status"] != "succeeded":  # (cues may have rerun before shots)
+            assert stages[name]["status"] == "stale" and catalog.get_stage("episode", name).status == "stale", name
+    assert stale_successes(out, "episode") == []
+    monkeypatch.setattr(LocalStore, "record", real)
+    [outcome] = Runner(out).run([episode], ["shots"])
+    assert outcome.status == "succeeded" and stale_successes(out, "episode") == []
