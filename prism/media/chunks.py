@@ -77,14 +77,25 @@ def is_mpegts(path: Path, info: MediaInfo) -> bool:
     return "mpegts" in info.format_name or (info.format_name == "unknown" and path.suffix.lower() in TS_SUFFIXES)
 
 
+def configured_chunks() -> int | None:
+    """``$PRISM_DECODE_CHUNKS`` as a number (None when unset); ConfigError naming it when it is not one."""
+    env = os.environ.get(CHUNKS_ENV, "").strip()
+    if not env:
+        return None
+    try:
+        chunks = int(env)
+    except ValueError:
+        raise ConfigError(f"{CHUNKS_ENV}={env!r}: expected a whole number of chunks (1 disables)") from None
+    if chunks < 1:
+        raise ConfigError(f"{CHUNKS_ENV}={env!r}: expected a whole number of chunks >= 1 (1 disables)")
+    return chunks
+
+
 def chunk_count(path: Path, info: MediaInfo, chunks: int | None = None) -> int:
     """How many ranges to decode ``path`` in: ``chunks``, else ``$PRISM_DECODE_CHUNKS``, else
     one per core for titles over two minutes (at least a minute each); 1 for MPEG-TS."""
-    if chunks is None and (env := os.environ.get(CHUNKS_ENV, "").strip()):
-        try:
-            chunks = int(env)
-        except ValueError:
-            raise ConfigError(f"{CHUNKS_ENV}={env!r}: expected a whole number of chunks (1 disables)") from None
+    if chunks is None:
+        chunks = configured_chunks()
     if chunks is not None and chunks < 1:
         raise ConfigError(f"decode chunks must be >= 1, got {chunks}")
     if is_mpegts(path, info):
