@@ -68,6 +68,7 @@ class Compute(Construct):
         image_repository_arn: str | None = None,
         external_bucket_accounts: tuple[str, ...] = (),
         jobs: tuple[JobSpec, ...],
+        job_definition_prefix: str,
         environment: dict[str, str],
         job_environment: dict[str, dict[str, str]] | None = None,
         log_retention: logs.RetentionDays,
@@ -175,6 +176,9 @@ class Compute(Construct):
             self.job_definitions[spec.name] = batch.EcsJobDefinition(
                 self,
                 f"{spec.name.title()}Job",
+                # A fixed name: each deploy registers a new revision of it, and the state machine may submit any
+                # revision of it (the executions in flight still name the revision they started with).
+                job_definition_name=f"{job_definition_prefix}-{spec.name}",
                 container=batch.EcsEc2ContainerDefinition(
                     self,
                     f"{spec.name.title()}Container",

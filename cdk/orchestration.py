@@ -299,11 +299,18 @@ class Orchestration(Construct):
     def _grant_batch(self, job_definitions, job_queues) -> None:
         stack = Stack.of(self)
         role = self.state_machine.role
+        # Every revision of each job definition, not the one this deploy registered: an execution in flight keeps
+        # the definition it started with, so after a deploy its Map children still submit the previous revision
+        # (kept ACTIVE by SkipDeregisterOnUpdate). The name without a revision is the form SubmitJob checks when a
+        # caller names the definition alone (its latest revision).
+        definitions = [
+            stack.format_arn(service="batch", resource="job-definition", resource_name=name + revision)
+            for name in (d.job_definition_name for d in job_definitions.values())
+            for revision in (":*", "")
+        ]
         role.add_to_principal_policy(
             iam.PolicyStatement(
-                actions=["batch:SubmitJob"],
-                resources=[q.job_queue_arn for q in job_queues.values()]
-                + [d.job_definition_arn for d in job_definitions.values()],
+                actions=["batch:SubmitJob"], resources=[q.job_queue_arn for q in job_queues.values()] + definitions
             )
         )
         role.add_to_principal_policy(

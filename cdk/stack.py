@@ -64,7 +64,8 @@ class PrismStack(Stack):
             on_demand_max_vcpus=config.on_demand_vcpus, spot_wait=Duration.minutes(config.spot_wait_minutes),
             root_volume_gib=config.root_volume_gib, image_repository=config.image_repository,
             external_bucket_accounts=config.external_bucket_accounts,
-            image_tag=config.image_tag, image_repository_arn=config.image_repository_arn, jobs=config.jobs, environment=worker_env,
+            image_tag=config.image_tag, image_repository_arn=config.image_repository_arn, jobs=config.jobs,
+            job_definition_prefix=f"prism-{config.name}", environment=worker_env,
             job_environment={j.name: config.model_environment(j) for j in config.jobs},
             log_retention=retention,
         )  # fmt: skip
