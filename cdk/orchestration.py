@@ -22,6 +22,7 @@ from aws_cdk import Duration, Stack
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
@@ -90,6 +91,7 @@ class Orchestration(Construct):
         max_concurrent_titles: int,
         pipeline_version: str,
         log_retention: logs.RetentionDays,
+        log_key: kms.IKey,
     ) -> None:
         super().__init__(scope, id)
         # ResultWriterV2 (the Map's results in S3, not inline) is behind this feature flag.
@@ -105,7 +107,7 @@ class Orchestration(Construct):
         }
         self.functions: dict[str, lambda_.Function] = {}
         for name, handler in HANDLERS.items():
-            log_group = logs.LogGroup(self, f"{name}Logs", retention=log_retention)
+            log_group = logs.LogGroup(self, f"{name}Logs", retention=log_retention, encryption_key=log_key)
             role = iam.Role(self, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
             log_group.grant_write(role)
             self.functions[name] = lambda_.Function(
@@ -164,7 +166,7 @@ class Orchestration(Construct):
             .when(sfn.Condition.number_greater_than("$.discovery.count", 0), titles.next(summary))
             .otherwise(nothing.next(summary))
         )
-        self.log_group = logs.LogGroup(self, "ExecutionLogs", retention=log_retention)
+        self.log_group = logs.LogGroup(self, "ExecutionLogs", retention=log_retention, encryption_key=log_key)
         self.state_machine = sfn.StateMachine(
             self, "StateMachine",
             definition_body=sfn.DefinitionBody.from_chainable(definition),

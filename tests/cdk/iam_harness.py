@@ -50,6 +50,9 @@ class Call:
     ``resource_account``: the account owning the resource (default: the ARN's account, else this stack's).
     ``any_identity``: evaluate as if the caller's own policies allowed everything, to test what the resource and
     endpoint policies alone let through (a role added later, a policy widened by mistake).
+    ``open_resource``: the resource's own policy allows anyone (an outsider's bucket or repository set up to receive
+    or serve data): then only this stack's policies stand between the caller and it. ``resource_policy``: the policy
+    of a resource another party owns (an upstream bucket's key policy), where the template has none.
     """
 
     principal: str
@@ -60,6 +63,8 @@ class Call:
     endpoint: str | None = None
     resource_account: str | None = None
     any_identity: bool = False
+    open_resource: bool = False
+    resource_policy: dict | None = None
     why: str = ""
 
     def __str__(self) -> str:
@@ -225,7 +230,12 @@ class IamHarness:
                         "resource": {"resource": call.resource, "accountId": account}, "contextVariables": {}},
             "identityPolicies": identity, "serviceControlPolicies": [], "resourceControlPolicies": [],
         }  # fmt: skip
-        if (policy := self.resource_policy(call.resource)) is not None:
+        if call.open_resource:
+            simulation["resourcePolicy"] = {"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Principal": "*", "Action": "*", "Resource": "*"}]}  # fmt: skip
+        elif call.resource_policy is not None:
+            simulation["resourcePolicy"] = call.resource_policy
+        elif (policy := self.resource_policy(call.resource)) is not None:
             simulation["resourcePolicy"] = policy
         if call.endpoint:
             endpoints = [e for e in self.endpoint_policies(call.endpoint) if e["policy"] is not None]

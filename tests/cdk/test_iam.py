@@ -79,11 +79,11 @@ def test_the_vpc_endpoints_reach_only_this_accounts_buckets_and_tables(harness):
     n, worker = _names(h), h.role("ComputeJobRole")
     calls = [
         Call(worker, "s3:PutObject", "arn:aws:s3:::exfiltration/x", allowed=False, endpoint="s3",
-             resource_account=OTHER, any_identity=True),
+             resource_account=OTHER, any_identity=True, open_resource=True),
         Call(worker, "s3:GetObject", "arn:aws:s3:::someone-elses-bucket/x", allowed=False, endpoint="s3",
-             resource_account=OTHER, any_identity=True),
+             resource_account=OTHER, any_identity=True, open_resource=True),
         Call(worker, "dynamodb:PutItem", f"arn:aws:dynamodb:{config.region}:{OTHER}:table/t", allowed=False,
-             endpoint="dynamodb", any_identity=True),
+             endpoint="dynamodb", any_identity=True, open_resource=True),
         Call(worker, "s3:PutObject", f"{n['artifacts']}/titles/{TITLE}/x", endpoint="s3", any_identity=True),
     ]  # fmt: skip
     assert h.check(calls) == []
@@ -176,3 +176,58 @@ def test_the_harness_says_which_call_is_wrong(harness):
     wrong = h.check([Call(worker, "s3:PutObject", "arn:aws:s3:::someone-elses-bucket/x", endpoint="s3",
                           resource_account=OTHER)])  # fmt: skip
     assert len(wrong) == 1 and "someone-elses-bucket" in wrong[0] and "expected allowed" in wrong[0]
+
+
+def test_the_interface_endpoints_serve_only_this_accounts_principals_and_resources(harness):
+    """ECR, Logs and ECS endpoints: the image pull, log delivery and ECS agent calls go through; the same calls on
+    another account's repository or log group, or by another account's principal, do not (whatever the caller's own
+    policies say)."""
+    config, h = harness
+    execution, instance = h.role("ComputeExecutionRole"), h.role("ComputeInstanceRole")
+    logs = h.arn(h.logical("ComputeWorkerLogs", "AWS::Logs::LogGroup")).removesuffix(":*")
+    repository = f"arn:aws:ecr:{config.region}:{ACCOUNT}:repository/{config.image_repository}"
+    elsewhere = f"arn:aws:ecr:{config.region}:{OTHER}:repository/{config.image_repository}"
+    cluster = f"arn:aws:ecs:{config.region}:{ACCOUNT}:cluster/AWSBatch-GpuSpot"
+    calls = [
+        Call(execution, "ecr:GetAuthorizationToken", "*", endpoint="ecr.api"),
+        *(Call(execution, a, repository, endpoint=e) for a in ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
+                                                                "ecr:BatchCheckLayerAvailability") for e in ("ecr.api", "ecr.dkr")),
+        Call(execution, "logs:CreateLogStream", f"{logs}:log-stream:title/default/abc", endpoint="logs"),
+        Call(execution, "logs:PutLogEvents", f"{logs}:log-stream:title/default/abc", endpoint="logs"),
+        *(Call(instance, "ecs:RegisterContainerInstance", cluster, endpoint=e, any_identity=True)
+          for e in ("ecs", "ecs-agent", "ecs-telemetry")),
+        Call(instance, "ecs:DiscoverPollEndpoint", "*", endpoint="ecs", any_identity=True),
+        # denied, whatever the caller's own policies allow
+        Call(execution, "ecr:BatchGetImage", elsewhere, allowed=False, endpoint="ecr.dkr", any_identity=True, open_resource=True),
+        Call(execution, "ecr:GetDownloadUrlForLayer", elsewhere, allowed=False, endpoint="ecr.api", any_identity=True, open_resource=True),
+        Call(execution, "logs:PutLogEvents", f"arn:aws:logs:{config.region}:{OTHER}:log-group:x:log-stream:y",
+             allowed=False, endpoint="logs", any_identity=True, open_resource=True),
+        Call(instance, "ecs:RegisterContainerInstance", f"arn:aws:ecs:{config.region}:{OTHER}:cluster/c",
+             allowed=False, endpoint="ecs-agent", any_identity=True, open_resource=True),
+        Call(execution, "ecr:GetAuthorizationToken", "*", allowed=False, endpoint="ecr.api", any_identity=True, open_resource=True,
+             context={"aws:PrincipalAccount": OTHER}, why="another account's principal"),
+    ]  # fmt: skip
+    assert h.check(calls) == []
+
+
+def test_a_customer_keyed_input_bucket_is_readable_with_its_key(synthesized):
+    """With the input bucket's customer key configured, the worker may decrypt with it through S3, and only so."""
+    from aws_cdk import App, Environment
+
+    from cdk.stack import PrismStack
+
+    key = f"arn:aws:kms:ap-northeast-2:{OTHER}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    config = load("dev", account=ACCOUNT, input_bucket_encryption="SSE-KMS", input_bucket_kms_key_arn=key)
+    stack = PrismStack(App(), "Prism-kms", config=config, env=Environment(account=ACCOUNT, region=config.region))
+    from aws_cdk.assertions import Template
+
+    h = IamHarness(Template.from_stack(stack).to_json(), account=ACCOUNT, region=config.region)
+    worker, record = h.role("ComputeJobRole"), h.role("OrchestrationRecordFailureRole")
+    # The upstream's key policy, as docs/deploy.md asks its owner to write it: this account may use the key.
+    upstream = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                                                        "Action": "kms:Decrypt", "Resource": "*"}]}  # fmt: skip
+    calls = [
+        Call(worker, "kms:Decrypt", key, context=_via("s3", config.region), resource_policy=upstream),
+        Call(record, "kms:Decrypt", key, allowed=False, resource_policy=upstream, why="it never reads a video"),
+    ]  # fmt: skip
+    assert h.check(calls) == []
