@@ -25,6 +25,7 @@ from prism.artifacts import (
     StageEntry,
     blocked_reason,
     file_facts,
+    is_blocked,
     listed_outputs,
     new_manifest,
     now_iso,
@@ -34,7 +35,7 @@ from prism.artifacts import (
 )
 from prism.catalog import Catalog, SQLiteCatalog, StageRecord, TitleRecord
 from prism.contract import ENV_OVERLAP_STAGES, Status
-from prism.errors import ConfigError, MediaError, PrismError, StorageError
+from prism.errors import ConfigError, Interrupted, MediaError, PrismError, StorageError
 from prism.media import MediaInfo, probe
 from prism.schedule import Waiter, ancestors, run_stages
 from prism.stages.base import SharedMedia, Stage, StageContext, StageResult, registry, resolve_order
@@ -147,6 +148,8 @@ class Runner:
         self.overlap = overlap
         self._stages: dict[str, Stage] = {}
         self._commit_lock = threading.RLock()  # one title's stages may finish in two threads at once
+        self._cancel = threading.Event()  # set on Ctrl-C: running stages stop at their next progress report
+        self._abandoned = False  # after Ctrl-C: this runner records nothing more
 
     def store(self, title_id: str) -> TitleStore:
         """The default store of a title: ``<out_dir>/titles/<title_id>/`` and the catalog."""
@@ -328,7 +331,12 @@ class Runner:
             )
 
         try:
-            outcomes = run_stages(stages, run_one, overlap=self.overlap)
+            outcomes = run_stages(stages, run_one, overlap=self.overlap, cancel=self._cancel)
+        except KeyboardInterrupt:
+            self._cancel.set()
+            with self._commit_lock:  # waits for a commit under way; a stage still running never commits now
+                self._abandoned = True
+            raise
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
             remove_empty_dirs(run_dir.parent, run_dir.parent.parent)
@@ -424,6 +432,11 @@ class Runner:
     ) -> StageOutcome:
         name = stage.name
         blocked = [dep for dep in stage.requires if dep not in fingerprints]
+        skipped = [manifest["stages"].get(dep) or {} for dep in blocked]
+        if blocked and all(e.get("status") == Status.SKIPPED and not is_blocked(e) for e in skipped):
+            # what it needs was skipped for a fact of the title (no video stream): so is this stage
+            reason = f"{', '.join(blocked)} skipped: {skipped[0].get('reason')}"
+            return self._record(store, manifest, stage, Status.SKIPPED.value, reason, None, [], {}, None, None, 0.0)
         if blocked:
             reason = blocked_reason(blocked)
             return self._record(store, manifest, stage, Status.BLOCKED.value, reason, None, [], {}, None, None, 0.0)
@@ -454,7 +467,7 @@ class Runner:
             title_dir=store.title_dir,
             staging=staging,
             shared=shared,
-            progress=lambda done, total, label: self.events.stage_progress(title_id, name, done, total, label),
+            progress=lambda done, total, label: self._progress(title_id, name, done, total, label),
             wait_for=waiter.wait_for if waiter else None,
         )
         started = now_iso()
@@ -471,6 +484,11 @@ class Runner:
             log.exception("stage %s crashed on %s", name, source)
             reason, result = f"{source}: internal error in stage {name}: {type(exc).__name__}: {exc}", None
         elapsed = time.perf_counter() - t0
+        if self._cancel.is_set() and (result is None or result.status != "succeeded"):
+            # Ctrl-C: a stage stopped by it (its ffmpeg killed too) is not a failure of the title; its
+            # previous record and files stay as they were
+            shutil.rmtree(staging, ignore_errors=True)
+            raise Interrupted()
         decodes = {k: v for k, v in dict(shared.decode_seconds).items() if k not in decoded_before}
         if result is not None and decodes:  # the shared decode this stage triggered, reported apart
             result.metrics["shared_decode_s"] = {k: round(v, 3) for k, v in decodes.items()}
@@ -505,6 +523,12 @@ class Runner:
             return outcome
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _progress(self, title_id: str, stage: str, done: int, total: int | None, label: str) -> None:
+        """A stage's progress report, and where it stops after Ctrl-C."""
+        if self._cancel.is_set():
+            raise Interrupted()
+        self.events.stage_progress(title_id, stage, done, total, label)
 
     def _record(
         self,
@@ -565,6 +589,8 @@ class Runner:
         that was overwritten no longer matches its recorded hash, so its stage reruns.
         """
         with self._commit_lock:  # the manifest and the journal are shared by the title's stage threads
+            if self._abandoned:
+                raise Interrupted()
             old = set(manifest["stages"].get(name, {}).get("outputs", []))
             touched = old | set(entry.outputs)
             with store.publishing(name, touched):

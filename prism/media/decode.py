@@ -45,7 +45,7 @@ import numpy as np
 
 from prism.errors import MediaError
 from prism.media.probe import MediaInfo
-from prism.media.tools import ffmpeg_exe
+from prism.media.tools import ffmpeg_exe, input_arg
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def _visual_pass_command(
     if start is not None:  # rounded up to the microsecond: the seek lands on the keyframe at or before it
         options += ["-seek_timestamp", "1", "-ss", f"{math.ceil(start.seconds * 1e6) / 1e6:.6f}", "-noaccurate_seek"]
     return [
-        ffmpeg_exe(), "-hide_banner", "-loglevel", "info", "-nostdin", "-copyts", *options, "-i", str(path),
+        ffmpeg_exe(), "-hide_banner", "-loglevel", "info", "-nostdin", "-copyts", *options, "-i", input_arg(path),
         "-filter_complex", visual_filter_graph(halvings, start, end), "-map", "[out]",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-fps_mode", "passthrough", "-an", "-sn", "-dn", "pipe:1",
     ]  # fmt: skip
@@ -556,7 +556,7 @@ def _decoded_blocks(
     path: Path, track: int, sample_rate: int, channels: int, block_samples: int
 ) -> Iterator[np.ndarray]:
     cmd = [
-        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", input_arg(path),
         "-map", f"0:a:{track}", "-vn", "-sn", "-dn", "-ac", str(channels), "-ar", str(sample_rate),
         "-f", "f32le", "pipe:1",
     ]  # fmt: skip
@@ -636,9 +636,9 @@ def _grab(
     seek = ["-seek_timestamp", "1", "-ss", f"{seek_s:.6f}", "-noaccurate_seek"] if seek_s and seek_s > 0 else []
     # setpts=N/TB (one second apart) after showinfo: the JPEG encoder rejects the repeated timestamps of a spliced TS
     cmd = [
-        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "info", "-copyts", *seek, "-i", str(path),
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "info", "-copyts", *seek, "-i", input_arg(path),
         "-filter_complex", f"[0:v]select='{select}',showinfo,setpts=N/TB[kf]", "-map", "[kf]", "-frames:v", str(frames),
-        "-fps_mode", "passthrough", "-autoscale", "0", "-update", "1", "-q:v", str(quality), "-y", str(out_file),
+        "-fps_mode", "passthrough", "-autoscale", "0", "-update", "1", "-q:v", str(quality), "-y", input_arg(out_file),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True)
     pts: list[float] = []
