@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -23,6 +24,7 @@ from typer.testing import CliRunner
 from prism.artifacts import TITLE_ID_MAX_BYTES, listed_outputs, outputs_intact, read_manifest, title_id_for
 from prism.catalog import SQLiteCatalog
 from prism.cli import app
+from prism.media import ffmpeg_exe
 from prism.runner import Runner
 from prism.synth import Shot, Title, ffmpeg
 
@@ -161,31 +163,44 @@ def test_audio_only_title_default_run_exits_0(tmp_path):
 # -- 7. resolution changes mid-stream ----------------------------------------------------------------------
 
 
+def _raw_frames(path: Path, width: int, height: int) -> np.ndarray:
+    """Every frame of ``path`` at full size (test-only exact reference)."""
+    cmd = [ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough",
+           "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]  # fmt: skip
+    raw = subprocess.run(cmd, capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3).astype(np.float32)
+
+
 @pytest.mark.slow
 def test_keyframes_of_an_sd_break_in_an_hd_capture_have_their_own_size(media_dir, tmp_path):
-    """HD, then an SD segment, then HD again, in one MPEG-TS (a broadcast capture): each keyframe
-    JPEG is the size of the segment its frame is in."""
+    """HD, an SD break, HD again, spliced into one MPEG-TS whose timestamps restart at each part
+    (so a timestamp names three frames and keyframes are found by decoding from the start): each
+    keyframe JPEG is its own frame, at its own segment's size."""
     from prism.synth import build_title
 
     segments = [("testsrc2", (320, 180)), ("mandelbrot", (160, 120)), ("life", (320, 180))]
-    parts = []
+    parts, frames = [], []
     for i, (pattern, (w, h)) in enumerate(segments):
-        mp4 = media_dir / f"res3-part{i}.mp4"
+        mp4 = media_dir / f"sd-break-part{i}.mp4"
         build_title(Title([Shot(pattern, 2.0)], width=w, height=h, audio=False), mp4)
-        ts = media_dir / f"res3-part{i}.ts"
-        ffmpeg("-i", str(mp4), "-c", "copy", "-output_ts_offset", str(2.0 * i), str(ts))
+        ts = media_dir / f"sd-break-part{i}.ts"
+        ffmpeg("-i", str(mp4), "-c", "copy", str(ts))
         parts.append(ts.read_bytes())
+        frames += list(_raw_frames(mp4, w, h))
     joined = tmp_path / "capture.ts"
     joined.write_bytes(b"".join(parts))
     [outcome] = Runner(tmp_path / "out").run([joined], ["shots", "keyframes"])
     assert outcome.status == "succeeded", outcome.reason
     tdir = tmp_path / "out" / "titles" / "capture"
     rows = pq.read_table(tdir / "keyframes.parquet").to_pylist()
-    assert {r["shot_index"] for r in rows} == {0, 1, 2}
+    assert {r["shot_index"] for r in rows} == {0, 1, 2} and len(frames) == 150
     for row in rows:
-        expected = segments[min(int(row["time_s"] // 2.0), 2)][1]
+        expected = segments[row["frame"] // 50][1]
         with Image.open(tdir / row["path"]) as image:
             assert image.size == expected == (row["width"], row["height"]), row
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+        errors = [np.abs(pixels - f).mean() if f.shape == pixels.shape else np.inf for f in frames]
+        assert errors[row["frame"]] <= min(errors) + 1e-3, (row, errors[row["frame"]], min(errors))
 
 
 # -- 8. Ctrl-C -----------------------------------------------------------------------------------------------
