@@ -349,7 +349,7 @@ def search(
     try:
         hits = find_shots(out, text=query, image=image, model=model, top_k=top, title=title)
     except PrismError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     if as_json:
         out_console.print_json(json.dumps([{**vars(h.shot), "score": h.score} for h in hits]))
@@ -379,7 +379,7 @@ def duplicates(
     try:
         pairs = find_duplicates(out, model=model, threshold=threshold, title=title, across_titles=across)
     except PrismError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     if as_json:
         rows = [{"group": p.group, "a": vars(p.a), "b": vars(p.b), "score": p.score} for p in pairs]

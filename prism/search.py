@@ -491,8 +491,21 @@ def search_image(
     try:
         picture = encoder.load_image(image)
     except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise ConfigError(f"query image {image}: not an image this can read ({type(exc).__name__})") from exc
+        raise ConfigError(f"query image {image}: not an image this can read ({exc.__class__.__name__})") from exc
     return index.search(encoder.encode_images([picture])[0], top_k, title)
+
+
+def _check_image(image: str | Path) -> None:
+    """A query image that is missing or not an image is refused before any model loads."""
+    from PIL import Image
+
+    if not Path(image).is_file():
+        raise ConfigError(f"query image {image} does not exist")
+    try:
+        with Image.open(image) as picture:
+            picture.verify()
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError (OSError), SyntaxError
+        raise ConfigError(f"query image {image}: not an image this can read ({exc.__class__.__name__})") from exc
 
 
 def _check_model(index: ShotIndex, encoder: ImageTextEncoder) -> None:
@@ -518,8 +531,8 @@ def find_shots(
 
     if (text is None) == (image is None):
         raise ConfigError("give either a text query or an image, not both or neither")
-    if image is not None and not Path(image).is_file():
-        raise ConfigError(f"query image {image} does not exist")
+    if image is not None:
+        _check_image(image)
     encoder = encoder_for(model, device)
     index = ShotIndex.open(out_dir, encoder.info)
     if text is not None:
