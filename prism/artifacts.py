@@ -34,7 +34,10 @@ WORK_DIR = ".work"  # <out>/.work/<title_id>/: a run's scratch decodes, removed 
 LOCKS_DIR = ".locks"  # <out>/.locks/<title_id>.lock: one process writes a title at a time
 JOURNAL_PREFIX = ".publishing-"  # <title_dir>/.publishing-<stage>.json while a stage's files change
 STATUSES = tuple(s.value for s in Status)
-TITLE_ID_MAX_BYTES = 200  # UTF-8 bytes; longer file names get a shortened id (see title_id_for)
+# UTF-8 bytes; a longer id is cut (see title_id_for). The longest name made from an id is the
+# report's temporary ".<id>.html.tmp-XXXXXXXX": 19 bytes more, within NAME_MAX (255); ids up to
+# this length are as they always were
+TITLE_ID_MAX_BYTES = 236
 
 
 BLOCKED_PREFIX = "upstream stage(s) "
