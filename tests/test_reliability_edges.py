@@ -159,7 +159,7 @@ def test_audio_only_title_default_run_exits_0(tmp_path):
     stages = _consistent(out, "podcast")["stages"]
     assert stages["audio"]["status"] == "succeeded" and stages["cues"]["status"] == "succeeded"
     assert {stages[s]["status"] for s in ("shots", "keyframes", "embeddings")} == {"skipped"}
-    assert "audio/loudness.json" in stages["audio"]["outputs"]
+    assert {"transcript.json", "loudness.json"} <= set(stages["audio"]["outputs"])
 
 
 # -- 7. resolution changes mid-stream ----------------------------------------------------------------------
@@ -230,8 +230,13 @@ def test_ctrl_c_stops_promptly_says_so_and_leaves_the_title_consistent(sample_vi
     env = {**os.environ, "PRISM_OVERLAP_STAGES": overlap}
     proc = subprocess.Popen([*PRISM, "run", str(path), "--out", str(out)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)  # fmt: skip
-    sent = _interrupt_when_running(proc, out / "titles" / "sample")
-    stdout, stderr = proc.communicate(timeout=120)
+    try:
+        sent = _interrupt_when_running(proc, out / "titles" / "sample")
+        stdout, stderr = proc.communicate(timeout=120)  # before: not answered in 120 s with overlap
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     answered = time.monotonic() - sent
     assert proc.returncode == 130, (stdout + stderr).decode()
     assert answered < 15.0, answered
