@@ -43,6 +43,7 @@ from prism.store import LocalStore, TitleStore
 
 log = logging.getLogger(__name__)
 
+INTERRUPT_SETTLE_S = 0.2  # how long a failed stage waits to learn that Ctrl-C caused it
 UP_TO_DATE = "up to date: outputs exist for the same source, model and params (use --force to rerun)"
 
 
@@ -484,9 +485,11 @@ class Runner:
             log.exception("stage %s crashed on %s", name, source)
             reason, result = f"{source}: internal error in stage {name}: {type(exc).__name__}: {exc}", None
         elapsed = time.perf_counter() - t0
-        if self._cancel.is_set() and (result is None or result.status != "succeeded"):
-            # Ctrl-C: a stage stopped by it (its ffmpeg killed too) is not a failure of the title; its
-            # previous record and files stay as they were
+        # Ctrl-C in a terminal also kills the stage's ffmpeg, whose failure can reach here just before
+        # the interrupt reaches the main thread: a failure waits that long for it (and, in the main
+        # thread, the interrupt is raised in this wait)
+        if (result is None or result.status != "succeeded") and self._cancel.wait(INTERRUPT_SETTLE_S):
+            # a stage stopped by Ctrl-C is not a failure of the title: its previous record and files stay
             shutil.rmtree(staging, ignore_errors=True)
             raise Interrupted()
         decodes = {k: v for k, v in dict(shared.decode_seconds).items() if k not in decoded_before}
