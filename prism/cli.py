@@ -9,7 +9,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from rich.table import Table
 from prism import __version__
 from prism.errors import ConfigError, StorageError
 from prism.runner import Runner, StageOutcome, TitleOutcome
+from prism.schedule import STAGE_THREAD_PREFIX
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prism video preprocessing.")
 console = Console(stderr=True)
@@ -130,6 +133,13 @@ def run(
             soft_wrap=True,
             highlight=False,
         )
+        if any(t.name.startswith(STAGE_THREAD_PREFIX) and t.is_alive() for t in threading.enumerate()):
+            # a stage still inside a native call (a model loading, an inference) past the grace: the
+            # interpreter's shutdown would wait on or abort in it ("terminate called..."); nothing is
+            # left to record (the runner commits nothing after Ctrl-C), so leave at once
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     out_console.print(_summary_table(outcomes))
     for title in outcomes:

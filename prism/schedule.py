@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+STAGE_THREAD_PREFIX = "prism-stages-"  # the threads of the stage groups, one per group
 CANCEL_GRACE_S = 5.0  # how long Ctrl-C waits for running stages to reach a progress report and stop
 
 
@@ -124,7 +125,7 @@ def run_stages(
     else:
         log.debug("stage groups run side by side: %s", groups)
         threads = [
-            threading.Thread(target=run_group, args=(members,), name=f"prism-stages-{group}", daemon=True)
+            threading.Thread(target=run_group, args=(members,), name=f"{STAGE_THREAD_PREFIX}{group}", daemon=True)
             for group, members in groups.items()
         ]
         for thread in threads:
