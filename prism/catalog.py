@@ -10,11 +10,12 @@ import functools
 import json
 import sqlite3
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from prism.errors import StorageError
+from prism.errors import StorageError, safe_text
 
 
 @dataclass
@@ -58,6 +59,11 @@ class Catalog(Protocol):
 
 def _columns(cls: type) -> list[str]:
     return [f.name for f in fields(cls)]
+
+
+def _bindable(values: Iterable[Any]) -> list[Any]:
+    """SQLite takes only valid UTF-8: a non-UTF-8 file name in a path or reason is stored escaped."""
+    return [safe_text(v) if isinstance(v, str) else v for v in values]
 
 
 def _storage_errors(method):
@@ -124,7 +130,7 @@ class SQLiteCatalog:
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._lock, self._db:
-            self._db.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", list(row.values()))
+            self._db.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", _bindable(row.values()))
 
     def put_title(self, record: TitleRecord) -> None:
         self._upsert("titles", asdict(record))
@@ -168,7 +174,7 @@ class SQLiteCatalog:
             row = self._db.execute(
                 "SELECT sha256 FROM source_digests WHERE path = ? AND device = ? AND inode = ? AND size = ? "
                 "AND mtime_ns = ? AND ctime_ns = ?",
-                (str(path), *identity),
+                _bindable([str(path), *identity]),
             ).fetchone()
         return row[0] if row else None
 

@@ -26,6 +26,7 @@ from prism.artifacts import (
     StageEntry,
     blocked_reason,
     file_facts,
+    is_blocked,
     listed_outputs,
     new_manifest,
     now_iso,
@@ -35,7 +36,7 @@ from prism.artifacts import (
 )
 from prism.catalog import Catalog, SQLiteCatalog, StageRecord, TitleRecord
 from prism.contract import ENV_OVERLAP_STAGES, Status
-from prism.errors import ConfigError, MediaError, PrismError, StorageError
+from prism.errors import ConfigError, Interrupted, MediaError, PrismError, StorageError
 from prism.media import MediaInfo, probe
 from prism.media.chunks import configured_chunks
 from prism.schedule import Waiter, ancestors, run_stages
@@ -44,6 +45,7 @@ from prism.store import LocalStore, TitleStore
 
 log = logging.getLogger(__name__)
 
+INTERRUPT_SETTLE_S = 0.2  # how long a failed stage waits to learn that Ctrl-C caused it
 UP_TO_DATE = "up to date: outputs exist for the same source, model and params (use --force to rerun)"
 
 
@@ -227,6 +229,8 @@ class Runner:
         self.overlap = overlap
         self._stages: dict[str, Stage] = {}
         self._commit_lock = threading.RLock()  # one title's stages may finish in two threads at once
+        self._cancel = threading.Event()  # set on Ctrl-C: running stages stop at their next progress report
+        self._abandoned = False  # after Ctrl-C: this runner records nothing more
 
     def store(self, title_id: str) -> TitleStore:
         """The default store of a title: ``<out_dir>/titles/<title_id>/`` and the catalog."""
@@ -420,7 +424,12 @@ class Runner:
             )  # fmt: skip
 
         try:
-            outcomes = run_stages(stages, run_one, overlap=self.overlap)
+            outcomes = run_stages(stages, run_one, overlap=self.overlap, cancel=self._cancel)
+        except KeyboardInterrupt:
+            self._cancel.set()
+            with self._commit_lock:  # waits for a commit under way; a stage still running never commits now
+                self._abandoned = True
+            raise
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
             remove_empty_dirs(run_dir.parent, run_dir.parent.parent)
@@ -520,6 +529,11 @@ class Runner:
         would be recorded under the hash of other content)."""
         name = stage.name
         blocked = [dep for dep in stage.requires if dep not in fingerprints]
+        skipped = [manifest["stages"].get(dep) or {} for dep in blocked]
+        if blocked and all(e.get("status") == Status.SKIPPED and not is_blocked(e) for e in skipped):
+            # what it needs was skipped for a fact of the title (no video stream): so is this stage
+            reason = f"{', '.join(blocked)} skipped: {skipped[0].get('reason')}"
+            return self._record(store, manifest, stage, Status.SKIPPED.value, reason, None, [], {}, None, None, 0.0)
         if blocked:
             reason = blocked_reason(blocked)
             return self._record(store, manifest, stage, Status.BLOCKED.value, reason, None, [], {}, None, None, 0.0)
@@ -550,7 +564,7 @@ class Runner:
             title_dir=store.title_dir,
             staging=staging,
             shared=shared,
-            progress=lambda done, total, label: self.events.stage_progress(title_id, name, done, total, label),
+            progress=lambda done, total, label: self._progress(title_id, name, done, total, label),
             wait_for=waiter.wait_for if waiter else None,
         )
         started = now_iso()
@@ -567,6 +581,13 @@ class Runner:
             log.exception("stage %s crashed on %s", name, source)
             reason, result = f"{source}: internal error in stage {name}: {type(exc).__name__}: {exc}", None
         elapsed = time.perf_counter() - t0
+        # Ctrl-C in a terminal also kills the stage's ffmpeg, whose failure can reach here just before
+        # the interrupt reaches the main thread: a failure waits that long for it (and, in the main
+        # thread, the interrupt is raised in this wait)
+        if (result is None or result.status != "succeeded") and self._cancel.wait(INTERRUPT_SETTLE_S):
+            # a stage stopped by Ctrl-C is not a failure of the title: its previous record and files stay
+            shutil.rmtree(staging, ignore_errors=True)
+            raise Interrupted()
         decodes = {k: v for k, v in dict(shared.decode_seconds).items() if k not in decoded_before}
         if result is not None and decodes:  # the shared decode this stage triggered, reported apart
             result.metrics["shared_decode_s"] = {k: round(v, 3) for k, v in decodes.items()}
@@ -607,6 +628,12 @@ class Runner:
             return outcome
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _progress(self, title_id: str, stage: str, done: int, total: int | None, label: str) -> None:
+        """A stage's progress report, and where it stops after Ctrl-C."""
+        if self._cancel.is_set():
+            raise Interrupted()
+        self.events.stage_progress(title_id, stage, done, total, label)
 
     def _record(
         self,
@@ -675,6 +702,8 @@ class Runner:
         the old keyframes stale), so no instant on disk shows a success made from other inputs.
         """
         with self._commit_lock:  # the manifest and the journal are shared by the title's stage threads
+            if self._abandoned:
+                raise Interrupted()
             previous = manifest["stages"].get(name) or {}
             old = set(previous.get("outputs", []))
             touched = old | set(entry.outputs)

@@ -55,7 +55,7 @@ from prism.media.decode import (
     decode_range_with,
 )
 from prism.media.probe import MediaInfo
-from prism.media.tools import ffmpeg_exe
+from prism.media.tools import ffmpeg_exe, input_arg
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def keyframe_at_or_before(path: Path, target_s: float) -> SplitPoint | None:
     Its timestamp is in the time base the visual pass's filter graph sees."""
     cmd = [
         ffmpeg_exe(), "-hide_banner", "-loglevel", "info", "-nostdin", "-copyts",
-        "-seek_timestamp", "1", "-ss", f"{target_s:.6f}", "-noaccurate_seek", "-i", str(path),
+        "-seek_timestamp", "1", "-ss", f"{target_s:.6f}", "-noaccurate_seek", "-i", input_arg(path),
         "-filter_complex", "[0:v]select='eq(key,1)',showinfo[k]", "-map", "[k]", "-frames:v", "1",
         "-an", "-sn", "-dn", "-f", "null", "-",
     ]  # fmt: skip
