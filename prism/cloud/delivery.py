@@ -89,8 +89,8 @@ class Delivery:
         object.__setattr__(self, "regex", compile_pattern(self.pattern))
         if not self.video_suffixes or not all(s.startswith(".") for s in self.video_suffixes):
             raise DeliveryError(f"video_suffixes must be extensions such as '.mp4', got {self.video_suffixes}")
-        if self.min_bitrate_kbps < 100:
-            raise DeliveryError(f"min_bitrate_kbps must be >= 100, got {self.min_bitrate_kbps}")
+        if self.min_bitrate_kbps < 1:
+            raise DeliveryError(f"min_bitrate_kbps must be >= 1, got {self.min_bitrate_kbps}")
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> Delivery:
