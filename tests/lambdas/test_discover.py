@@ -217,3 +217,19 @@ def test_job_timeouts_follow_each_titles_size(env):
     assert timeouts["Feature"] == pytest.approx(reference, abs=2)  # the 2 h title the job is sized on
     assert timeouts["Short"] == pytest.approx(0.3 * reference, abs=5)  # start-up dominated: the fixed part
     assert timeouts["Epic"] == 3 * reference  # 8 h capped at three times the reference
+
+
+def test_parked_titles_are_listed_in_the_run_summary(env):
+    import summarise
+
+    s3, catalog, _ = env
+    parked = [{"title_id": "Flaky", "attempts": 3, "reason": "Flaky: job title failed: Host EC2 terminated"}]
+    key = "_prism/runs/run-9/discovery.json"
+    s3.put_object(Bucket=ARTIFACTS, Key=key, Body=json.dumps({"skipped": [], "not_found": [], "deferred": 4,
+                                                             "parked": parked}).encode())  # fmt: skip
+
+    out = summarise.handler({"discovery": {"mode": "scheduled", "lists_key": key}, "results": []}, FakeContext())
+
+    assert out["parked"] == parked and out["parked_count"] == 1 and out["deferred"] == 4
+    full = json.loads(s3.get_object(Bucket=ARTIFACTS, Key="_prism/runs/run-9/summary.json")["Body"].read())
+    assert full["parked"] == parked
