@@ -13,7 +13,6 @@ from moto import mock_aws
 
 from prism.catalog import TitleRecord
 from prism.cloud.catalog import DynamoCatalog
-from prism.cloud.delivery import Delivery
 from tests.lambdas.conftest import FakeContext
 from tests.test_worker import create_catalog_table
 
@@ -120,7 +119,7 @@ def test_a_rendition_preference_list_overrides_the_highest_resolution(env):
 
 
 def test_delivery_patterns_are_checked():
-    from prism.cloud.delivery import DeliveryError
+    from prism.cloud.delivery import Delivery, DeliveryError
 
     for pattern, message in (("{name}.{ext}", "no {title_id}"), ("{title_id}/{size}.{ext}", "unknown field {size}"),
                              ("{title_id}_{title_id}.mp4", "appears twice")):  # fmt: skip
