@@ -251,8 +251,6 @@ def _scheduled(aws: Aws, execution: str, started_at: str) -> tuple[list[dict], l
             )
         ):
             finished.append(title_id)
-        elif title_id in pending:
-            continue  # a run has it in flight (or died with it): the watermark brings it back
         elif attempt.get("attempts", 0) >= settings.max_attempts:
             parked.append({"title_id": title_id, "attempts": attempt.get("attempts", 0),
                            "reason": (record or {}).get("reason") or "no result recorded"})  # fmt: skip
@@ -283,17 +281,21 @@ def _scheduled(aws: Aws, execution: str, started_at: str) -> tuple[list[dict], l
         # Everything listed was examined: this version's back catalogue is done (a version bump starts it again).
         backfill["backfilled"] = older_left == 0 and not left_recent
 
-    # Markers of titles this run did not take are done, gone from the input, or after listed_through.
+    listed_through = (
+        left_recent[0][1]["LastModified"].isoformat() if left_recent else (started_at or datetime.now(UTC).isoformat())
+    )
+    # Markers of titles this run did not take are done, gone from the input, or after listed_through. A retried or
+    # back-catalogue title's marker must not pull the watermark back to its old delivery (the back catalogue would
+    # then pass for new deliveries): it holds listed_through, and a run that dies with it retries it by its attempts.
+    recent_ids = {t for t, _ in recent}
     catalog.delete_pending(sorted(set(pending) - set(picker.taken)))
-    catalog.put_pending({t: o["LastModified"].isoformat() for t, o in picker.taken.items()}, execution)
+    catalog.put_pending({t: o["LastModified"].isoformat() if t in recent_ids else listed_through
+                         for t, o in picker.taken.items()}, execution)  # fmt: skip
     catalog.put_attempts({
         t: {"attempts": (attempts[t].get("attempts", 0) if t in attempts and t not in finished else 0) + 1,
             "source_etag": o["ETag"].strip('"'), "pipeline_version": version, "execution": execution}
         for t, o in picker.taken.items()
     })  # fmt: skip
-    listed_through = (
-        left_recent[0][1]["LastModified"].isoformat() if left_recent else (started_at or datetime.now(UTC).isoformat())
-    )
     catalog.put_run_watermark(listed_through, version, execution, **backfill)
     deferred = len(left_recent) + retries_left + older_left
     return picker.items, picker.skipped, [], deferred, parked
