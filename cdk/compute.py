@@ -26,10 +26,11 @@ from cdk_nag import NagSuppressions
 from constructs import Construct
 
 from cdk.config import JobSpec
-from prism.contract import EXIT_TRANSIENT as _EXIT_TRANSIENT
-from prism.contract import WORKER_COMMAND
+from prism.contract import ENV_REQUIRE_GPU, RETRYABLE_EXIT_CODES, WORKER_COMMAND
 
-EXIT_TRANSIENT = str(_EXIT_TRANSIENT)  # the worker: transient AWS error, worth a retry
+# The worker's exit codes worth another attempt (evaluateOnExit): a transient AWS error, or the host failed (CUDA out
+# of memory, NVDEC, an Xid, no usable GPU, failed uploads); Batch places the new attempt afresh. Bad media: not retried.
+RETRY_EXIT_CODES = tuple(str(code) for code in RETRYABLE_EXIT_CODES)
 # The GPU-optimized ECS AMI on Amazon Linux 2023 (ECS_AL2_NVIDIA is past end of support).
 GPU_IMAGE_TYPE = batch.EcsMachineImageType.ECS_AL2023_NVIDIA
 # What the workers do through the gateway endpoints (S3 transfers: multipart uploads and ranged GETs).
@@ -212,6 +213,8 @@ class Compute(Construct):
                     environment={
                         **environment,
                         **(job_environment or {}).get(spec.name, {}),
+                        # a GPU job's stages fail fast (exit 76, retried) rather than fall back to the CPU
+                        **({ENV_REQUIRE_GPU: "true"} if spec.gpus else {}),
                         **spec.environment,
                         "PRISM_JOB": spec.name,
                         "PRISM_STAGES": ",".join(spec.stages),
@@ -225,7 +228,10 @@ class Compute(Construct):
                 retry_strategies=[
                     batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.SPOT_INSTANCE_RECLAIMED),
                     batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.CANNOT_PULL_CONTAINER),
-                    batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.custom(on_exit_code=EXIT_TRANSIENT)),
+                    *(
+                        batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.custom(on_exit_code=code))
+                        for code in RETRY_EXIT_CODES
+                    ),  # fmt: skip
                     batch.RetryStrategy.of(batch.Action.EXIT, batch.Reason.custom(on_reason="*")),
                 ],
                 propagate_tags=True,

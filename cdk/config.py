@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
+from prism.cloud.delivery import Delivery, DeliveryError
+
 POWERTOOLS_LAYER_ACCOUNT = "017000801446"
 EXECUTION_TIMEOUT_HOURS = 12  # the state machine's timeout (cdk/orchestration.py)
 MODEL_DIR = "/opt/prism/models"  # containers/Dockerfile: PRISM_MODEL_DIR, where weights are baked or synced
@@ -166,6 +168,8 @@ class EnvironmentConfig:
     input_bucket_encryption: str
     input_bucket_kms_key_arn: str | None = None
     video_suffixes: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".mxf")
+    # the delivery contract (docs/deploy.md): which keys are titles, their ids, the rendition processed, what is ignored
+    delivery: Delivery = Delivery()
     # schedule
     schedule_expression: str = "cron(0 2 * * ? *)"
     schedule_time_zone: str = "Asia/Seoul"
@@ -205,6 +209,8 @@ class EnvironmentConfig:
     # titles a scheduled run takes at most (the rest wait for the next run): sized so a run finishes within the
     # state machine's timeout even when every title takes its jobs' full time; None: the most that fits
     max_titles_per_run: int | None = None
+    # scheduled runs that take a title that failed on its host (not its input) before it is parked and alarmed on
+    max_attempts: int = 3
     watermark_overlap_s: int = 3600
     lambda_architecture: str = "x86_64"
     powertools_layer_version: int = 18
@@ -254,8 +260,16 @@ class EnvironmentConfig:
             )
         if self.max_titles_per_run is not None and not 1 <= self.max_titles_per_run <= self.titles_per_run_limit:
             raise ValueError(f"{self.name}: max_titles_per_run must be 1..{self.titles_per_run_limit}: "
-                             f"{self.max_concurrent_titles} at a time, each up to {self.title_minutes} min, must "
-                             f"finish within the {EXECUTION_TIMEOUT_HOURS} h execution timeout")  # fmt: skip
+                             f"{self.concurrent_titles} at a time (max_vcpus {self.max_vcpus} / {self.title_vcpus} "
+                             f"vCPUs a title, max_concurrent_titles {self.max_concurrent_titles}), each up to "
+                             f"{self.title_minutes} min, must finish within the {EXECUTION_TIMEOUT_HOURS} h "
+                             "execution timeout")  # fmt: skip
+        if not 1 <= self.max_attempts <= 10:
+            raise ValueError(f"{self.name}: max_attempts must be 1..10")
+        try:
+            Delivery.from_json({**self.delivery.to_json(), "video_suffixes": list(self.video_suffixes)})
+        except DeliveryError as exc:
+            raise ValueError(f"{self.name}: {exc}") from exc
         if not 10 <= self.spot_wait_minutes <= 24 * 60:
             raise ValueError(f"{self.name}: spot_wait_minutes must be 10..1440")
         sizes = [INSTANCE_SIZES[t] for t in self.gpu_instance_types if t in INSTANCE_SIZES]
@@ -284,6 +298,11 @@ class EnvironmentConfig:
             )
 
     @property
+    def delivery_json(self) -> dict:
+        """``PRISM_DELIVERY``: the layout discover applies (its video suffixes travel in ``PRISM_VIDEO_SUFFIXES``)."""
+        return {k: v for k, v in self.delivery.to_json().items() if k != "video_suffixes"}
+
+    @property
     def stack_name(self) -> str:
         from prism.contract import STACK_NAME
 
@@ -299,8 +318,22 @@ class EnvironmentConfig:
         )
 
     @property
+    def title_vcpus(self) -> float:
+        """vCPUs one title holds at its peak: the largest job of each chain, the chains running side by side."""
+        from cdk.orchestration import job_chains
+
+        return sum(max(j.vcpus for j in chain) for chain in job_chains(self.jobs))
+
+    @property
+    def concurrent_titles(self) -> int:
+        """Titles that really run at once: the Map's limit, or what the queues' vCPUs hold if fewer.
+
+        Both queues of a scheduled run (Spot first, then on demand) draw on ``max_vcpus`` together."""
+        return max(1, min(self.max_concurrent_titles, int(self.max_vcpus // self.title_vcpus)))
+
+    @property
     def titles_per_run_limit(self) -> int:
-        return max(1, EXECUTION_TIMEOUT_HOURS * 60 // self.title_minutes) * self.max_concurrent_titles
+        return max(1, EXECUTION_TIMEOUT_HOURS * 60 // self.title_minutes) * self.concurrent_titles
 
     @property
     def titles_per_run(self) -> int:

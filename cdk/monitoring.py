@@ -13,10 +13,15 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from prism.contract import METRIC_TITLES_DEFERRED as TITLES_DEFERRED
+from prism.contract import METRIC_TITLES_PARKED as TITLES_PARKED
+from prism.contract import METRIC_TITLES_TAKEN as TITLES_TAKEN
+
 NAMESPACE = "Prism"
 # Powertools adds the function's service as a dimension to every metric, single_metric included: a widget
 # that leaves it out reads a metric nobody publishes.
 FINALIZE_SERVICE = "prism-finalize"
+DISCOVER_SERVICE = "prism-discover"
 
 
 class Monitoring(Construct):
@@ -55,11 +60,43 @@ class Monitoring(Construct):
             "ExecutionsAborted": state_machine.metric_aborted(period=Duration.minutes(5), statistic="Sum"),
             "TitlesFailed": titles_failed,
         }
+
+        def discover_metric(name: str, statistic: str) -> cw.Metric:
+            return cw.Metric(namespace=NAMESPACE, metric_name=name, dimensions_map={"service": DISCOVER_SERVICE},
+                             statistic=statistic, period=Duration.days(1))  # fmt: skip
+
+        # Titles a scheduled run parked after max_attempts failures on their host (docs/runbook.md).
+        self.alarms["TitlesParked"] = discover_metric(TITLES_PARKED, "Maximum")
         for name, metric in list(self.alarms.items()):
             alarm = cw.Alarm(self, name, metric=metric, threshold=1, evaluation_periods=1,
                              comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
                              treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
                              alarm_description=f"Prism: {name} >= 1")  # fmt: skip
+            alarm.add_alarm_action(action)
+            self.alarms[name] = alarm
+        # Runs took titles today but none succeeded: the pipeline is broken for every title (image, models, IAM).
+        no_success = cw.MathExpression(
+            expression="IF(taken > 0 AND FILL(ok, 0) == 0, 1, 0)", period=Duration.days(1),
+            using_metrics={"taken": discover_metric(TITLES_TAKEN, "Sum"),
+                           "ok": cw.Metric(namespace=NAMESPACE, metric_name="TitlesSucceeded",
+                                           dimensions_map={"service": FINALIZE_SERVICE}, statistic="Sum",
+                                           period=Duration.days(1))},
+            label="runs took titles and none succeeded",
+        )  # fmt: skip
+        # The titles left for later runs grew three days in a row: capacity (max_vcpus, quotas) is below deliveries.
+        backlog_growth = cw.MathExpression(
+            expression="DIFF(deferred)", period=Duration.days(1),
+            using_metrics={"deferred": discover_metric(TITLES_DEFERRED, "Maximum")}, label="deferred titles, daily change",
+        )  # fmt: skip
+        for name, metric, threshold, periods, comparison, description in (
+            ("NoTitleSucceededToday", no_success, 1, 1, cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+             "Prism: scheduled runs took titles today and not one succeeded (docs/runbook.md)"),
+            ("DeferredBacklogGrowing", backlog_growth, 0, 3, cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+             "Prism: the deferred backlog grew three days running; deliveries outpace capacity (docs/runbook.md)"),
+        ):  # fmt: skip
+            alarm = cw.Alarm(self, name, metric=metric, threshold=threshold, evaluation_periods=periods,
+                             comparison_operator=comparison, treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                             alarm_description=description)  # fmt: skip
             alarm.add_alarm_action(action)
             self.alarms[name] = alarm
 

@@ -46,10 +46,21 @@ HANDLERS = {
 }
 
 
+DYNAMODB_ERRORS = ["DynamoDB.ProvisionedThroughputExceededException", "DynamoDB.ThrottlingException",
+                   "DynamoDB.InternalServerErrorException", "DynamoDB.RequestLimitExceeded",
+                   "DynamoDB.AmazonDynamoDBException", "States.Timeout"]  # fmt: skip
+
+
 def _retry_throttling(task: tasks.LambdaInvoke) -> tasks.LambdaInvoke:
     """LambdaInvoke's default retry leaves out throttling; a Map of many titles meets it at the concurrency limit."""
     task.add_retry(errors=["Lambda.TooManyRequestsException"], interval=Duration.seconds(2), backoff_rate=2,
                    max_attempts=8, jitter_strategy=sfn.JitterType.FULL)  # fmt: skip
+    return task
+
+
+def _retry_dynamodb(task: sfn.TaskStateBase) -> sfn.TaskStateBase:
+    task.add_retry(errors=DYNAMODB_ERRORS, interval=Duration.seconds(1), backoff_rate=2, max_attempts=6,
+                   jitter_strategy=sfn.JitterType.FULL)  # fmt: skip
     return task
 
 
@@ -101,7 +112,16 @@ class Orchestration(Construct):
         env = {
             **environment,
             "PRISM_STAGE_GRAPH": json.dumps(stage_graph),
-            "PRISM_JOBS": json.dumps({j.name: {"stages": list(j.stages), "requires": list(j.requires)} for j in jobs}),
+            "PRISM_JOBS": json.dumps(
+                {
+                    j.name: {
+                        "stages": list(j.stages),
+                        "requires": list(j.requires),
+                        "timeout_minutes": j.timeout_minutes,
+                    }
+                    for j in jobs
+                }
+            ),  # fmt: skip
             "PRISM_JOB_QUEUES": Stack.of(self).to_json_string({m: q.job_queue_arn for m, q in job_queues.items()}),
             "POWERTOOLS_METRICS_NAMESPACE": "Prism",
         }
@@ -140,9 +160,11 @@ class Orchestration(Construct):
             item_selector={"title.$": "$$.Map.Item.Value", "execution.$": "$$.Execution.Name",
                            "execution_started_at.$": "$$.Execution.StartTime"},
             max_concurrency=max_concurrent_titles,
-            # No ToleratedFailurePercentage: every title's stage/finalize failure is caught and recorded
-            # inside its child execution, so a failed child means the failure path itself broke, which
-            # should fail the run (and alarm) rather than be tolerated.
+            # Every title's stage/finalize failure is caught and recorded inside its child execution; a child that
+            # fails anyway (its failure path broke, a Step Functions quota) must not fail the others or lose the
+            # summary: summarise lists it as failed with its error, and the "no title succeeded today" alarm
+            # catches a failure path that breaks for every title.
+            tolerated_failure_percentage=100,
             # Results go to S3 (summarise reads them): inline they pass 256 KiB at a few thousand titles.
             result_writer_v2=sfn.ResultWriterV2(bucket=artifacts, prefix=MAP_RESULTS_PREFIX),
             result_path="$.results",
@@ -206,6 +228,11 @@ class Orchestration(Construct):
                  "record": tasks.DynamoAttributeValue.from_string(sfn.JsonPath.string_at("$.title_id"))},
             result_path=sfn.JsonPath.DISCARD,
         )  # fmt: skip
+        _retry_dynamodb(completed)
+        # The marker stays if even the retries fail: the next run lists from it again and finds the title processed.
+        completed.add_catch(sfn.Pass(self, "Pending marker left", parameters={
+            "title_id.$": "$.title_id", "status.$": "$.status", "reason.$": "$.reason"}),
+            errors=["States.ALL"], result_path="$.marker_error")  # fmt: skip
         finalize.next(completed)
         title_failed.next(completed)
         return parallel.next(finalize)
@@ -268,6 +295,8 @@ class Orchestration(Construct):
                 **queue,
                 "JobDefinition": job_definition.job_definition_arn,
                 "ContainerOverrides": {"Environment": environment},
+                # from the title's duration (discover: its size over the layout's lowest bitrate), not one constant
+                "Timeout": {"AttemptDurationSeconds.$": f"$.title.jobs.{spec.name}.timeout_s"},
             },
             "ResultPath": None,
             "TimeoutSeconds": 6 * 3600,  # queue wait included; the job definition bounds the run itself

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from aws_cdk import ArnFormat, CfnOutput, Duration, Stack, Tags
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -84,10 +86,12 @@ class PrismStack(Stack):
                 "PRISM_WATERMARK_OVERLAP_S": str(config.watermark_overlap_s),
                 "PRISM_MAX_TITLES_PER_RUN": str(config.titles_per_run),
                 "PRISM_LANGUAGE_HINT": config.language_hint,
+                "PRISM_DELIVERY": json.dumps(config.delivery_json),
+                "PRISM_MAX_ATTEMPTS": str(config.max_attempts),
             },
             runtime=LAMBDA_RUNTIME,
             architecture=lambda_.Architecture.X86_64 if config.lambda_architecture == "x86_64" else lambda_.Architecture.ARM_64,
-            powertools_layer_arn=config.powertools_layer_arn, max_concurrent_titles=config.max_concurrent_titles,
+            powertools_layer_arn=config.powertools_layer_arn, max_concurrent_titles=config.concurrent_titles,
             pipeline_version=config.pipeline_version, log_retention=retention, log_key=storage.key,
         )  # fmt: skip
         self.schedule = DailySchedule(

@@ -11,6 +11,7 @@ import boto3
 
 from prism import contract as c
 from prism.cloud.catalog import DynamoCatalog
+from prism.cloud.delivery import Delivery
 from prism.contract import EVENT_SOURCE, TITLE_FAILED, TITLE_PREPROCESSED
 
 __all__ = ["EVENT_SOURCE", "TITLE_FAILED", "TITLE_PREPROCESSED", "Aws", "Settings", "jobs_after", "put_title_event",
@@ -32,10 +33,13 @@ class Settings:
     watermark_overlap_s: int
     max_titles_per_run: int  # a scheduled run takes at most this many titles; the rest wait for the next run
     language_hint: str = ""  # the audio stage's language hint for titles a run names none for ("" = track tag)
+    delivery: Delivery = Delivery()  # the input layout: which objects are titles (prism.cloud.delivery)
+    max_attempts: int = 3  # scheduled runs that take a failed title before it is parked
 
     @classmethod
     def from_env(cls) -> Settings:
         env = os.environ
+        suffixes = [s.strip().lower() for s in env.get(c.ENV_VIDEO_SUFFIXES, ".mp4").split(",")]
         return cls(
             catalog_table=env[c.ENV_CATALOG_TABLE],
             artifacts_bucket=env[c.ENV_ARTIFACTS_BUCKET],
@@ -46,10 +50,12 @@ class Settings:
             stage_graph=json.loads(env.get(c.ENV_STAGE_GRAPH, "{}")),
             jobs=json.loads(env.get(c.ENV_JOBS, "{}")),
             job_queues=json.loads(env.get(c.ENV_JOB_QUEUES, "{}")),
-            video_suffixes=tuple(s.strip().lower() for s in env.get(c.ENV_VIDEO_SUFFIXES, ".mp4").split(",")),
+            video_suffixes=tuple(suffixes),
             watermark_overlap_s=int(env.get(c.ENV_WATERMARK_OVERLAP_S, "3600")),
             max_titles_per_run=int(env.get(c.ENV_MAX_TITLES_PER_RUN, "1000")),
             language_hint=env.get(c.ENV_LANGUAGE_HINT, ""),
+            delivery=Delivery.from_json({**json.loads(env.get(c.ENV_DELIVERY) or "{}"), "video_suffixes": suffixes}),
+            max_attempts=int(env.get(c.ENV_MAX_ATTEMPTS, "3")),
         )
 
 
@@ -70,6 +76,19 @@ class Aws:
     @cached_property
     def catalog(self) -> DynamoCatalog:
         return DynamoCatalog(self.settings.catalog_table, client=boto3.client("dynamodb"))
+
+
+REFERENCE_HOURS = 2  # a JobSpec's timeout_minutes is for a title this long (the 2 h feature the jobs are sized on)
+
+
+def job_timeout_s(timeout_minutes: float, duration_s: float | None) -> int:
+    """A job's timeout for a title of ``duration_s``: 30% fixed (start, download, model load), the rest in
+    proportion to the duration, between that fixed part and three times the reference; unknown: the reference."""
+    reference = timeout_minutes * 60
+    if duration_s is None:
+        return int(reference)
+    scaled = 0.3 * reference + 0.7 * reference * duration_s / (REFERENCE_HOURS * 3600)
+    return int(min(max(scaled, 0.3 * reference, 60), 3 * reference))
 
 
 def jobs_after(job: str, jobs: dict[str, dict[str, list[str]]]) -> list[str]:

@@ -22,7 +22,7 @@ from pydantic import Field
 from prism.artifacts import StageEntry, is_blocked, manifest_schema, new_manifest, now_iso
 from prism.catalog import TitleRecord
 from prism.cloud.s3 import artifact_key, existing_keys, manifest_key, title_prefix
-from prism.contract import Status
+from prism.contract import Status, bounded
 
 logger = Logger(service="prism-finalize")
 metrics = Metrics(namespace="Prism", service="prism-finalize")
@@ -54,18 +54,24 @@ def handler(event: FinalizeEvent, context: LambdaContext) -> dict:
 
     for name, item in items.items():
         manifest["stages"][name] = item.get("manifest_entry") or _entry_from_record(item)
+    # stages that failed for want of a host (record_failure marks them), outputs or records: a later run may retry
+    host_failed = {name for name, item in items.items() if item.get("retryable")}
     for name in event.stages:
         entry = manifest["stages"].get(name)
         if entry is None:
             manifest["stages"][name] = _missing_entry(name)
+            host_failed.add(name)
         elif entry["status"] == Status.SUCCEEDED:
             missing = [rel for rel in entry["outputs"] if artifact_key(event.title_id, rel) not in stored]
             if missing:
+                logger.warning("outputs missing", extra={"title_id": event.title_id, "stage": name, "missing": missing})
                 entry.update(
                     status=Status.FAILED.value,
                     outputs=[],
-                    reason=f"{event.title_id}: stage {name} outputs missing in S3: {missing}",
-                )
+                    reason=bounded(f"{event.title_id}: stage {name}: {len(missing)} of its {len(entry['outputs'])} "
+                                   f"outputs missing in S3 (all in the logs), first: {missing[:5]}"),
+                )  # fmt: skip
+                host_failed.add(name)
     manifest["updated_at"] = now_iso()
     validate(event=manifest, schema=_schema())
     aws.s3.put_object(
@@ -77,7 +83,9 @@ def handler(event: FinalizeEvent, context: LambdaContext) -> dict:
     failed = [(n, e) for n, e in this_run.items() if e["status"] == Status.FAILED]
     blocked = [(n, e) for n, e in this_run.items() if is_blocked(e)]
     status = "failed" if failed or blocked else "succeeded"
-    reason = (failed or blocked)[0][1]["reason"] if status == "failed" else None
+    reason = bounded((failed or blocked)[0][1]["reason"]) if status == "failed" else None
+    # Bad input (the worker's own failure of a stage) is not retried; a title that failed only for its host is.
+    retryable = status == "failed" and all(n in host_failed for n, _ in failed)
     aws.catalog.put_title(
         TitleRecord(
             title_id=event.title_id, source_uri=source["uri"], source_bytes=source["bytes"],
@@ -85,7 +93,7 @@ def handler(event: FinalizeEvent, context: LambdaContext) -> dict:
             prism_version=manifest["prism_version"], updated_at=now_iso(),
         ),
         extra={"source_etag": event.source_etag, "pipeline_version": settings.pipeline_version,
-               "execution": event.execution},
+               "execution": event.execution, "retryable": retryable},
     )  # fmt: skip
     detail = {
         "title_id": event.title_id,

@@ -24,7 +24,9 @@ from pydantic import Field
 from prism import __version__
 from prism.artifacts import StageEntry, blocked_reason, is_blocked, now_iso
 from prism.catalog import StageRecord, TitleRecord
-from prism.contract import EXIT_FAILED, Status  # the worker ran and recorded its stages, and one of them failed
+
+# EXIT_FAILED / EXIT_INFRA: the worker ran and recorded its stages, and one of them failed (on the input / the host)
+from prism.contract import EXIT_FAILED, EXIT_INFRA, Status, bounded
 
 logger = Logger(service="prism-record-failure")
 
@@ -51,24 +53,30 @@ def handler(event: FailureEvent, context: LambdaContext) -> dict:
     aws = Aws(settings)
     catalog = aws.catalog
     cause, exit_code = _batch_job(event.error)
+    since = _iso(event.execution_started_at)
+    own = catalog.job_failure(event.title_id, event.job) if event.job in settings.jobs else None
+    if own and (own.get("at") or "") >= since and own.get("reason"):
+        cause = f"{own['reason']} ({cause})"  # the worker's own words, then what Batch saw
     failed: dict[str, str] = {}  # stage -> reason, in job order
     if event.final or event.job not in settings.jobs:
-        reason = f"{event.title_id}: {event.job} failed: {cause}"
+        reason = bounded(f"{event.title_id}: {event.job} failed: {cause}")
     else:
         ours = [s for s in settings.jobs[event.job]["stages"] if not event.stages or s in event.stages]
         previous = {s: catalog.get_stage(event.title_id, s) for s in ours}
-        since = _iso(event.execution_started_at)
         fresh = {s for s, r in previous.items() if r is not None and (r.finished_at or "") >= since}
-        worker_recorded = exit_code == EXIT_FAILED and bool(fresh)
+        worker_recorded = exit_code in (EXIT_FAILED, EXIT_INFRA) and bool(fresh)
         for stage in ours:
             record = previous[stage]
             if stage in fresh:
                 if record.status == Status.FAILED or is_blocked({"status": record.status, "reason": record.reason}):
                     failed[stage] = record.reason or f"stage {stage} {record.status}"
+                    if exit_code != EXIT_FAILED:  # the host failed it (Batch's retries spent): a later run may retry
+                        catalog.mark_stage(event.title_id, stage, retryable=True)
             elif not worker_recorded:
-                failed[stage] = f"{event.title_id}: stage {stage} failed: job {event.job}: {cause}"
-                catalog.put_stage(_record(event.title_id, stage, Status.FAILED.value, failed[stage], record))
-        reason = next(iter(failed.values()), f"{event.title_id}: job {event.job} failed: {cause}")
+                failed[stage] = bounded(f"{event.title_id}: stage {stage} failed: job {event.job}: {cause}")
+                catalog.put_stage(_record(event.title_id, stage, Status.FAILED.value, failed[stage], record),
+                                  extra={"retryable": True})  # timeouts, Spot reclaims, config: not the input  # fmt: skip
+        reason = bounded(next(iter(failed.values()), f"{event.title_id}: job {event.job} failed: {cause}"))
         blockers = set(failed) or set(ours)  # the job failed yet no stage says so: blame all of it
         for job in jobs_after(event.job, settings.jobs):
             for stage in settings.jobs[job]["stages"]:
@@ -87,13 +95,14 @@ def handler(event: FailureEvent, context: LambdaContext) -> dict:
             source_bytes=known.source_bytes if known else None, source_sha256=known.source_sha256 if known else None,
             status="failed", reason=reason, prism_version=known.prism_version if known else __version__,
             updated_at=now_iso(),
-        )
+        ),
+        extra={"retryable": True} if event.final else None,  # finalize failed: not the input's fault
     )  # fmt: skip
     if event.final:
         detail = {"title_id": event.title_id, "status": "failed", "reason": reason, "stages": {}}
         put_title_event(aws, TITLE_FAILED, detail)
     logger.warning("job failed", extra={"title_id": event.title_id, "job": event.job, "failed": list(failed),
-                                        "reason": reason})  # fmt: skip
+                                        "reason": reason, "cause": cause})  # fmt: skip
     return {"title_id": event.title_id, "job": event.job, "status": "failed", "reason": reason}
 
 

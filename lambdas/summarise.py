@@ -1,4 +1,5 @@
-"""``summarise``: the execution's output, titles grouped by outcome (succeeded / failed / skipped / not found).
+"""``summarise``: the execution's output, titles grouped by outcome (succeeded / failed / skipped / not found),
+plus the titles discover parked (failed on their host ``max_attempts`` runs in a row) and the count deferred.
 
 Nothing that grows with the run travels through the state: the Distributed Map writes its
 results to S3 (``ResultWriter``) and discover its skipped / not-found lists, so this reads both
@@ -69,13 +70,16 @@ def handler(event: SummaryEvent, context: LambdaContext) -> dict:
         "skipped": sorted(lists.get("skipped", [])),
         "not_found": sorted(lists.get("not_found", [])),
         "deferred": lists.get("deferred", 0),  # titles left for the next scheduled run (max_titles_per_run)
+        # titles that failed on their host max_attempts runs in a row: no longer retried (docs/runbook.md)
+        "parked": sorted(lists.get("parked", []), key=lambda p: p["title_id"]),
     }  # fmt: skip
     full["counts"] = {k: len(full[k]) for k in GROUPS}
     key = event.discovery.lists_key.rsplit("/", 1)[0] + "/summary.json"
     aws.s3.put_object(Bucket=settings.artifacts_bucket, Key=key, ContentType="application/json",
                       Body=json.dumps(full, ensure_ascii=False).encode())  # fmt: skip
-    logger.info("run summary", extra={**full["counts"], "deferred": full["deferred"]})
-    summary = {k: (v[:LIST_LIMIT] if k in GROUPS else v) for k, v in full.items()}
+    logger.info("run summary", extra={**full["counts"], "deferred": full["deferred"], "parked": len(full["parked"])})
+    summary = {k: (v[:LIST_LIMIT] if k in (*GROUPS, "parked") else v) for k, v in full.items()}
+    summary["parked_count"] = len(full["parked"])
     summary["truncated"] = any(len(full[k]) > LIST_LIMIT for k in GROUPS)
     summary["summary_uri"] = f"s3://{settings.artifacts_bucket}/{key}"
     return summary

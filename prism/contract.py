@@ -34,6 +34,12 @@ EXIT_OK = 0  # every stage succeeded or was up to date
 EXIT_FAILED = 1  # a stage failed or was blocked; every stage the worker ran is recorded (not retried)
 EXIT_CONFIG = 2  # bad configuration or a refusal a retry cannot change (not retried)
 EXIT_TRANSIENT = 75  # transient AWS error (EX_TEMPFAIL): the job definition retries it
+# The host, not the input: CUDA out of memory, NVDEC/driver initialisation, an Xid, a GPU stage that would fall
+# back to the CPU, S3 uploads that failed, throttling inside a stage. The job definition retries it (Batch places
+# the new attempt afresh, usually on another instance); bad media exits EXIT_FAILED and is not retried.
+EXIT_INFRA = 76
+RETRYABLE_EXIT_CODES = (EXIT_TRANSIENT, EXIT_INFRA)
+REASON_LIMIT = 1024  # characters of a failure reason kept in the state and the catalog; the rest goes to the logs
 
 WORKER_MODULE = "prism.cloud.worker"  # the container's command: python -m prism.cloud.worker
 WORKER_COMMAND = ("python", "-m", WORKER_MODULE)
@@ -61,6 +67,7 @@ ENV_REQUIRE_MODELS = "PRISM_REQUIRE_MODELS"
 ENV_MODEL_LOCATION = "PRISM_MODEL_LOCATION"
 ENV_MODEL_DIR = "PRISM_MODEL_DIR"
 ENV_LANGUAGE_HINT = "PRISM_LANGUAGE_HINT"
+ENV_REQUIRE_GPU = "PRISM_REQUIRE_GPU"  # a GPU job: a stage that would fall back to the CPU fails (EXIT_INFRA)
 # ... set by the job definition, read by the stages
 ENV_HWACCEL = "PRISM_HWACCEL"
 ENV_EMBEDDINGS_MODEL = "PRISM_EMBEDDINGS_MODEL"
@@ -81,3 +88,19 @@ ENV_JOB_QUEUES = "PRISM_JOB_QUEUES"
 ENV_VIDEO_SUFFIXES = "PRISM_VIDEO_SUFFIXES"
 ENV_WATERMARK_OVERLAP_S = "PRISM_WATERMARK_OVERLAP_S"
 ENV_MAX_TITLES_PER_RUN = "PRISM_MAX_TITLES_PER_RUN"
+ENV_DELIVERY = "PRISM_DELIVERY"  # the input layout (JSON of cdk.config.DeliveryLayout): title ids, renditions, ignores
+ENV_MAX_ATTEMPTS = "PRISM_MAX_ATTEMPTS"  # scheduled runs that may take a failed title before it is parked
+# -- CloudWatch metrics discover publishes (cdk/monitoring.py alarms on them) ----------------------
+METRIC_TITLES_TAKEN = "TitlesTaken"
+METRIC_TITLES_DEFERRED = "TitlesDeferred"
+METRIC_TITLES_PARKED = "TitlesParked"
+
+
+def bounded(reason: str, limit: int = REASON_LIMIT) -> str:
+    """``reason`` cut to ``limit`` characters, saying how much was left out (the full text is logged)."""
+    if len(reason) <= limit:
+        return reason
+    return reason[: limit - len(REASON_CUT)] + REASON_CUT
+
+
+REASON_CUT = " ... [cut: the full reason is in the logs]"

@@ -7,10 +7,12 @@ a concrete device with :func:`resolve_device` when it runs.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 
-from prism.errors import ConfigError
+from prism.contract import ENV_REQUIRE_GPU
+from prism.errors import ConfigError, HostError
 
 DEVICES = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -21,6 +23,12 @@ def check_device(device: str) -> str:
     if not isinstance(device, str) or not _DEVICE.fullmatch(device):
         raise ConfigError(f"device must be {DEVICES}, got {device!r}")
     return device
+
+
+def gpu_required() -> bool:
+    """A GPU job (the cloud's job definitions set ``PRISM_REQUIRE_GPU``): falling back to the CPU would run a 2 h
+    title's ASR past the job timeout, so a stage fails fast instead (and the worker exits for a retry elsewhere)."""
+    return os.environ.get(ENV_REQUIRE_GPU, "").strip().lower() in ("1", "true", "yes")
 
 
 def torch_cuda_available() -> bool:
@@ -45,7 +53,12 @@ def resolve_device(
     """
     check_device(device)
     if device == "auto":
-        return "cuda" if cuda_available() else "cpu"
+        if cuda_available():
+            return "cuda"
+        if gpu_required():
+            raise HostError(f"stage {stage}: this is a GPU job ({ENV_REQUIRE_GPU}) but CUDA is not usable here; "
+                            "not falling back to the CPU")  # fmt: skip
+        return "cpu"
     if strict and device.startswith("cuda") and not cuda_available():
         raise ConfigError(f"stage {stage}: device {device!r} requested but CUDA is not available")
     return device

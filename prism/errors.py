@@ -39,6 +39,13 @@ class StageInputMissing(PrismError):
     """A stage's declared input (an upstream stage's artifact) is not there."""
 
 
+class HostError(PrismError):
+    """The machine failed, not the input (no usable GPU on a GPU job): worth a retry on another host."""
+
+    def __init__(self, cause: str):
+        super().__init__(f"host error: {cause}")
+
+
 class ConfigError(PrismError, ValueError):
     """A parameter or configuration value is invalid."""
 

@@ -46,3 +46,33 @@ def test_availability_is_not_probed_for_cpu():
         raise AssertionError("probed")
 
     assert resolve_device("cpu", "shots", cuda_available=boom) == "cpu"
+
+
+def test_a_gpu_job_fails_fast_instead_of_falling_back_to_the_cpu(monkeypatch):
+    """Large-v3-turbo on the CPU over 2 h of audio runs past the job timeout: a GPU job without CUDA is a host error."""
+    from prism.devices import resolve_device
+    from prism.errors import HostError
+
+    assert resolve_device("auto", "shots", cuda_available=lambda: False) == "cpu"  # locally: the CPU is fine
+    monkeypatch.setenv("PRISM_REQUIRE_GPU", "true")
+    with pytest.raises(HostError, match="host error: stage shots: this is a GPU job"):
+        resolve_device("auto", "shots", cuda_available=lambda: False)
+    assert resolve_device("auto", "shots", cuda_available=lambda: True) == "cuda"
+
+
+def test_the_asr_model_does_not_fall_back_to_the_cpu_on_a_gpu_job(monkeypatch):
+    import prism.audio.speech as speech
+    from prism.errors import HostError
+
+    def load(path, device, compute_type, cpu_threads):
+        if device.startswith("cuda"):
+            raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
+        return "model", "pipeline"
+
+    load.cache_clear = lambda: None  # the real one is lru_cached
+    monkeypatch.setattr(speech, "_cuda_devices", lambda: 1)
+    monkeypatch.setattr(speech, "load_asr", load)
+    assert speech.load_asr_checked("m", "auto", "default", 0)[2].device == "cpu"  # locally: falls back
+    monkeypatch.setenv("PRISM_REQUIRE_GPU", "1")
+    with pytest.raises(HostError, match="libcublas.so.12"):
+        speech.load_asr_checked("m", "auto", "default", 0)

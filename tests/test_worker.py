@@ -315,3 +315,56 @@ def test_only_transient_aws_errors_are_retried(monkeypatch, code, status, exit_c
     argv = ["--stages", "cues", "--title-id", "T", "--source", "s3://b/T.mp4", "--artifacts-bucket", "a",
             "--catalog-table", "t"]  # fmt: skip
     assert main(argv) == exit_code
+
+
+# -- failure classes (issue 21 item 8) and the worker's own reason (item 7) -----------------------------------
+
+
+def _outcome(stage: str, reason: str):
+    from prism.runner import StageOutcome
+
+    return StageOutcome(stage, "failed", reason)
+
+
+@pytest.mark.parametrize(("reason", "exit_code"), [
+    ("t.mp4: internal error in stage shots: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", 76),
+    ("t.mp4: stage shots: ffmpeg: [h264_cuvid] cuvidCreateDecoder failed: CUDA_ERROR_NO_DEVICE", 76),
+    ("t.mp4: internal error in stage audio: RuntimeError: NVRM: Xid (PCI:0000:00:1e): 79, GPU has fallen off the bus", 76),
+    ("host error: stage audio: cuda unusable on a GPU job, not falling back to the CPU", 76),
+    ("t.mp4: internal error in stage keyframes: S3UploadFailedError: Failed to upload ... SlowDown", 76),
+    ("t.mp4: moov atom not found", EXIT_FAILED),
+    ("t.mp4: no video stream", EXIT_FAILED),
+])  # fmt: skip
+def test_a_stage_that_failed_on_its_host_is_retried_and_bad_media_is_not(reason, exit_code):
+    from prism.cloud.worker import JobResult
+
+    assert JobResult([_outcome("shots", reason)]).exit_code == exit_code
+
+
+@pytest.mark.parametrize(("error", "exit_code", "said"), [
+    ("config", EXIT_CONFIG, "configuration error (not retried): stage embeddings has no model"),
+    ("host", 76, "host failure, the job will be retried: host error: no GPU"),
+    ("upload", EXIT_TRANSIENT, "transient AWS error, the job will be retried: Failed to upload"),
+])  # fmt: skip
+def test_the_workers_own_reason_for_a_failed_job_is_stored_for_record_failure(aws, monkeypatch, error, exit_code,
+                                                                                said):  # fmt: skip
+    """Batch reports only "Essential container in task exited"; the worker stores why it exited."""
+    from boto3.exceptions import S3UploadFailedError
+
+    import prism.cloud.worker
+    from prism.errors import HostError
+
+    errors = {"config": ConfigError("stage embeddings has no model in this worker"), "host": HostError("no GPU"),
+              "upload": S3UploadFailedError("Failed to upload /tmp/x to b/k: SlowDown")}  # fmt: skip
+
+    def fail(job):
+        raise errors[error]
+
+    monkeypatch.setattr(prism.cloud.worker, "run_job", fail)
+    monkeypatch.setenv("PRISM_EXECUTION", "run-7")
+    argv = ["--stages", "cues", "--title-id", "Episode-1", "--source", f"s3://{INPUT}/Episode 1.mp4",
+            "--artifacts-bucket", ARTIFACTS, "--catalog-table", TABLE, "--job", "title"]  # fmt: skip
+
+    assert main(argv) == exit_code
+    item = DynamoCatalog(TABLE).job_failure("Episode-1", "title")
+    assert item["reason"].startswith(said) and item["exit_code"] == exit_code and item["execution"] == "run-7"

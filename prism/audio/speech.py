@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prism.devices import resolve_device
+from prism.devices import gpu_required, resolve_device
+from prism.errors import HostError
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,10 @@ def load_asr_checked(path: str, device: str, compute_type: str, cpu_threads: int
             return model, pipeline, AsrRuntime(wanted, ct)
         except (RuntimeError, OSError, ValueError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if gpu_required():
+                raise HostError(
+                    f"stage audio: {wanted} unusable on a GPU job, not falling back to the CPU: {first}"
+                ) from exc
             reason = f"{wanted} unusable, ASR fell back to the CPU: {first}"
             log.warning("%s", reason)
             load_asr.cache_clear()

@@ -15,6 +15,12 @@ Item layout (one table, ``PAY_PER_REQUEST``):
 - ``#PENDING``/``<title_id>`` marks a title a scheduled run took on, with its ``delivered_at``;
   the state machine deletes it when the title completes (succeeded or failed). The oldest marker
   holds the watermark back, so it advances per completed title and a run that dies loses nothing.
+- ``#ATTEMPTS``/``<title_id>`` counts the scheduled runs that took a title (``attempts``) for one
+  delivered object (``source_etag``) and ``pipeline_version``; discover deletes it once the title
+  succeeded, retries a failed title while ``attempts`` is under the limit and parks it after.
+- ``JOB#<job>`` (under the title) holds the worker's own reason when it ends a job with exit code 2, 75
+  or 76 (``reason``, ``exit_code``, ``execution``, ``at``): ``record_failure`` reads it, since Batch
+  reports only "Essential container in task exited".
 - Source hashes are cached under ``#HASH``/``<s3 uri>#<etag>``.
 - The ``record-index`` GSI (``record``, ``title_id``) lists all titles without a scan.
 """
@@ -34,6 +40,8 @@ RECORD_INDEX = "record-index"
 RUN_KEY = "#RUN"
 PENDING_KEY = "#PENDING"
 HASH_KEY = "#HASH"
+ATTEMPTS_KEY = "#ATTEMPTS"
+JOB_PREFIX = "JOB#"
 
 
 def _to_attr(value: Any) -> Any:
@@ -136,6 +144,21 @@ class DynamoCatalog:
         return [_record(StageRecord, i) for i in self.stage_items(title_id)]
 
     # -- cloud extras ----------------------------------------------------------------------
+    def mark_stage(self, title_id: str, stage: str, **attrs: Any) -> None:
+        """Add ``attrs`` to a stage's item (``retryable``), keeping the rest; no item, no write."""
+        item = self.get_item(title_id, STAGE_PREFIX + stage)
+        if item is not None:
+            self._put({**item, **attrs})
+
+    def put_job_failure(self, title_id: str, job: str, *, reason: str, exit_code: int, execution: str,
+                        at: str) -> None:  # fmt: skip
+        """The worker's own reason for ending a job with a failure code (Batch reports only the exit code)."""
+        self._put({"title_id": title_id, "record": JOB_PREFIX + job, "reason": reason, "exit_code": exit_code,
+                   "execution": execution, "at": at})  # fmt: skip
+
+    def job_failure(self, title_id: str, job: str) -> dict[str, Any] | None:
+        return self.get_item(title_id, JOB_PREFIX + job)
+
     def stage_items(self, title_id: str) -> list[dict[str, Any]]:
         """Raw stage items of a title (with ``manifest_entry`` and ``source`` decoded)."""
         items = self._query(
@@ -160,8 +183,9 @@ class DynamoCatalog:
         return self.get_item(RUN_KEY, mode)
 
     def put_run_watermark(self, listed_through: str, pipeline_version: str, execution: str,
-                          mode: str = "scheduled") -> None:  # fmt: skip
-        self._put({"title_id": RUN_KEY, "record": mode, "listed_through": listed_through,
+                          mode: str = "scheduled", **extra: Any) -> None:  # fmt: skip
+        """``extra``: discover's back-catalogue cursor (``backfill_version``, ``backfill_after``, ``backfilled``)."""
+        self._put({**extra, "title_id": RUN_KEY, "record": mode, "listed_through": listed_through,
                    "pipeline_version": pipeline_version, "execution": execution})  # fmt: skip
 
     def titles_by_id(self, title_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -192,6 +216,32 @@ class DynamoCatalog:
     def delete_pending(self, title_ids: list[str]) -> None:
         for i in range(0, len(title_ids), 25):
             deletes = [{"DeleteRequest": {"Key": {"title_id": {"S": PENDING_KEY}, "record": {"S": t}}}}
+                       for t in title_ids[i : i + 25]]  # fmt: skip
+            request: dict[str, Any] | None = {self.table_name: deletes}
+            while request:
+                request = self._client.batch_write_item(RequestItems=request).get("UnprocessedItems") or None
+
+    def attempts(self) -> dict[str, dict[str, Any]]:
+        """Title id -> its ``#ATTEMPTS`` item (``attempts``, ``source_etag``, ``pipeline_version``, ...)."""
+        items = self._query(
+            KeyConditionExpression="title_id = :p", ExpressionAttributeValues={":p": {"S": ATTEMPTS_KEY}}
+        )
+        return {i["record"]: i for i in items}
+
+    def put_attempts(self, attempts: dict[str, dict[str, Any]]) -> None:
+        """Write ``#ATTEMPTS`` items (title id -> attributes), 25 per BatchWriteItem."""
+        items = list(attempts.items())
+        for i in range(0, len(items), 25):
+            writes = [{"PutRequest": {"Item": {k: self._ser.serialize(_to_attr(v)) for k, v in
+                                               {**attrs, "title_id": ATTEMPTS_KEY, "record": t}.items()}}}
+                      for t, attrs in items[i : i + 25]]  # fmt: skip
+            request: dict[str, Any] | None = {self.table_name: writes}
+            while request:
+                request = self._client.batch_write_item(RequestItems=request).get("UnprocessedItems") or None
+
+    def delete_attempts(self, title_ids: list[str]) -> None:
+        for i in range(0, len(title_ids), 25):
+            deletes = [{"DeleteRequest": {"Key": {"title_id": {"S": ATTEMPTS_KEY}, "record": {"S": t}}}}
                        for t in title_ids[i : i + 25]]  # fmt: skip
             request: dict[str, Any] | None = {self.table_name: deletes}
             while request:

@@ -26,8 +26,10 @@ The worker never writes ``manifest.json``: jobs of one title run in parallel, so
 only its stage records (each with its manifest entry) and the ``finalize`` Lambda assembles the
 manifest once all of them have finished. Exit codes (``prism.contract``): 0 every stage succeeded
 or was up to date, 1 a stage failed or was blocked (bad input: not retried; every stage it ran is
-recorded), 2 bad configuration, 75 transient AWS error (the job definition's retry strategy
-retries it).
+recorded), 2 bad configuration, 75 transient AWS error, 76 the host failed (CUDA out of memory,
+NVDEC, an Xid, no usable GPU on a GPU job, failed uploads, throttling; the job definition's retry
+strategy retries 75 and 76). On 2, 75 and 76 the worker stores its reason in the catalog
+(``JOB#<job>``) for ``record_failure``: Batch itself reports only the exit code.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -46,11 +49,12 @@ from typing import Any
 
 from prism import __version__
 from prism import contract as c
+from prism.artifacts import now_iso
 from prism.cloud.catalog import DynamoCatalog
 from prism.cloud.s3 import ListingDenied, S3Uri
 from prism.cloud.store import S3Store
-from prism.contract import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_TRANSIENT, WORKER_MODULE
-from prism.errors import ConfigError, PrismError
+from prism.contract import EXIT_CONFIG, EXIT_FAILED, EXIT_INFRA, EXIT_OK, EXIT_TRANSIENT, WORKER_MODULE
+from prism.errors import ConfigError, HostError, PrismError
 from prism.runner import Runner, StageOutcome
 from prism.stages.base import Stage, registry, resolve_order
 
@@ -102,7 +106,11 @@ class JobResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FAILED if self.status == "failed" else EXIT_OK
+        """EXIT_INFRA when a stage failed on the host (retried by Batch), EXIT_FAILED on the input (not retried)."""
+        if self.status != "failed":
+            return EXIT_OK
+        failed = [o.reason or "" for o in self.stages if o.status == "failed"]
+        return EXIT_INFRA if any(is_host_failure(r) for r in failed) else EXIT_FAILED
 
     def summary(self) -> dict[str, Any]:
         return {"status": self.status, "reason": self.reason,
@@ -222,6 +230,35 @@ def is_transient(exc) -> bool:
     return error.get("Code") in TRANSIENT_CODES or status >= 500
 
 
+# What a stage's reason (its exception's text) says when the host failed rather than the input: CUDA/cuDNN/cuBLAS
+# errors and out of memory (torch, CTranslate2), NVDEC/cuvid and hwaccel device setup (ffmpeg), an Xid or a lost GPU
+# (the driver), a GPU job without a usable GPU (HostError), S3 uploads that failed and throttling.
+HOST_FAILURE = re.compile(
+    r"host error:|CUDA out of memory|OutOfMemoryError|CUDA error|CUDA_ERROR|cudaError|CUBLAS_STATUS|cuDNN error|"
+    r"CUDNN_STATUS|NVDEC|cuvid|Xid|GPU is lost|no CUDA-capable device|Device setup failed|NVML|"
+    r"S3UploadFailedError|Throttl|SlowDown|RequestLimitExceeded|ProvisionedThroughputExceeded",
+    re.IGNORECASE,
+)
+
+
+def is_host_failure(reason: str) -> bool:
+    return bool(HOST_FAILURE.search(reason))
+
+
+def _record_exit(job: Job | None, code: int, reason: str) -> None:
+    """Best effort: store the worker's reason where ``record_failure`` finds it (Batch reports only the exit)."""
+    title_id = job.title_id if job else os.environ.get(c.ENV_TITLE_ID)
+    table = job.catalog_table if job else os.environ.get(c.ENV_CATALOG_TABLE)
+    name = (job.name if job else "") or os.environ.get(c.ENV_JOB, "")
+    if not (title_id and table and name) or "/" in title_id:
+        return
+    try:
+        DynamoCatalog(table).put_job_failure(title_id, name, reason=c.bounded(reason), exit_code=code,
+                                             execution=os.environ.get(c.ENV_EXECUTION, ""), at=now_iso())  # fmt: skip
+    except Exception as exc:  # the exit code still tells Batch what to do
+        log.warning("could not record the job's failure reason: %s", exc)
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes")
 
@@ -261,9 +298,22 @@ def parse_args(argv: list[str] | None = None) -> Job:
 
 def main(argv: list[str] | None = None) -> int:
     """The container entrypoint; turns every outcome into one JSON log line and an exit code."""
+    return _main(argv)[0]
+
+
+def _main(argv: list[str] | None) -> tuple[int, Job | None]:
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    job: Job | None = None
+
+    def fail(code: int, what: str, exc: BaseException) -> tuple[int, Job | None]:
+        reason = f"{what}: {exc}"
+        log.warning("%s", reason)
+        _record_exit(job, code, reason)
+        return code, job
+
     try:
         job = parse_args(argv)
         if location := os.environ.get(c.ENV_MODEL_LOCATION):
@@ -271,22 +321,22 @@ def main(argv: list[str] | None = None) -> int:
             _sync_models(location, model_dir)
         result = run_job(job)
     except (ConfigError, ValueError, ListingDenied) as exc:  # not worth a retry: the deployment is wrong
-        log.warning("configuration error: %s", exc)
-        return EXIT_CONFIG
+        return fail(EXIT_CONFIG, "configuration error (not retried)", exc)
     except ClientError as exc:
         if not is_transient(exc):  # AccessDenied, NoSuchKey...: a retry gets the same answer
-            log.warning("AWS refused the job (not retried): %s", exc)
-            return EXIT_CONFIG
-        log.warning("transient AWS error, the job will be retried: %s", exc)
-        return EXIT_TRANSIENT
-    except BotoCoreError as exc:  # connection errors, timeouts
-        log.warning("transient AWS error, the job will be retried: %s", exc)
-        return EXIT_TRANSIENT
+            return fail(EXIT_CONFIG, "AWS refused the job (not retried)", exc)
+        return fail(EXIT_TRANSIENT, "transient AWS error, the job will be retried", exc)
+    except (BotoCoreError, S3UploadFailedError) as exc:  # connection errors, timeouts, uploads that gave up
+        return fail(EXIT_TRANSIENT, "transient AWS error, the job will be retried", exc)
+    except HostError as exc:
+        return fail(EXIT_INFRA, "host failure, the job will be retried", exc)
     except PrismError as exc:
         log.warning("stage failed: %s", exc)
-        return EXIT_FAILED
+        return EXIT_FAILED, job
     log.info(json.dumps({"title_id": job.title_id, "job": job.name, **result.summary()}, ensure_ascii=False))
-    return result.exit_code
+    if result.exit_code == EXIT_INFRA:
+        _record_exit(job, EXIT_INFRA, f"host failure, the job will be retried: {result.reason}")
+    return result.exit_code, job
 
 
 if __name__ == "__main__":

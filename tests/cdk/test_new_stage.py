@@ -62,7 +62,7 @@ def test_a_registered_stage_in_no_job_group_becomes_its_own_job(shot_tone):
         if "PRISM_JOBS" in f["Properties"].get("Environment", {}).get("Variables", {})
     ]
     jobs = json.loads(discover[0]["PRISM_JOBS"])
-    assert jobs["shot_tone"] == {"stages": ["shot_tone"], "requires": [home]}
+    assert jobs["shot_tone"] == {"stages": ["shot_tone"], "requires": [home], "timeout_minutes": 30}  # JobSpec default
     assert json.loads(discover[0]["PRISM_STAGE_GRAPH"])["shot_tone"] == ["shots"]
     errors = Annotations.from_stack(stack).find_error("*", Match.string_like_regexp(r"AwsSolutions-.*"))
     assert not errors, errors  # cdk-nag is as happy with the new job as with the configured ones

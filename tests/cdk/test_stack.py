@@ -205,6 +205,7 @@ def test_one_job_definition_per_job_with_its_stages_resources_timeout_and_retrie
                 {"Action": "RETRY", "OnStatusReason": "Host EC2*"},
                 {"Action": "RETRY", "OnReason": "CannotPullContainerError:*"},
                 {"Action": "RETRY", "OnExitCode": "75"},
+                {"Action": "RETRY", "OnExitCode": "76"},
                 {"Action": "EXIT", "OnReason": "*"},
             ]},
         })  # fmt: skip
@@ -241,7 +242,7 @@ def test_state_machine_maps_titles_and_runs_job_chains_in_parallel(synthesized, 
     asl = definition(t)
     titles = asl["States"]["Titles"]
     assert titles["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED"
-    assert titles["MaxConcurrency"] == config.max_concurrent_titles
+    assert titles["MaxConcurrency"] == config.concurrent_titles <= config.max_concurrent_titles
     assert titles["ItemReader"]["Resource"].endswith(":s3:getObject")
     states = all_states(asl["States"])
     (parallel,) = [s for s in states.values() if s["Type"] == "Parallel"]
@@ -359,7 +360,7 @@ def test_schedule_events_and_alarms(synthesized, env):
     })  # fmt: skip
     t.has_resource_properties("AWS::Events::EventBus", {"Name": f"prism-{env}"})
     t.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()})
-    t.resource_count_is("AWS::CloudWatch::Alarm", 4)
+    t.resource_count_is("AWS::CloudWatch::Alarm", 7)
     t.has_resource_properties(
         "AWS::Events::Rule",
         {
@@ -573,7 +574,7 @@ def test_nothing_that_grows_with_the_catalogue_travels_in_the_state(synthesized,
     assert "Save watermark" not in states  # no longer only on a fully successful run
     assert asl["TimeoutSeconds"] == 12 * 3600
     limit = config.titles_per_run
-    assert -(-limit // config.max_concurrent_titles) * config.title_minutes <= 12 * 60
+    assert -(-limit // config.concurrent_titles) * config.title_minutes <= 12 * 60
     for fn in t.find_resources("AWS::Lambda::Function", {"Properties": {"Runtime": "python3.13"}}).values():
         assert fn["Properties"]["Environment"]["Variables"]["PRISM_MAX_TITLES_PER_RUN"] == str(limit)
 
@@ -582,9 +583,10 @@ def test_max_titles_per_run_must_finish_within_the_execution_timeout():
     config = load("dev")
     # the title job, possibly after a Spot wait and with one retry: 100 min, 7 rounds in 12 h
     assert config.title_minutes == 30 + 2 * 35
-    assert config.titles_per_run == 7 * config.max_concurrent_titles == 35
-    with pytest.raises(ValueError, match="max_titles_per_run must be 1..35"):
-        load("dev", max_titles_per_run=36)
+    # 32 vCPUs hold two 16-vCPU title jobs at once (the Map's 5 would leave three waiting in the queue)
+    assert config.titles_per_run == 7 * config.concurrent_titles == 14
+    with pytest.raises(ValueError, match="max_titles_per_run must be 1..14"):
+        load("dev", max_titles_per_run=15)
     split = load("dev", jobs=SPLIT_JOBS, gpu_instance_types=("g6.xlarge", "g6.2xlarge"))
     assert split.title_minutes == (30 + 2 * 35) + (30 + 2 * 5)  # visual then embeddings: 140 min, 5 rounds
     assert load("dev", max_titles_per_run=10).titles_per_run == 10
@@ -606,3 +608,75 @@ def test_lambda_throttling_is_retried_and_a_failed_failure_record_does_not_fail_
         fallback = states[catch["Next"]]
         assert fallback["ResultPath"] == "$.failure" and "reason.$" in fallback["Parameters"]
         assert fallback["Next"] == state["Next"]  # the title carries on as if it had been recorded
+
+
+# -- issue 21: concurrency-derived cap, one title never fails the run, failure classes, run-level alarms ------------
+
+
+def test_the_per_run_cap_follows_the_real_concurrency_and_the_execution_timeout():
+    """prod allowed 700 titles a run at 100 "concurrent" titles, but 512 vCPUs of 16-vCPU jobs run 32 at once: at
+    35 minutes a title that is 12.8 h, past the 12 h execution timeout."""
+    prod = load("prod")
+    assert prod.title_vcpus == 16 and prod.concurrent_titles == 512 // 16 == 32
+    assert prod.titles_per_run == 7 * 32 == 224  # 7 rounds of 100 min (Spot wait + a retry) in 12 h
+    assert -(-prod.titles_per_run // prod.concurrent_titles) * prod.title_minutes <= 12 * 60
+    with pytest.raises(ValueError, match=r"max_titles_per_run must be 1..224: 32 at a time \(max_vcpus 512 / 16"):
+        load("prod", max_titles_per_run=700)
+    split = load("dev", jobs=SPLIT_JOBS, gpu_instance_types=("g6.xlarge", "g6.2xlarge"))
+    assert split.title_vcpus == 8 + 4  # visual (then embeddings) beside audio
+    assert split.concurrent_titles == min(split.max_concurrent_titles, 32 // 12) == 2
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_one_title_never_fails_the_run(synthesized, env):
+    _, t = synthesized[env]
+    states = all_states(definition(t)["States"])
+    assert states["Titles"]["ToleratedFailurePercentage"] == 100
+    completed = states["Title completed"]
+    assert completed["Resource"].endswith(":states:::dynamodb:deleteItem")
+    assert any("DynamoDB.ThrottlingException" in r["ErrorEquals"] for r in completed["Retry"])
+    (catch,) = completed["Catch"]
+    assert catch["ErrorEquals"] == ["States.ALL"] and states[catch["Next"]]["Type"] == "Pass"
+    for name, state in states.items():  # every task inside a title's flow has a catch
+        if state["Type"] == "Task" and name not in ("Discover titles", "Summarise"):
+            assert state.get("Catch"), name
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_failure_classes_gpu_jobs_and_timeouts_from_the_titles_duration(synthesized, env):
+    config = ENVIRONMENTS[env]
+    _, t = synthesized[env]
+    states = all_states(definition(t)["States"])
+    for spec in config.jobs:
+        for name in (f"{spec.name} job", f"{spec.name} job on demand"):
+            timeout = states[name]["Parameters"]["Timeout"]
+            assert timeout == {"AttemptDurationSeconds.$": f"$.title.jobs.{spec.name}.timeout_s"}
+        if spec.gpus:
+            t.has_resource_properties("AWS::Batch::JobDefinition", {"ContainerProperties": Match.object_like({
+                "Environment": Match.array_with([{"Name": "PRISM_REQUIRE_GPU", "Value": "true"},
+                                                 {"Name": "PRISM_JOB", "Value": spec.name}])})})  # fmt: skip
+    env_vars = next(iter(t.find_resources("AWS::Lambda::Function", {"Properties": {"Runtime": "python3.13"}}).values()))
+    variables = env_vars["Properties"]["Environment"]["Variables"]
+    assert json.loads(variables["PRISM_DELIVERY"])["pattern"] == config.delivery.pattern
+    assert variables["PRISM_MAX_ATTEMPTS"] == str(config.max_attempts)
+    jobs = json.loads(variables["PRISM_JOBS"])
+    assert {name: spec["timeout_minutes"] for name, spec in jobs.items()} == {
+        j.name: j.timeout_minutes for j in config.jobs}  # fmt: skip
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_alarms_for_no_title_succeeded_today_a_growing_backlog_and_parked_titles(synthesized, env):
+    _, t = synthesized[env]
+    alarms = {a["Properties"]["AlarmDescription"].split(":")[1].strip(): a["Properties"]
+              for a in t.find_resources("AWS::CloudWatch::Alarm").values()}  # fmt: skip
+    no_success = next(a for d, a in alarms.items() if d.startswith("scheduled runs took titles today"))
+    expressions = [m.get("Expression") for m in no_success["Metrics"] if m.get("Expression")]
+    assert expressions == ["IF(taken > 0 AND FILL(ok, 0) == 0, 1, 0)"]
+    names = {m["MetricStat"]["Metric"]["MetricName"] for m in no_success["Metrics"] if "MetricStat" in m}
+    assert names == {"TitlesTaken", "TitlesSucceeded"}
+    backlog = next(a for d, a in alarms.items() if d.startswith("the deferred backlog grew"))
+    assert backlog["EvaluationPeriods"] == 3 and backlog["ComparisonOperator"] == "GreaterThanThreshold"
+    assert [m["Expression"] for m in backlog["Metrics"] if m.get("Expression")] == ["DIFF(deferred)"]
+    assert any(a.get("MetricName") == "TitlesParked" for a in alarms.values())
+    for alarm in alarms.values():
+        assert alarm["AlarmActions"], alarm

@@ -22,6 +22,9 @@ What is patched, and why:
   TODO in ``resource_eval_s3``): it is completed to write the children's results as
   ``SUCCEEDED_0.json`` in the documented format (``Status``, ``Input``/``Output`` as JSON strings)
   and list it, which is what ``summarise`` reads in AWS.
+- moto 5.2's ASL lexer reads ``"ToleratedFailurePercentage": 100`` as an INT token where its grammar
+  wants a NUMBER, and refuses the definition: moto is given ``100.0`` (the same value; tests/cdk
+  asserts the synthesized definition itself).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -244,7 +248,8 @@ class Deployment:
                        for jd in self.resolve.of_type("AWS::Batch::JobDefinition").values()}  # fmt: skip
         self.worker_s3 = self.s3_as.client(job_role)
         (machine,) = self.resolve.of_type("AWS::StepFunctions::StateMachine").values()
-        self.definition = self.resolve(machine["Properties"]["DefinitionString"])
+        self.definition = re.sub(r'("ToleratedFailurePercentage":)(\d+)([,}])', r"\1\2.0\3",
+                                 self.resolve(machine["Properties"]["DefinitionString"]))  # fmt: skip
         self.machine_arn = self.sfn.create_state_machine(
             name="prism-test", definition=self.definition, roleArn=role)["stateMachineArn"]  # fmt: skip
 

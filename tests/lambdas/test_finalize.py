@@ -80,7 +80,24 @@ def test_a_missing_file_fails_the_stage_naming_it(deployment, s3_calls):
     out = finalize(d)
 
     assert out["status"] == "failed"
-    assert out["reason"] == f"{TITLE}: stage keyframes outputs missing in S3: ['{KEYFRAMES[-1]}']"
+    assert out["reason"] == (f"{TITLE}: stage keyframes: 1 of its 1101 outputs missing in S3 (all in the logs), "
+                             f"first: ['{KEYFRAMES[-1]}']")  # fmt: skip
+
+
+def test_a_reason_naming_thousands_of_missing_files_is_bounded(deployment, s3_calls, caplog):
+    """Every missing keyframe used to be listed in the reason: tens of KiB in the state, the catalog and the event."""
+    from prism.contract import REASON_LIMIT
+
+    d = deployment
+    stored_keyframes(d, ["keyframes.parquet"])
+
+    out = finalize(d)
+
+    assert out["status"] == "failed" and len(out["reason"]) <= REASON_LIMIT
+    assert "1100 of its 1101 outputs missing" in out["reason"] and KEYFRAMES[0] in out["reason"]
+    assert len(DynamoCatalog(d.table, client=d.ddb).get_title(TITLE).reason) <= REASON_LIMIT
+    (logged,) = [r for r in caplog.records if r.getMessage() == "outputs missing"]
+    assert logged.missing == KEYFRAMES  # the full list is in the logs
 
 
 def test_a_denied_listing_is_a_clear_configuration_error(deployment, s3_calls, caplog):
