@@ -1,0 +1,240 @@
+"""QC stage: findings with timecodes on the sample title, profiles as data, detectors on built media, odd input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from prism.errors import ConfigError
+from prism.qc import Finding, evaluate, load_profile, profile_names, timecode
+from prism.qc import visual as qv
+from prism.runner import Runner
+from prism.synth import Shot, Title, ffmpeg
+
+FPS = 25.0
+
+
+@pytest.fixture(scope="module")
+def qc_sample(sample_video, tmp_path_factory):
+    path, truth = sample_video
+    out = tmp_path_factory.mktemp("qc-sample")
+    [outcome] = Runner(out).run([path], ["qc"])
+    assert outcome.status == "succeeded", outcome
+    tdir = out / "titles" / "sample"
+    doc = json.loads((tdir / "qc.json").read_text())
+    table = pq.read_table(tdir / "qc_findings.parquet").to_pandas()
+    return doc, table, truth
+
+
+@pytest.mark.slow
+def test_sample_title_bars_black_silence_are_findings_with_timecodes(qc_sample):
+    doc, table, truth = qc_sample
+    bars = table.query("check == 'colour_bars'")
+    assert len(bars) == 1
+    # shot 3 (smptehdbars, 2 s, then its last frame held 2 s) starts where the dissolve into shot 2 ends
+    start, end = truth.cuts[1], truth.frozen[0][1]
+    row = bars.iloc[0]
+    assert abs(row.start_s * FPS - start) <= 1 and abs(row.end_s * FPS - end) <= 1
+    assert row.start_tc == timecode(start / FPS, FPS) == f"00:00:07:{start % 25:02d}"
+    assert row.rule == "colour_bars_in_programme" and row.severity == "fail"
+    assert row.detail.startswith("arib") and start <= row.evidence_frame < end
+    (b0, b1), black = truth.black[0], table.query("check == 'black'").iloc[0]
+    assert abs(black.start_s * FPS - b0) <= 3 and abs(black.end_s * FPS - b1) <= 3
+    assert black.rule == "black_in_programme" and black.severity == "warn"
+    silence = table.query("check == 'silence'")
+    assert silence.start_s.tolist() == pytest.approx([6.0, 20.0], abs=0.06)
+    assert silence.start_tc.tolist() == ["00:00:06:00", "00:00:20:00"]
+    assert set(silence.rule) == {"silence_in_programme"}
+    loud = table.query("check == 'loudness_integrated'").iloc[0]
+    assert -31 < loud.value < -26 and loud.severity == "fail"  # a sine at 1/16 of full scale: under -24 +/- 2 LKFS
+    assert table.query("check == 'channel_layout'").iloc[0].severity == "fail"  # mono; the service wants 2 or 6
+    assert doc["verdict"] == "fail" and doc["profile"] == "service"
+    assert doc["counts"]["fail"] == len(table.query("severity == 'fail'")) >= 2
+    assert doc["rules"]["colour_bars_in_programme"] == 1
+    assert not table.query("check in ['flashing', 'red_flashing', 'letterbox', 'pillarbox']").shape[0]
+
+
+@pytest.mark.slow
+def test_findings_judged_against_another_profile_without_reanalysis(qc_sample):
+    _, table, _ = qc_sample
+    findings = [Finding.from_row(r) for r in table.to_dict("records")]
+    duration = float(table.query("check == 'audio_tracks'").end_s.iloc[0])
+    assert evaluate(findings, load_profile("ebu_r128"), duration) == "fail"
+    kept = [f for f in findings if f.check not in ("colour_bars", "loudness_integrated", "black", "silence", "frozen")]
+    assert evaluate(kept, load_profile("service"), duration) == "pass"
+
+
+def test_profiles_are_data():
+    assert {"service", "ebu_r128", "atsc_a85"} <= set(profile_names())
+    ebu, atsc = load_profile("ebu_r128"), load_profile("atsc_a85")
+    assert (ebu.target_lufs, ebu.tolerance_lu, ebu.max_true_peak_dbtp) == (-23.0, 1.0, -1.0)
+    assert (atsc.target_lufs, atsc.tolerance_lu, atsc.max_true_peak_dbtp) == (-24.0, 2.0, -2.0)
+    loud = Finding("loudness_integrated", 0, 60, -22.5)
+    assert evaluate([loud], ebu, 60) == "pass" and evaluate([loud], load_profile("service"), 60) == "pass"
+    loud.value = -24.5
+    assert evaluate([loud], ebu, 60) == "fail" and evaluate([loud], atsc, 60) == "pass"
+    with pytest.raises(ConfigError, match="unknown QC profile 'nope'.*service"):
+        load_profile("nope")
+
+
+def test_profile_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[loudness]\ntarget_lufs = -23\n')
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load_profile(str(bad))
+    broken = tmp_path / "broken.toml"
+    broken.write_text("name = [")
+    with pytest.raises(ConfigError, match="broken.toml: not valid TOML"):
+        load_profile(str(broken))
+
+
+def test_placed_findings_at_head_and_tail_are_info():
+    prof = load_profile("service")
+    head = Finding("colour_bars", 0.0, 20.0)
+    tail = Finding("black", 3570.0, 3600.0)
+    inside = Finding("black", 1000.0, 1010.0)
+    assert evaluate([head, tail], prof, 3600.0) == "pass"
+    assert evaluate([head, tail, inside], prof, 3600.0) == "fail"
+    assert inside.rule == "black_long_in_programme" and head.severity == tail.severity == "info"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "fps", "tc"),
+    [
+        (0.0, 25.0, "00:00:00:00"),
+        (3661.48, 25.0, "01:01:01:12"),
+        (7.48, 25.0, "00:00:07:12"),
+        (1800 / (30000 / 1001), 30000 / 1001, "00:01:00;02"),  # drop frame: frames 0 and 1 of minute 1 skipped
+        (17982 / (30000 / 1001), 30000 / 1001, "00:10:00;00"),  # but not of each tenth minute
+        (1.0, 24.0, "00:00:01:00"),
+    ],
+)
+def test_timecode(seconds, fps, tc):
+    assert timecode(seconds, fps) == tc
+
+
+def _frame(source: str, tmp_path, w: int = 1280, h: int = 720) -> np.ndarray:
+    raw = tmp_path / "f.raw"
+    ffmpeg("-f", "lavfi", "-i", f"{source}", "-frames:v", "1", "-vf", f"scale={w}:{h},scale=48:27:flags=area",
+           "-f", "rawvideo", "-pix_fmt", "rgb24", str(raw))  # fmt: skip
+    return np.fromfile(raw, np.uint8).reshape(27, 48, 3)
+
+
+@pytest.mark.parametrize(
+    ("source", "variant"),
+    [
+        ("smptebars=size=1280x720", "smpte"),
+        ("smptehdbars=size=1920x1080", "arib"),
+        ("pal75bars=size=720x576", "ebu"),
+        ("pal100bars=size=720x576", "ebu"),
+        ("smptebars=size=1280x720,crop=iw:ih*2/3:0:0", "full_field"),
+        ("testsrc2=size=1280x720", None),
+        ("testsrc=size=1280x720", None),
+        ("rgbtestsrc=size=1280x720", None),
+        ("mandelbrot=size=1280x720", None),
+        ("color=c=red:size=1280x720", None),
+    ],
+)
+def test_bar_variants(source, variant, tmp_path):
+    assert qv.bar_variant(_frame(source, tmp_path))[0] == variant
+
+
+def _strobe(hz: float, seconds: float, *, red: bool = False, area: float = 1.0, fps: float = 25.0) -> np.ndarray:
+    """48x27 frames alternating dark grey and white (or saturated red) at ``hz`` flashes a second over ``area``."""
+    n = int(seconds * fps)
+    frames = np.full((n, 27, 48, 3), 40, np.uint8)
+    on = (np.floor(np.arange(n) / fps * hz * 2) % 2).astype(bool)
+    cols = int(round(48 * area))
+    bright = np.array([230, 0, 0] if red else [235, 235, 235], np.uint8)
+    frames[on, :, :cols] = bright
+    return frames
+
+
+@pytest.mark.parametrize(
+    ("hz", "area", "red", "expected"),
+    [
+        (10.0, 1.0, False, ["flashing"]),
+        (5.0, 0.5, False, ["flashing"]),
+        (8.0, 1.0, True, ["flashing", "red_flashing"]),
+        (3.0, 1.0, False, []),  # 3 flashes a second is the limit, not over it
+        (10.0, 0.2, False, []),  # under a quarter of the screen
+    ],
+)
+def test_flashing(hz, area, red, expected):
+    frames = _strobe(hz, 3.0, red=red, area=area)
+    times = np.arange(frames.shape[0]) / FPS
+    found = qv.flashing(frames, times, frames.shape[0] / FPS)
+    assert sorted({f.check for f in found}) == expected
+    for f in found:
+        assert f.value == pytest.approx(hz, abs=1.0) and f.end_s - f.start_s >= 2.0
+
+
+def test_letterbox_and_pillarbox_per_shot():
+    n = 50
+    box = np.tile(np.array([9, 63, 0, 128], np.int16), (n, 1))  # 2.39:1-like bars in a 16:9 frame
+    box[25:] = (0, 72, 16, 112)  # then 4:3 pillarbox
+    black = np.zeros(n, bool)
+    times = np.arange(n) / FPS
+    found = qv.active_area(box, black, [(0, 25), (25, 50)], times, n / FPS, 1920, 1080, (72, 128))
+    checks = [f.check for f in found]
+    assert checks == ["letterbox", "pillarbox", "active_area_change"]
+    assert found[0].value == pytest.approx(1920 / (1080 * 54 / 72), abs=0.01)
+    assert found[1].value == pytest.approx(1920 * 96 / 128 / 1080, abs=0.01)
+    assert found[1].start_s == pytest.approx(1.0)
+
+
+ODD = {
+    "no-audio": (Title([Shot("testsrc2", 1.0)], width=160, height=90, audio=False), []),
+    "vertical": (Title([Shot("testsrc2", 1.0)], width=90, height=160), []),
+    "one-frame": (Title([Shot("testsrc2", 0.04)], width=160, height=90), []),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ODD))
+def test_odd_input_gives_findings_not_crashes(name, make_video, tmp_path):
+    title, _ = ODD[name]
+    path, _ = make_video(f"qc-{name}.mp4", title)
+    [outcome] = Runner(tmp_path).run([path], ["qc"])
+    assert outcome.status == "succeeded", outcome
+    doc = json.loads((tmp_path / "titles" / path.stem / "qc.json").read_text())
+    tracks = next(f for f in doc["findings"] if f["check"] == "audio_tracks")
+    assert tracks["value"] == (0 if name == "no-audio" else 1)
+    if name == "no-audio":
+        assert doc["verdict"] == "fail" and doc["rules"]["audio_tracks"] == 1 and doc["not_checked"]["audio"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("layout", "tracks", "channels", "verdict_rule"), [
+    ("mono", 1, 1, "channel_layout"),
+    ("5.1", 1, 6, None),
+    ("stereo", 8, 2, None),
+])  # fmt: skip
+def test_channel_layouts(layout, tracks, channels, verdict_rule, make_video, media_dir, tmp_path):
+    src, _ = make_video("qc-layout-src.mp4", Title([Shot("testsrc2", 1.0)], width=160, height=90, audio=False))
+    path = media_dir / f"qc-{layout}-{tracks}.mp4"
+    args = ["-i", str(src)]
+    for _ in range(tracks):
+        args += [
+            "-f",
+            "lavfi",
+            "-t",
+            "1",
+            "-i",
+            f"sine=frequency=440:sample_rate=48000,aformat=channel_layouts={layout},volume=0.05",
+        ]
+    args += (
+        ["-map", "0:v"]
+        + [x for k in range(tracks) for x in ("-map", f"{k + 1}:a")]
+        + ["-c:v", "copy", "-c:a", "aac", str(path)]
+    )
+    ffmpeg(*args)
+    [outcome] = Runner(tmp_path).run([path], ["qc"])
+    assert outcome.status == "succeeded", outcome
+    doc = json.loads((tmp_path / "titles" / path.stem / "qc.json").read_text())
+    layouts = [f for f in doc["findings"] if f["check"] == "channel_layout"]
+    assert len(layouts) == tracks and {f["value"] for f in layouts} == {channels}
+    assert (verdict_rule in doc["rules"]) if verdict_rule else "channel_layout" not in doc["rules"]
