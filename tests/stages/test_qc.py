@@ -238,3 +238,35 @@ def test_channel_layouts(layout, tracks, channels, verdict_rule, make_video, med
     layouts = [f for f in doc["findings"] if f["check"] == "channel_layout"]
     assert len(layouts) == tracks and {f["value"] for f in layouts} == {channels}
     assert (verdict_rule in doc["rules"]) if verdict_rule else "channel_layout" not in doc["rules"]
+
+
+AUDIO_FAULTS = {  # name -> (ffmpeg lavfi source of 6 s of stereo, the checks it must raise)
+    "clean": ("sine=440:sample_rate=48000:d=6[a];sine=660:sample_rate=48000:d=6[b];[a][b]amerge=inputs=2", set()),
+    "silent-right": ("sine=440:sample_rate=48000:d=6,pan=stereo|c0=c0|c1=0*c0", {"silent_channel"}),
+    "inverted": ("sine=440:sample_rate=48000:d=6,pan=stereo|c0=c0|c1=-1*c0", {"phase_inverted"}),
+    "dual-mono": ("sine=440:sample_rate=48000:d=6,pan=stereo|c0=c0|c1=c0", {"dual_mono"}),
+    "clipped": ("sine=440:sample_rate=48000:d=6,volume=12,pan=stereo|c0=c0|c1=0.5*c0", {"clipping"}),
+    "tone": ("sine=1000:sample_rate=48000:d=6,volume=0.9,pan=stereo|c0=c0|c1=c0", {"dual_mono", "lineup_tone"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUDIO_FAULTS))
+def test_audio_faults_from_the_shared_decode(name, tmp_path):
+    """Channel faults come from the track's one decode (the channel branch of TrackStream), replayed from its spool."""
+    from prism.audio.pcm import ANALYSIS_RATE, TrackStream
+    from prism.qc import audio as qa
+
+    graph, expected = AUDIO_FAULTS[name]
+    path = tmp_path / f"{name}.mkv"
+    ffmpeg("-filter_complex", graph, "-c:a", "pcm_s16le", str(path))
+    first = TrackStream(path, 0, channels=2, sample_rate=48000, block_s=1.0, spool=tmp_path / "a.f32")
+    blocks = list(first.blocks())
+    replay = TrackStream(path, 0, channels=2, sample_rate=48000, block_s=1.0, spool=tmp_path / "a.f32")
+    assert replay.spooled()
+    replayed = list(replay.blocks())
+    assert replay.channel_stats.to_dict() == first.channel_stats.to_dict() and len(first.channel_stats.times) == 6
+    found = qa.channel_findings(replay.channel_stats, 0.0, -60.0) + qa.lineup_tone(replayed, ANALYSIS_RATE)
+    assert {f.check for f in found} == expected, [(f.check, f.value) for f in found]
+    assert sum(b.size for b in blocks) == 6 * ANALYSIS_RATE
+    for f in found:
+        assert f.start_s == pytest.approx(0.0, abs=0.5) and f.end_s == pytest.approx(6.0, abs=0.5)
