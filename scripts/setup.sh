@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything Prism needs on a fresh Debian machine (also what CI runs).
-# System packages: ffmpeg (decode), espeak-ng (test speech), chromium (report screenshots).
+# System packages: ffmpeg (decode), espeak-ng (test speech), chromium (report screenshots), fonts-nanum (Korean text in QC tests).
 # Python: a local venv with the CPU build of torch; GPU containers install the CUDA build instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v chromium >/dev/null || need+=(chromium)
+[ -f /usr/share/fonts/truetype/nanum/NanumGothic.ttf ] || need+=(fonts-nanum)  # Korean credits in the QC tests and benchmark
 if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null

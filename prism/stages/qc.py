@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 from prism.audio.pcm import ANALYSIS_RATE
@@ -31,6 +32,8 @@ class QcParams:
     profile: str = "service"  # a shipped profile (service, ebu_r128, atsc_a85) or a .toml path
     bars_min_s: float = 0.4
     audio_track: int = 0
+    text_max_frames: int = 120  # keyframes the text detector reads (about 1 s each on a core); 0 = no text checks
+    text_side: int = 360  # the short side the text detector sees
 
     def __post_init__(self) -> None:
         load_profile(self.profile)  # raises ConfigError naming the shipped profiles
@@ -38,6 +41,8 @@ class QcParams:
             raise ValueError("bars_min_s must be > 0")
         if self.audio_track < 0:
             raise ValueError("audio_track must be >= 0")
+        if self.text_max_frames < 0 or self.text_side < 32:
+            raise ValueError("text_max_frames must be >= 0 and text_side >= 32")
 
 
 QC_FINDINGS_SCHEMA = pa.schema(
@@ -91,7 +96,7 @@ def report(profile: str, verdict: str, findings: list[Finding], fps: float, dura
 @register
 class QcStage(Stage):
     name = "qc"
-    requires = ("shots", "cues")
+    requires = ("shots", "keyframes", "cues")
     Params = QcParams
     outputs = (
         Output("qc.json", "json", description="QC verdict against the profile, counts and every finding"),
@@ -107,7 +112,9 @@ class QcStage(Stage):
     display_order = 35
 
     def model(self) -> ModelInfo:
-        return ModelInfo("prism-qc", f"code-{code_version(__name__)};{code_version('prism.qc')}")
+        from prism.vision.text import model_identity
+
+        return ModelInfo("prism-qc", f"code-{code_version(__name__)};{code_version('prism.qc')};{model_identity()}")
 
     def run(self, ctx: StageContext) -> StageResult:
         p = self.params
@@ -125,6 +132,7 @@ class QcStage(Stage):
             findings += qv.active_area(vp.active_box, black, spans, vp.times, end_s, w, h, (72, 128))
         else:
             notes["active_area"] = "the visual pass recorded no active area"
+        findings += self._text(ctx, shots, end_s, notes)
         for cue in ctx.read_table("cues.parquet").to_pylist():
             frame = cue["start_frame"]
             findings.append(
@@ -154,6 +162,38 @@ class QcStage(Stage):
             metrics={"verdict": verdict, "profile": p.profile, **counts, "findings": len(findings)},
             summary=f"{verdict} ({p.profile}): {counts['fail']} fail, {counts['warn']} warn, {counts['info']} info",
         )
+
+    def _text(self, ctx: StageContext, shots: list[dict], end_s: float, notes: dict[str, str]) -> list[Finding]:
+        """Slate, credits and burnt-in subtitles from the text detector on the title's keyframes."""
+        from prism.qc import text as qt
+
+        p = self.params
+        if not p.text_max_frames:
+            notes["text"] = "text checks turned off (text_max_frames=0)"
+            return []
+        vp = ctx.visual()
+        head = load_profile(p.profile).head_tail(end_s)
+        credits_zone = max(head, min(300.0, 0.15 * end_s))
+        keyframes = ctx.read_table("keyframes.parquet").to_pylist()
+        picked = qt.pick(keyframes, credits_zone, end_s - credits_zone, p.text_max_frames)
+        if len(picked) < len(keyframes):
+            notes["text"] = f"{len(picked)} of {len(keyframes)} keyframes read (all of the head and tail zones)"
+        from prism.vision.text import load_text_detector
+
+        detector = load_text_detector(limit_side_len=p.text_side)
+        spans = [(float(vp.times[r["start_frame"]]), vp.end_time(r["end_frame"])) for r in shots]
+        texts = []
+        for k, kf in enumerate(picked):
+            a, b = shots[kf["shot_index"]]["start_frame"], shots[kf["shot_index"]]["end_frame"]
+            still = 1.0 / (1.0 + float(np.median(vp.diff_prev[a + 1 : b])) / 8.0) if b - a > 1 else 1.0
+            detection = detector.detect(qt.read_keyframe(str(ctx.title_dir / kf["path"])))
+            texts.append(qt.measure(detection, kf["shot_index"], kf["frame"], kf["time_s"], still))
+            ctx.progress(k + 1, len(picked), "text")
+        found = qt.text_findings(texts, spans, credits_zone, end_s - credits_zone)
+        for f in found:  # a slate belongs to the head: judge it against the profile's own head zone
+            if f.check == "slate" and f.start_s >= head:
+                f.detail += " (after the head)"
+        return found
 
     def _audio(self, ctx: StageContext, end_s: float, notes: dict[str, str]) -> list[Finding]:
         p = self.params

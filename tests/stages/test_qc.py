@@ -270,3 +270,50 @@ def test_audio_faults_from_the_shared_decode(name, tmp_path):
     assert sum(b.size for b in blocks) == 6 * ANALYSIS_RATE
     for f in found:
         assert f.start_s == pytest.approx(0.0, abs=0.5) and f.end_s == pytest.approx(6.0, abs=0.5)
+
+
+DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+NANUM = "/usr/share/fonts/truetype/nanum/NanumGothic.ttf"
+
+
+def _lines(lines: list[str], font: str, size: int = 26, y0: int = 40, step: int = 44) -> str:
+    return ",".join(
+        f"drawtext=fontfile={font}:text='{t}':fontsize={size}:fontcolor=white:x=(w-tw)/2:y={y0 + i * step}"
+        for i, t in enumerate(lines)
+    )
+
+
+@pytest.mark.slow
+def test_slate_subtitles_and_korean_end_credits(media_dir, tmp_path):
+    """A slate card at the head, a shot with a burnt-in subtitle, a clean shot, Korean end credits at the tail."""
+    path = media_dir / "qc-text.mp4"
+    if not path.exists():
+        slate = _lines(["PRODUCTION  PRISM QC", "TITLE  THE LONG NIGHT", "EPISODE  101", "DATE  2026-12-06",
+                        "DURATION  00 11 00", "AUDIO  STEREO"], DEJAVU)  # fmt: skip
+        sub = (
+            "drawtext=fontfile="
+            + DEJAVU
+            + ":text='I never said that.':fontsize=28:fontcolor=white:borderw=2:x=(w-tw)/2:y=h-60"
+        )
+        credits = _lines(
+            ["감독  김지수", "각본  이서연", "촬영  박민준", "음악  최유나", "Directed by Kim Ji-su"], NANUM, y0=60
+        )
+        ffmpeg(
+            "-f", "lavfi", "-i", f"color=c=0x202020:size=640x360:rate=25:d=2,{slate}",
+            "-f", "lavfi", "-i", f"mandelbrot=size=640x360:rate=25,trim=duration=3,{sub}",
+            "-f", "lavfi", "-i", "gradients=size=640x360:rate=25:speed=0.02:seed=3,trim=duration=3",
+            "-f", "lavfi", "-i", f"color=c=black:size=640x360:rate=25:d=3,{credits}",
+            "-filter_complex", "[0][1][2][3]concat=n=4:v=1:a=0,format=yuv420p[v]", "-map", "[v]",
+            "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-g", "25", str(path),
+        )  # fmt: skip
+    [outcome] = Runner(tmp_path).run([path], ["qc"])
+    assert outcome.status == "succeeded", outcome
+    table = pq.read_table(tmp_path / "titles" / path.stem / "qc_findings.parquet").to_pandas()
+    by_check = {c: g for c, g in table.groupby("check")}
+    assert set(by_check) >= {"slate", "burnt_in_subtitles", "credits"}, table[["check", "start_s", "end_s"]]
+    (slate,) = by_check["slate"].itertuples()
+    assert slate.start_s == 0.0 and slate.end_s == pytest.approx(2.0, abs=0.1) and slate.value >= 4
+    (sub,) = by_check["burnt_in_subtitles"].itertuples()
+    assert sub.start_s == pytest.approx(2.0, abs=0.1) and sub.end_s == pytest.approx(5.0, abs=0.1)
+    (cred,) = by_check["credits"].itertuples()
+    assert cred.start_s == pytest.approx(8.0, abs=0.1) and cred.detail.startswith("end credits")
