@@ -173,15 +173,16 @@ def audio_cases(work: Path) -> list[tuple[str, set[str]]]:
     other = work / "speech2.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "170", "-w", str(other), text[::-1][:120]], check=True,
                    capture_output=True)  # fmt: skip
-    stereo = "[0:a]aresample=48000,apad=whole_dur=8[l];[1:a]aresample=48000,apad=whole_dur=8[r];[l][r]amerge=inputs=2,atrim=0:8"
+    mono = "aresample=48000,aformat=sample_fmts=fltp:channel_layouts=mono,apad=whole_dur=8,atrim=0:8"
+    stereo = f"[0:a]{mono}[l];[1:a]{mono}[r];[l][r]amerge=inputs=2"
     faults = {
         "clean stereo": (stereo, set()),
-        "right channel silent": ("[0:a]aresample=48000,apad=whole_dur=8,atrim=0:8,pan=stereo|c0=c0|c1=0*c0", {"silent_channel"}),
-        "polarity inverted": ("[0:a]aresample=48000,apad=whole_dur=8,atrim=0:8,pan=stereo|c0=c0|c1=-1*c0", {"phase_inverted"}),
-        "dual mono": ("[0:a]aresample=48000,apad=whole_dur=8,atrim=0:8,pan=stereo|c0=c0|c1=c0", {"dual_mono"}),
+        "right channel silent": (f"[0:a]{mono},pan=stereo|c0=c0|c1=0*c0", {"silent_channel"}),
+        "polarity inverted": (f"[0:a]{mono},pan=stereo|c0=c0|c1=-1*c0", {"phase_inverted"}),
+        "dual mono": (f"[0:a]{mono},pan=stereo|c0=c0|c1=c0", {"dual_mono"}),
         "clipped": (stereo + ",volume=30", {"clipping"}),
         "line-up tone": ("sine=1000:sample_rate=48000:d=3,volume=0.5,pan=stereo|c0=c0|c1=c0[t];"
-                         f"{stereo}[p];[t][p]concat=n=2:v=0:a=1", {"lineup_tone", "dual_mono"}),
+                         f"{stereo}[p];[t][p]concat=n=2:v=0:a=1", {"lineup_tone"}),
         "5.1 with silent centre": ("[0:a]aresample=48000,apad=whole_dur=8,atrim=0:8,"
                                    "pan=5.1|c0=c0|c1=0.8*c0|c2=0*c0|c3=0.3*c0|c4=0.5*c0|c5=0.4*c0", {"silent_channel"}),
     }  # fmt: skip
@@ -195,6 +196,49 @@ def audio_cases(work: Path) -> list[tuple[str, set[str]]]:
         blocks = list(stream.blocks())
         found = qa.channel_findings(stream.channel_stats, 0.0, -60.0) + qa.lineup_tone(blocks, ANALYSIS_RATE)
         out.append((label, expected, {f.check for f in found}))
+    return out
+
+
+def interlace_cases(work: Path, photos: list[Path]) -> list[tuple[bool, bool]]:
+    """Photos panned at 50 fps and woven into 25 fps interlaced frames (tff and bff), against progressive pans."""
+    from prism.qc import visual as qv
+
+    out = []
+    for k, photo in enumerate(photos):
+        pan = _pan(photo, 14.0, (720, 576))
+        for label, vf, extra in (
+            ("progressive", pan[-1], []),
+            ("tff", pan[-1].replace(",format", ",tinterlace=mode=interleave_top,format"), ["-flags", "+ilme+ildct", "-x264opts", "tff=1"]),
+            ("bff", pan[-1].replace(",format", ",tinterlace=mode=interleave_bottom,format"), ["-flags", "+ilme+ildct", "-x264opts", "bff=1"]),
+        ):  # fmt: skip
+            args = [
+                *pan[:2],
+                "-t",
+                "14",
+                "-framerate",
+                "50" if label != "progressive" else str(FPS),
+                *pan[6:-2],
+                "-vf",
+                vf,
+            ]
+            path = work / f"il-{k}-{label}.mp4"
+            ffmpeg(
+                *args,
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-crf",
+                "20",
+                *extra,
+                "-pix_fmt",
+                "yuv420p",
+                "-r",
+                "25",
+                str(path),
+            )
+            found = qv.interlacing(qv.sampled_idet(path, 14.0), 14.0)
+            out.append((label != "progressive", bool(found)))
     return out
 
 
@@ -230,6 +274,7 @@ def section() -> str:
         flashes = flash_cases(work, photos)
         boxes = letterbox_cases(work, photos)
         audio = audio_cases(work)
+        interlaced = interlace_cases(work, photos[:4])
         costs = cost(work, photos)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -252,6 +297,10 @@ def section() -> str:
         lines.append(
             f"| {kind} (2.39, 1.85, 4:3 and full frame on 8 photos) | {len(boxes)} | {p:.2f} | {r:.2f} | {tp} / {fp} / {fn} |"
         )
+    p, r, tp, fp, fn = _score(interlaced)
+    lines.append(
+        f"| interlacing (sampled idet; tff, bff, progressive pans of 4 photos) | {len(interlaced)} | {p:.2f} | {r:.2f} | {tp} / {fp} / {fn} |"
+    )
     checks = sorted({c for _, e, _ in audio for c in e})
     for check in checks:
         p, r, tp, fp, fn = _score([(check in e, check in g) for _, e, g in audio])

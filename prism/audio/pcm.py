@@ -262,8 +262,10 @@ CHANNEL_KEYS = ("RMS_level", "Peak_level", "Flat_factor")
 class ChannelStats:
     """Per-channel levels of one track per second (``astats``: RMS and peak dBFS, flat factor at the
     peaks, which is over 0 where the waveform sits at its peak for consecutive samples: clipping) and,
-    for two channels, their correlation (``aphasemeter``: +1 identical, -1 one inverted), from a
-    branch of the track's single decode. Channels in the stream's order (L, R, C, LFE, Ls, Rs for 5.1)."""
+    for two channels, their correlation from the mid and side levels, (M² - S²) / (M² + S²) with
+    M = (L+R)/2 and S = (L-R)/2: +1 identical, -1 one inverted, 0 unrelated; weighted by energy, so
+    pauses do not pull it to 0 as ``aphasemeter``'s per-sample average does. From a branch of the
+    track's single decode. Channels in the stream's order (L, R, C, LFE, Ls, Rs for 5.1)."""
 
     channels: int
     times: list[float] = field(default_factory=list)
@@ -273,8 +275,8 @@ class ChannelStats:
     def filters(self, sample_rate: int) -> str:
         window = max(1, sample_rate or 48000)
         chain = f"asetnsamples=n={window}:p=0"
-        if self.channels == 2:
-            chain += ",aphasemeter=video=0"
+        if self.channels == 2:  # L, R, then mid and side as channels 3 and 4
+            chain += ",pan=4.0|c0=c0|c1=c1|c2=0.5*c0+0.5*c1|c3=0.5*c0-0.5*c1"
         return chain + (",astats=metadata=1:reset=1:measure_overall=none:measure_perchannel=" + "+".join(CHANNEL_KEYS))
 
     def read(self, fh) -> None:
@@ -287,7 +289,13 @@ class ChannelStats:
             for key in CHANNEL_KEYS:
                 row = [_level(pending.get(f"lavfi.astats.{c + 1}.{key}")) for c in range(self.channels)]
                 self.values.setdefault(key, []).append(row)
-            self.phase.append(_level(pending.get("lavfi.aphasemeter.phase")))
+            if self.channels == 2:
+                mid, side = (
+                    _level(pending.get("lavfi.astats.3.RMS_level")),
+                    _level(pending.get("lavfi.astats.4.RMS_level")),
+                )
+                m, s = (0.0 if v is None else 10 ** (v / 10) for v in (mid, side))
+                self.phase.append(round((m - s) / (m + s), 4) if m + s > 0 else None)
 
         with fh:
             for raw in fh:

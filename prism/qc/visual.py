@@ -15,8 +15,11 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -264,3 +267,42 @@ def active_area(
                                    f"active area rows {pt}-{pb}, cols {pl}-{pr} -> rows {top}-{bottom}, cols {left}-{right} "
                                    f"of {rows}x{cols}", 1.0, a))  # fmt: skip
     return out
+
+
+_IDET = re.compile(
+    r"Multi frame detection:\s*TFF:\s*(\d+)\s*BFF:\s*(\d+)\s*Progressive:\s*(\d+)\s*Undetermined:\s*(\d+)"
+)
+
+
+def sampled_idet(path: Path, duration_s: float, windows: int = 3, window_s: float = 4.0) -> tuple[int, int, int, int]:
+    """ffmpeg's ``idet`` over a few short windows spread over the title (25 %, 50 %, 75 %): it needs
+    full-resolution fields, which the visual pass never keeps, so this is a sampled read of about
+    ``windows * window_s`` seconds, not a second decode of the title. (TFF, BFF, progressive, undetermined)."""
+    from prism.media.tools import ffmpeg_exe
+
+    totals = [0, 0, 0, 0]
+    starts = (
+        [duration_s * (k + 1) / (windows + 1) - window_s / 2 for k in range(windows)]
+        if duration_s > 3 * window_s
+        else [0.0]
+    )
+    for start in starts:
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostats", "-nostdin", "-ss", f"{max(0.0, start):.3f}", "-t", f"{window_s:.3f}",
+               "-i", str(path), "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", "idet", "-f", "null", "-"]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+        match = _IDET.search(proc.stderr)
+        if match:
+            totals = [t + int(v) for t, v in zip(totals, match.groups())]
+    return totals[0], totals[1], totals[2], totals[3]
+
+
+def interlacing(counts: tuple[int, int, int, int], end_s: float, min_frames: int = 20) -> list[Finding]:
+    """Interlaced when most sampled frames read as interlaced with one consistent field order (fine
+    synthetic detail can read as combing, but then both orders come up)."""
+    tff, bff, progressive, _ = counts
+    inter = tff + bff
+    if inter + progressive < min_frames or inter < 0.6 * (inter + progressive) or max(tff, bff) < 0.8 * inter:
+        return []
+    order = "top field first" if tff >= bff else "bottom field first"
+    return [Finding("interlaced", 0.0, end_s, round(inter / (inter + progressive), 3), "interlaced_share",
+                    f"{order}: {inter} of {inter + progressive} sampled frames (idet: TFF {tff}, BFF {bff})")]  # fmt: skip

@@ -132,6 +132,7 @@ class QcStage(Stage):
             findings += qv.active_area(vp.active_box, black, spans, vp.times, end_s, w, h, (72, 128))
         else:
             notes["active_area"] = "the visual pass recorded no active area"
+        findings += qv.interlacing(qv.sampled_idet(ctx.source, end_s), end_s)
         findings += self._text(ctx, shots, end_s, notes)
         for cue in ctx.read_table("cues.parquet").to_pylist():
             frame = cue["start_frame"]

@@ -317,3 +317,22 @@ def test_slate_subtitles_and_korean_end_credits(media_dir, tmp_path):
     assert sub.start_s == pytest.approx(2.0, abs=0.1) and sub.end_s == pytest.approx(5.0, abs=0.1)
     (cred,) = by_check["credits"].itertuples()
     assert cred.start_s == pytest.approx(8.0, abs=0.1) and cred.detail.startswith("end credits")
+
+
+def test_interlacing_from_a_sampled_idet(tmp_path):
+    """Woven fields (one field order) are interlaced; a progressive pan is not; mixed field orders (fine
+    synthetic detail that idet misreads) are not either."""
+    made = {}
+    for name, vf, extra in (
+        ("inter", "tinterlace=mode=interleave_top,", ["-flags", "+ilme+ildct", "-x264opts", "tff=1"]),
+        ("prog", "", []),
+    ):  # fmt: skip
+        rate = 50 if name == "inter" else 25
+        made[name] = tmp_path / f"{name}.mp4"
+        ffmpeg("-f", "lavfi", "-i", f"mandelbrot=size=720x576:rate={rate},trim=duration=3", "-vf", f"{vf}format=yuv420p",
+               "-c:v", "libx264", "-preset", "veryfast", *extra, "-r", "25", str(made[name]))  # fmt: skip
+    [found] = qv.interlacing(qv.sampled_idet(made["inter"], 3.0), 3.0)
+    assert found.check == "interlaced" and found.value > 0.8 and found.detail.startswith("top field first")
+    assert qv.interlacing(qv.sampled_idet(made["prog"], 3.0), 3.0) == []
+    assert qv.interlacing((34, 22, 19, 0), 3.0) == []  # testsrc2 at 25p: both orders, so not interlaced
+    assert qv.interlacing((0, 70, 5, 0), 3.0)[0].detail.startswith("bottom field first")
