@@ -153,9 +153,15 @@ class Finding:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Finding:
+        """A finding back from a qc_findings.parquet row (pyarrow's None or pandas' NaN for nulls)."""
+
+        def known(v: Any) -> Any:
+            return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+        frame = known(row.get("evidence_frame"))
         return cls(
-            row["check"], row["start_s"], row["end_s"], row.get("value"), row.get("unit") or "",
-            row.get("detail") or "", row.get("confidence") or 1.0, row.get("evidence_frame"),
+            row["check"], row["start_s"], row["end_s"], known(row.get("value")), row.get("unit") or "",
+            row.get("detail") or "", known(row.get("confidence")) or 1.0, None if frame is None else int(frame),
         )  # fmt: skip
 
 

@@ -226,7 +226,7 @@ def flashing(frames: np.ndarray, times: np.ndarray, end_s: float, limits: FlashL
 
 def active_area(
     box: np.ndarray, black: np.ndarray, shots: list[tuple[int, int]], times: np.ndarray, end_s: float,
-    frame_w: int, frame_h: int, grid: tuple[int, int], min_bar: int = 2,
+    frame_w: int, frame_h: int, grid: tuple[int, int], min_bar: int = 1,
 ) -> list[Finding]:  # fmt: skip
     """Letterbox and pillarbox spans from per-frame active boxes (top, bottom, left, right on a
     ``grid`` of (rows, columns)), per shot; a change of active area between shots is a finding too."""
