@@ -250,6 +250,66 @@ def interlace_cases(work: Path, photos: list[Path]) -> list[tuple[bool, bool]]:
     return out
 
 
+DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+NANUM = "/usr/share/fonts/truetype/nanum/NanumGothic.ttf"
+SLATE = ["PRODUCTION  NORTHERN LIGHTS", "TITLE  THE LONG NIGHT", "EPISODE  104", "DATE  2026-11-30",
+         "DURATION  00:52:10:00", "AUDIO  5.1 + STEREO", "ASPECT  16:9"]  # fmt: skip
+CREDITS_LATIN = ["Directed by Kim Ji-su", "Written by Lee Seo-yeon", "Director of Photography Park Min-jun",
+                 "Music by Choi Yu-na", "Edited by Jung Ha-eun"]  # fmt: skip
+CREDITS_KOREAN = ["감독  김지수", "각본  이서연", "촬영  박민준", "음악  최유나", "편집  정하은"]
+SUBTITLES = ["I never said that.", "Where were you last night?", "우리 내일 다시 만나요.", "Keep your voice down."]
+
+
+def _card(lines: list[str], font: str, background, size: int, top: int, step: int) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = background.copy() if isinstance(background, Image.Image) else Image.new("RGB", (1280, 720), background)
+    draw = ImageDraw.Draw(img)
+    face = ImageFont.truetype(font, size)
+    for i, text in enumerate(lines):
+        w = draw.textlength(text, font=face)
+        draw.text(
+            ((1280 - w) / 2, top + i * step),
+            text,
+            font=face,
+            fill=(235, 235, 235),
+            stroke_width=2,
+            stroke_fill=(0, 0, 0),
+        )
+    return np.asarray(img)
+
+
+def text_cases(photos: list[Path]) -> dict[str, list[tuple[bool, bool]]]:
+    """Per frame: a dense text card (slate, >= 4 lines), a credit card (>= 3 lines, not a subtitle) and a
+    burnt-in subtitle (a line centred in the bottom band), each against the others and clean photos.
+    Which card is a slate and which credits is told by its place in the title, not measured here."""
+    from PIL import Image
+
+    from prism.qc import text as qt
+    from prism.vision.text import load_text_detector
+
+    detector = load_text_detector(limit_side_len=360)
+    frames: list[tuple[str, np.ndarray]] = []
+    for k, bg in enumerate([(32, 32, 32), (10, 10, 40), (200, 200, 200), (0, 0, 0)]):
+        frames.append(("slate", _card(SLATE[k % 2 :][:6], DEJAVU, bg if k != 2 else (60, 60, 60), 34, 120, 70)))
+    for k in range(4):
+        frames.append(("credits", _card(CREDITS_LATIN[k:][: 3 + k % 2], DEJAVU, (0, 0, 0), 38, 200, 90)))
+        frames.append(("credits", _card(CREDITS_KOREAN[k:][: 3 + k % 2], NANUM, (0, 0, 0), 40, 200, 90)))
+    pictures = [Image.open(p).convert("RGB").resize((1280, 720)) for p in photos]
+    for k, pic in enumerate(pictures):
+        line = SUBTITLES[k % len(SUBTITLES)]
+        font = NANUM if any("\uac00" <= ch <= "\ud7a3" for ch in line) else DEJAVU
+        frames.append(("subtitle", _card([line], font, pic, 40, 620, 0)))
+        frames.append(("clean", np.asarray(pic)))
+    out: dict[str, list[tuple[bool, bool]]] = {"slate": [], "credits": [], "subtitle": []}
+    for kind, frame in frames:
+        t = qt.measure(detector.detect(frame), 0, 0, 0.0, 1.0)
+        out["slate"].append((kind == "slate", t.lines >= 4))
+        out["credits"].append((kind in ("slate", "credits"), t.lines >= 3 and t.bottom_centred < t.lines))
+        out["subtitle"].append((kind == "subtitle", t.bottom_centred > 0))
+    return out
+
+
 def cost(work: Path, photos: list[Path]) -> dict[str, float]:
     """Seconds per title-minute: the visual pass alone, then the QC picture detectors over it."""
     from prism.qc import visual as qv
@@ -293,6 +353,7 @@ def section() -> str:
         boxes = letterbox_cases(work, photos)
         audio = audio_cases(work)
         interlaced = interlace_cases(work, photos[:4])
+        texts = text_cases(photos)
         costs = cost(work, photos)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -319,6 +380,11 @@ def section() -> str:
     lines.append(
         f"| interlacing (sampled idet; tff, bff, progressive pans of 4 photos) | {len(interlaced)} | {p:.2f} | {r:.2f} | {tp} / {fp} / {fn} |"
     )
+    for kind, what in (("slate", "slate: a card with >= 4 text lines (vs credits, subtitles, photos)"),
+                       ("credits", "credit card, Latin and Korean: >= 3 lines (slates count; vs subtitles, photos)"),
+                       ("subtitle", "burnt-in subtitle: a line centred in the bottom band of a photo")):  # fmt: skip
+        p, r, tp, fp, fn = _score(texts[kind])
+        lines.append(f"| {what} | {len(texts[kind])} | {p:.2f} | {r:.2f} | {tp} / {fp} / {fn} |")
     checks = sorted({c for _, e, _ in audio for c in e})
     for check in checks:
         p, r, tp, fp, fn = _score([(check in e, check in g) for _, e, g in audio])
