@@ -293,8 +293,8 @@ def text_cases(photos: list[Path]) -> dict[str, list[tuple[bool, bool]]]:
     for k, bg in enumerate([(32, 32, 32), (10, 10, 40), (200, 200, 200), (0, 0, 0)]):
         frames.append(("slate", _card(SLATE[k % 2 :][:6], DEJAVU, bg if k != 2 else (60, 60, 60), 34, 120, 70)))
     for k in range(4):
-        frames.append(("credits", _card(CREDITS_LATIN[k:][: 3 + k % 2], DEJAVU, (0, 0, 0), 38, 200, 90)))
-        frames.append(("credits", _card(CREDITS_KOREAN[k:][: 3 + k % 2], NANUM, (0, 0, 0), 40, 200, 90)))
+        frames.append(("credits", _card((CREDITS_LATIN * 2)[k : k + 3 + k % 2], DEJAVU, (0, 0, 0), 38, 200, 90)))
+        frames.append(("credits", _card((CREDITS_KOREAN * 2)[k : k + 3 + k % 2], NANUM, (0, 0, 0), 40, 200, 90)))
     pictures = [Image.open(p).convert("RGB").resize((1280, 720)) for p in photos]
     for k, pic in enumerate(pictures):
         line = SUBTITLES[k % len(SUBTITLES)]
