@@ -304,8 +304,8 @@ def text_cases(photos: list[Path]) -> dict[str, list[tuple[bool, bool]]]:
     out: dict[str, list[tuple[bool, bool]]] = {"slate": [], "credits": [], "subtitle": []}
     for kind, frame in frames:
         t = qt.measure(detector.detect(frame), 0, 0, 0.0, 1.0)
-        out["slate"].append((kind == "slate", t.lines >= 4))
-        out["credits"].append((kind in ("slate", "credits"), t.lines >= 3 and t.bottom_centred < t.lines))
+        out["slate"].append((kind == "slate", t.lines >= qt.SLATE_LINES))
+        out["credits"].append((kind in ("slate", "credits"), t.lines >= qt.CREDIT_LINES and t.bottom_centred < t.lines))
         out["subtitle"].append((kind == "subtitle", t.bottom_centred > 0))
     return out
 
@@ -380,7 +380,7 @@ def section() -> str:
     lines.append(
         f"| interlacing (sampled idet; tff, bff, progressive pans of 4 photos) | {len(interlaced)} | {p:.2f} | {r:.2f} | {tp} / {fp} / {fn} |"
     )
-    for kind, what in (("slate", "slate: a card with >= 4 text lines (vs credits, subtitles, photos)"),
+    for kind, what in (("slate", "slate: a card with >= 5 text lines (vs 3-4 line credit cards, subtitles, photos)"),
                        ("credits", "credit card, Latin and Korean: >= 3 lines (slates count; vs subtitles, photos)"),
                        ("subtitle", "burnt-in subtitle: a line centred in the bottom band of a photo")):  # fmt: skip
         p, r, tp, fp, fn = _score(texts[kind])

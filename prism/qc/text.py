@@ -5,9 +5,9 @@ keyframes the ``keyframes`` stage already wrote (one to three per shot, full res
 of its own), at most ``max_frames`` of them: every keyframe of the head and tail zones (slate,
 opening and end credits) and an even sample of the rest (burnt-in subtitles).
 
-- Slate: a still shot in the head zone whose keyframe is dense with text (>= ``slate_lines`` lines).
+- Slate: a still shot in the head zone whose keyframe is dense with text (>= ``SLATE_LINES`` lines).
 - Credits: in the head and tail zones, a run of shots whose keyframes carry text lines spread over
-  the frame (>= ``credit_lines`` lines): opening credits in the head, end credits in the tail.
+  the frame (>= ``CREDIT_LINES`` lines): opening credits in the head, end credits in the tail.
 - Burnt-in subtitles: a keyframe with a text line centred in the bottom band (its centre below 75 %
   of the height, horizontally centred), per shot; adjacent shots merged.
 """
@@ -21,6 +21,8 @@ import numpy as np
 from prism.qc import Finding
 
 SUBTITLE_BAND = (0.75, 0.97)
+SLATE_LINES = 5  # a slate lists many fields (title, episode, date, duration, audio, aspect); credit cards fewer
+CREDIT_LINES = 3
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def measure(detection, shot: int, frame: int, time_s: float, stillness: float) -
 
 def text_findings(
     texts: list[KeyframeText], shots: list[tuple[float, float]], head_s: float, tail_from_s: float,
-    slate_lines: int = 4, credit_lines: int = 3,
+    slate_lines: int = SLATE_LINES, credit_lines: int = CREDIT_LINES,
 ) -> list[Finding]:  # fmt: skip
     out: list[Finding] = []
     by_shot: dict[int, list[KeyframeText]] = {}
