@@ -357,7 +357,7 @@ def section() -> str:
         costs = cost(work, photos)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    lines = ["## Content QC detectors (real photographs, speech)", "",
+    lines = ["### Content QC detectors (issue 22; real photographs, fonts and speech)", "",
              "`python -m benchmarks.real_qc`: clips built from scikit-image's bundled photographs "
              f"({', '.join(PHOTOS)}), panned at {W}x{H} {FPS} fps and encoded with x264 (CRF 23), or from ffmpeg's bar "
              "generators; decoded by Prism's visual pass and judged by the `qc` stage's detector functions. "
