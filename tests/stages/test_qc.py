@@ -26,12 +26,12 @@ def qc_sample(sample_video, tmp_path_factory):
     tdir = out / "titles" / "sample"
     doc = json.loads((tdir / "qc.json").read_text())
     table = pq.read_table(tdir / "qc_findings.parquet").to_pandas()
-    return doc, table, truth
+    return doc, table, truth, tdir
 
 
 @pytest.mark.slow
 def test_sample_title_bars_black_silence_are_findings_with_timecodes(qc_sample):
-    doc, table, truth = qc_sample
+    doc, table, truth, _ = qc_sample
     bars = table.query("check == 'colour_bars'")
     assert len(bars) == 1
     # shot 3 (smptehdbars, 2 s, then its last frame held 2 s) starts where the dissolve into shot 2 ends
@@ -58,8 +58,28 @@ def test_sample_title_bars_black_silence_are_findings_with_timecodes(qc_sample):
 
 
 @pytest.mark.slow
+def test_report_has_a_qc_lane_and_prism_qc_exits_on_the_verdict(qc_sample, tmp_path):
+    from typer.testing import CliRunner
+
+    from prism.cli import app
+    from prism.report import write_report
+
+    _, _, _, tdir = qc_sample
+    html = write_report(tdir, tmp_path / "r.html").read_text()
+    assert ">QC<" in html and "colour_bars_in_programme" in html
+    out = tdir.parents[1]
+    result = CliRunner().invoke(app, ["qc", "sample", "--out", str(out)])
+    assert result.exit_code == 1 and "FAIL against service" in result.output
+    assert "00:00:07:12-00:00:11:12  colour_bars_in_programme" in result.output
+    judged = CliRunner().invoke(app, ["qc", "sample", "--out", str(out), "--profile", "ebu_r128", "--json"])
+    assert judged.exit_code == 1 and json.loads(judged.output)["profile"] == "ebu_r128"
+    assert CliRunner().invoke(app, ["qc", "sample", "--out", str(out), "--profile", "nope"]).exit_code == 2
+    assert CliRunner().invoke(app, ["qc", "missing", "--out", str(out)]).exit_code == 2
+
+
+@pytest.mark.slow
 def test_findings_judged_against_another_profile_without_reanalysis(qc_sample):
-    _, table, _ = qc_sample
+    _, table, _, _ = qc_sample
     findings = [Finding.from_row(r) for r in table.to_dict("records")]
     duration = float(table.query("check == 'audio_tracks'").end_s.iloc[0])
     assert evaluate(findings, load_profile("ebu_r128"), duration) == "fail"
