@@ -104,6 +104,8 @@ def handler(event: FinalizeEvent, context: LambdaContext) -> dict:
         "pipeline_version": settings.pipeline_version,
         "execution": event.execution,
     }
+    if (qc := _qc_summary(aws, settings, event.title_id, manifest["stages"].get("qc"))) is not None:
+        detail["qc"] = qc
     put_title_event(aws, TITLE_PREPROCESSED if status == "succeeded" else TITLE_FAILED, detail)
     metrics.add_metric(
         name="TitlesSucceeded" if status == "succeeded" else "TitlesFailed", unit=MetricUnit.Count, value=1
@@ -117,6 +119,17 @@ def handler(event: FinalizeEvent, context: LambdaContext) -> dict:
                 pass
     logger.info("title finalized", extra={"title_id": event.title_id, "status": status, "reason": reason})
     return {"title_id": event.title_id, "status": status, "reason": reason}
+
+
+def _qc_summary(aws: Aws, settings: Settings, title_id: str, entry: dict | None) -> dict | None:
+    """The QC verdict for the event (content QC subscribes to it): verdict, profile, counts per
+    severity and per broken rule, read from the title's qc.json; None when the qc stage has not succeeded."""
+    if not entry or entry["status"] != Status.SUCCEEDED or "qc.json" not in entry["outputs"]:
+        return None
+    body = aws.s3.get_object(Bucket=settings.artifacts_bucket, Key=artifact_key(title_id, "qc.json"))["Body"].read()
+    doc = json.loads(body)
+    return {"verdict": doc["verdict"], "profile": doc["profile"], "counts": doc["counts"], "rules": doc["rules"],
+            "qc": f"s3://{settings.artifacts_bucket}/{artifact_key(title_id, 'qc.json')}"}  # fmt: skip
 
 
 def _schema() -> dict[str, Any]:

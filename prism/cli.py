@@ -312,6 +312,86 @@ def show(
 
 
 @app.command()
+def qc(
+    title: str = typer.Argument(..., help="A processed title id."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory of the run."),
+    profile: str | None = typer.Option(
+        None, "--profile", help="Judge against this profile (service, ebu_r128, atsc_a85, or a .toml file)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print qc.json (re-judged under --profile) instead."),
+) -> None:
+    """Print a title's QC verdict and findings; exit 1 when the verdict is fail.
+
+    A title processed without the qc stage gets it first (its source must still be where it was
+    processed; the stages it needs are reused when up to date)."""
+    import pyarrow.parquet as pq
+
+    from prism.artifacts import read_manifest, title_dir
+    from prism.qc import Finding, evaluate, load_profile
+    from prism.stages.qc import report
+
+    tdir = title_dir(out, title)
+    manifest = read_manifest(tdir)
+    if manifest is None:
+        console.print(f"[red]error:[/] no manifest at {tdir} (run `prism run` first or pass --out)")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        judged_by = load_profile(profile) if profile else None
+    except ConfigError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    entry = manifest["stages"].get("qc")
+    if not entry or entry["status"] != "succeeded" or not (tdir / "qc.json").is_file():
+        source = _local_source(manifest)
+        if source is None:
+            console.print(f"[red]error:[/] {title}: the qc stage has not run and the source is not here to run it")
+            raise typer.Exit(EXIT_USAGE)
+        params = {"qc": {"profile": profile}} if profile else {}
+        [outcome] = Runner(out, params=params).run([source], ["qc"])
+        entry = read_manifest(tdir)["stages"].get("qc") if outcome.recorded else None  # type: ignore[index]
+        if not entry or entry["status"] != "succeeded":
+            reason = entry["reason"] if entry else outcome.reason
+            console.print(f"[red]error:[/] {title}: qc failed: {reason}", soft_wrap=True, highlight=False)
+            raise typer.Exit(EXIT_FAILED)
+    doc = json.loads((tdir / "qc.json").read_text())
+    if judged_by is not None and judged_by.name != doc["profile"]:
+        findings = [Finding.from_row(r) for r in pq.read_table(tdir / "qc_findings.parquet").to_pylist()]
+        verdict = evaluate(findings, judged_by, doc["duration_s"])
+        doc = report(profile or judged_by.name, verdict, findings, doc["fps"], doc["duration_s"], doc["not_checked"])
+    if as_json:
+        out_console.print_json(json.dumps(doc))
+    else:
+        style = {"pass": "green", "warn": "yellow", "fail": "red"}[doc["verdict"]]
+        counts = doc["counts"]
+        out_console.print(
+            f"{title}: [{style}]{doc['verdict'].upper()}[/] against {doc['profile']} "
+            f"({counts['fail']} fail, {counts['warn']} warn, {counts['info']} info)"
+        )
+        for f in doc["findings"]:  # one line each: greppable, and readable in a narrow terminal
+            value = "" if f["value"] is None else f"{f['value']:.6g} {f['unit']}"
+            sev = f["severity"]
+            colour = {"fail": "red", "warn": "yellow"}.get(sev, "dim")
+            out_console.print(
+                f"[{colour}]{sev:<4}[/] {f['start_tc']}-{f['end_tc']}  {f['rule']}  {value}  {f['detail']}",
+                soft_wrap=True, highlight=False,
+            )  # fmt: skip
+        for check, why in doc["not_checked"].items():
+            out_console.print(f"not checked: {check}: {why}", soft_wrap=True)
+    raise typer.Exit(EXIT_FAILED if doc["verdict"] == "fail" else EXIT_OK)
+
+
+def _local_source(manifest: dict[str, Any]) -> Path | None:
+    uri = manifest.get("source", {}).get("uri") or ""
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        path = Path(unquote(urlparse(uri).path))
+    else:
+        path = Path(uri)
+    return path if uri and path.is_file() else None
+
+
+@app.command()
 def sample(
     path: Path = typer.Argument(Path("sample.mp4"), help="Where to write the sample video."),
     width: int = typer.Option(640, help="Frame width."),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Prism needs on a fresh Debian machine (also what CI runs).
-# System packages: ffmpeg (decode), espeak-ng (test speech), chromium (report screenshots), npm (IAM simulator).
+# System packages: ffmpeg (decode), espeak-ng (test speech), chromium (report screenshots), npm (IAM simulator),
+# fonts-nanum (Korean text in the QC tests).
 # Python: a local venv with the CPU build of torch; GPU containers install the CUDA build instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v chromium >/dev/null || need+=(chromium)
 command -v npm >/dev/null || need+=(nodejs npm)  # the offline IAM simulator the CDK tests use (tools/iam)
+[ -f /usr/share/fonts/truetype/nanum/NanumGothic.ttf ] || need+=(fonts-nanum)  # Korean credits in the QC tests and benchmark
 if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null

@@ -90,6 +90,7 @@ class TrackStream:
         self.decode_errors = 0
         self.samples_read = 0
         self.exit_reason: str | None = None  # set when ffmpeg exited non-zero (after some samples)
+        self.channel_stats = ChannelStats(channels)  # per-channel levels per second, for content QC
         self._stderr_tail: deque[str] = deque(maxlen=8)
 
     def spooled(self) -> bool:
@@ -125,6 +126,7 @@ class TrackStream:
                 "stderr_tail": list(self._stderr_tail),
                 "exit_reason": self.exit_reason,
                 "loudness": {**self.loudness.to_dict(), **self.loudness.series()},
+                "channel_stats": self.channel_stats.to_dict(),
             }
         )
 
@@ -151,6 +153,8 @@ class TrackStream:
             self.track, lo["channels"], lo["sample_rate"], lo["integrated_lufs"], lo["lra_lu"], lo["true_peak_dbtp"],
             list(lo["times"]), list(lo["momentary"]), list(lo["short_term"]),
         )  # fmt: skip
+        if "channel_stats" in record:  # spools written before the channel branch existed have none
+            self.channel_stats = ChannelStats.from_dict(record["channel_stats"])
         assert self.spool is not None  # spooled() said so
         with open(self.spool, "rb") as pcm:
             while buf := pcm.read(self.block_samples * 4):
@@ -160,22 +164,26 @@ class TrackStream:
 
     def _decode(self) -> Iterator[np.ndarray]:
         meta_r, meta_w = os.pipe()
+        chan_r, chan_w = os.pipe()
         graph = (
-            f"[0:a:{self.track}]asplit=2[pcm][meter];"
+            f"[0:a:{self.track}]asplit=3[pcm][meter][chan];"
             f"[meter]ebur128=peak=true:metadata=1:framelog=verbose,ametadata=mode=print:file=pipe\\\\:{meta_w}[m];"
+            f"[chan]{self.channel_stats.filters(self.loudness.sample_rate)},ametadata=mode=print:file=pipe\\\\:{chan_w}[c];"
             f"[pcm]aformat=sample_fmts=flt:sample_rates={self.analysis_rate}:channel_layouts=mono[p]"
         )
         cmd = [
             ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info", "-i", input_arg(self.path),
-            "-filter_complex", graph, "-map", "[m]", "-f", "null", "-",
+            "-filter_complex", graph, "-map", "[m]", "-f", "null", "-", "-map", "[c]", "-f", "null", "-",
             "-map", "[p]", "-f", "f32le", "pipe:1",
         ]  # fmt: skip
         try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(meta_w,))
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(meta_w, chan_w))
         finally:
             os.close(meta_w)
+            os.close(chan_w)
         readers = [
             threading.Thread(target=self._read_meta, args=(os.fdopen(meta_r, "rb"),), daemon=True),
+            threading.Thread(target=self.channel_stats.read, args=(os.fdopen(chan_r, "rb"),), daemon=True),
             threading.Thread(target=self._read_stderr, args=(proc.stderr,), daemon=True),
         ]
         for reader in readers:
@@ -245,6 +253,79 @@ class TrackStream:
                 elif _ERROR.search(line) and "Parsed_ebur128" not in line:
                     self.decode_errors += 1
                     self._stderr_tail.append(line)
+
+
+CHANNEL_KEYS = ("RMS_level", "Peak_level", "Flat_factor")
+
+
+@dataclass
+class ChannelStats:
+    """Per-channel levels of one track per second (``astats``: RMS and peak dBFS, flat factor at the
+    peaks, which is over 0 where the waveform sits at its peak for consecutive samples: clipping) and,
+    for two channels, their correlation from the mid and side levels, (M² - S²) / (M² + S²) with
+    M = (L+R)/2 and S = (L-R)/2: +1 identical, -1 one inverted, 0 unrelated; weighted by energy, so
+    pauses do not pull it to 0 as ``aphasemeter``'s per-sample average does. From a branch of the
+    track's single decode. Channels in the stream's order (L, R, C, LFE, Ls, Rs for 5.1)."""
+
+    channels: int
+    times: list[float] = field(default_factory=list)
+    values: dict[str, list[list[float | None]]] = field(default_factory=dict)  # key -> [window][channel]
+    phase: list[float | None] = field(default_factory=list)
+
+    def filters(self, sample_rate: int) -> str:
+        window = max(1, sample_rate or 48000)
+        chain = f"asetnsamples=n={window}:p=0"
+        if self.channels == 2:  # L, R, then mid and side as channels 3 and 4
+            chain += ",pan=4.0|c0=c0|c1=c1|c2=0.5*c0+0.5*c1|c3=0.5*c0-0.5*c1"
+        return chain + (",astats=metadata=1:reset=1:measure_overall=none:measure_perchannel=" + "+".join(CHANNEL_KEYS))
+
+    def read(self, fh) -> None:
+        pending: dict[str, str] = {}
+        started = False
+
+        def flush() -> None:
+            if not started:
+                return
+            for key in CHANNEL_KEYS:
+                row = [_level(pending.get(f"lavfi.astats.{c + 1}.{key}")) for c in range(self.channels)]
+                self.values.setdefault(key, []).append(row)
+            if self.channels == 2:
+                mid, side = (
+                    _level(pending.get("lavfi.astats.3.RMS_level")),
+                    _level(pending.get("lavfi.astats.4.RMS_level")),
+                )
+                m, s = (0.0 if v is None else 10 ** (v / 10) for v in (mid, side))
+                self.phase.append(round((m - s) / (m + s), 4) if m + s > 0 else None)
+
+        with fh:
+            for raw in fh:
+                line = raw.decode("ascii", "replace").strip()
+                if line.startswith("frame:"):
+                    flush()
+                    pending, started = {}, True
+                    match = re.search(r"pts_time:(-?[\d.]+)", line)
+                    self.times.append(float(match[1]) if match else float(len(self.times)))
+                elif "=" in line:
+                    key, _, value = line.partition("=")
+                    pending[key] = value
+            flush()
+
+    def to_dict(self) -> dict:
+        return {"channels": self.channels, "times": self.times, "values": self.values, "phase": self.phase}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ChannelStats:
+        return cls(d["channels"], list(d["times"]), {k: list(v) for k, v in d["values"].items()}, list(d["phase"]))
+
+
+def _level(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return round(value, 3) if math.isfinite(value) else None
 
 
 class PcmStream:

@@ -53,6 +53,7 @@ SMALL_W, SMALL_H = 48, 27  # TransNetV2's input size
 ANALYSIS_W, ANALYSIS_H = 128, 72
 THUMB_W, THUMB_H = 16, 9
 BLACK_PIXEL_LUMA = 0.10 * 255  # ffmpeg blackdetect's default pixel threshold
+ACTIVE_LUMA = 20.0  # a row or column of the analysis frame darker than this on average is a matte bar
 CHUNK_FRAMES = 256
 CHUNKS_AHEAD = 4  # chunks the reader thread may hold while a chunk is reduced (about 10 MB each)
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601 luma of the RGB analysis frame
@@ -87,6 +88,9 @@ class VisualPass:
     fps: float  # average rate over the decoded frames
     duration_s: float  # decoded: last frame's time plus one frame, never the container's claim
     source_times: np.ndarray | None = None  # (N,) float64 source timestamps (seek targets); None if unknown
+    active_box: np.ndarray | None = (
+        None  # (N, 4) int16 top, bottom, left, right (exclusive) of the picture rows/columns
+    )
 
     @property
     def origin_s(self) -> float:
@@ -173,6 +177,12 @@ def _frame_features(luma: np.ndarray, previous: np.ndarray | None) -> dict[str, 
     diff[0] = 0.0 if previous is None else np.abs(luma[0] - previous).mean()
     diff[1:] = np.abs(luma[1:] - luma[:-1]).mean(axis=(1, 2))
     cell_h, cell_w = ANALYSIS_H // THUMB_H, ANALYSIS_W // THUMB_W
+    # active picture area (letterbox, pillarbox): rows and columns brighter on average than black bars
+    rows_on, cols_on = luma.mean(axis=2) > ACTIVE_LUMA, luma.mean(axis=1) > ACTIVE_LUMA
+    active = np.zeros((n, 4), np.int16)
+    active[:, 0], active[:, 1] = rows_on.argmax(axis=1), ANALYSIS_H - rows_on[:, ::-1].argmax(axis=1)
+    active[:, 2], active[:, 3] = cols_on.argmax(axis=1), ANALYSIS_W - cols_on[:, ::-1].argmax(axis=1)
+    active[~rows_on.any(axis=1)] = 0  # an all-black frame has no active area
     thumbs = luma.reshape(n, THUMB_H, cell_h, THUMB_W, cell_w).sum(axis=2).sum(axis=3) / (cell_h * cell_w)
     return {
         "luma_mean": luma.mean(axis=(1, 2)),
@@ -183,6 +193,7 @@ def _frame_features(luma: np.ndarray, previous: np.ndarray | None) -> dict[str, 
         "sharpness": lap.reshape(n, -1).var(axis=1),
         "diff_prev": diff,
         "thumbs": np.clip(np.rint(thumbs), 0, 255).astype(np.uint8),
+        "active_box": active,
     }
 
 
@@ -470,7 +481,7 @@ def assemble_visual_pass(
         fps=fps,
         duration_s=float(frame_times[-1]) + 1.0 / fps,
         source_times=source_times,
-        **{k: v.astype(np.float32) if k != "thumbs" else v for k, v in features.items()},
+        **{k: v.astype(np.float32) if k not in ("thumbs", "active_box") else v for k, v in features.items()},
     )
 
 

@@ -221,8 +221,9 @@ class AudioStage(Stage):
         measured_s = 0.0
         for track in tracks:
             dialogue = track.index == p.track
-            # kept for the cues stage unless the runner says it does not run
-            stream = ctx.audio_track(track.index, block_s=p.block_s, keep=ctx.will_run("cues") is not False)
+            # kept for the cues and qc stages unless the runner says neither runs
+            keep = ctx.will_run("cues") is not False or bool(ctx.will_run("qc"))
+            stream = ctx.audio_track(track.index, block_s=p.block_s, keep=keep)
             assert isinstance(stream, TrackStream)  # loudness is asked for (the default)
             vad = StreamingVad(vad_config)
             levels: list[np.ndarray] = []

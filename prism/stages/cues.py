@@ -157,8 +157,9 @@ class CuesStage(Stage):
             try:
                 origin = vp.origin_s if vp is not None and vp.source_times is not None else None
                 start = ctx.info.audio_start_s(p.audio_track, origin)  # on the title clock, as the frames are
-                # the audio stage reads the same track: decode it once, with loudness, if it runs later
-                stream = ctx.audio_track(p.audio_track, block_s=SILENCE_BLOCK_S, loudness=bool(ctx.will_run("audio")))
+                # the audio and qc stages read the same track: decode it once, with loudness, if either runs later
+                later = ctx.will_run("audio") or ctx.will_run("qc")
+                stream = ctx.audio_track(p.audio_track, block_s=SILENCE_BLOCK_S, loudness=bool(later))
                 blocks = align_blocks(stream.blocks(), start, SILENCE_RATE, stream.block_samples)
                 levels = [level_db(b, SILENCE_RATE) for b in blocks]
                 if stream.exit_reason:  # as before the shared decode: a stream ffmpeg gave up on is not analysed

@@ -216,3 +216,37 @@ def test_the_s3_double_says_no_such_key_only_to_an_unconditional_list_bucket(dep
         assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     d.s3.put_object(Bucket=d.artifacts, Key=key, Body=b"{}")
     assert d.s3_as.client("NoPolicy").get_object(Bucket=d.artifacts, Key=key)["Body"].read() == b"{}"
+
+
+def test_the_event_carries_the_qc_verdict_and_counts(deployment, s3_calls, monkeypatch):
+    """Content QC subscribes to the title event: it carries the qc stage's verdict, profile and counts."""
+    import _shared
+    import finalize as handler_module
+
+    from tests.lambdas.conftest import FakeContext
+
+    sent: list[dict] = []
+
+    class Events:
+        def put_events(self, Entries):
+            sent.extend(Entries)
+            return {"FailedEntryCount": 0, "Entries": [{"EventId": "1"}]}
+
+    monkeypatch.setattr(_shared.Aws, "events", property(lambda self: Events()))
+    d = deployment
+    catalog = DynamoCatalog(d.table, client=d.ddb)
+    catalog.put_stage(StageRecord(TITLE, "qc", "succeeded", None, None, None, "p", "fp", "sha",
+                                  "2030-01-01T00:00:00+00:00", "2030-01-01T00:01:00+00:00", 60.0, "test",
+                                  ["qc.json", "qc_findings.parquet"]))  # fmt: skip
+    doc = {"verdict": "fail", "profile": "service", "counts": {"fail": 2, "warn": 1, "info": 4},
+           "rules": {"colour_bars_in_programme": 1, "loudness_integrated": 1, "black_in_programme": 1}}  # fmt: skip
+    d.s3.put_object(Bucket=d.artifacts, Key=f"titles/{TITLE}/qc.json", Body=json.dumps(doc).encode())
+    d.s3.put_object(Bucket=d.artifacts, Key=f"titles/{TITLE}/qc_findings.parquet", Body=b"x")
+    event = {"title_id": TITLE, "source_uri": "s3://media-delivery-dev/transcoded/Long Title.mp4",
+             "source_etag": "etag", "stages": ["qc"], "execution": "run-1"}  # fmt: skip
+
+    assert handler_module.handler(event, FakeContext())["status"] == "succeeded"
+    [entry] = sent
+    qc = json.loads(entry["Detail"])["qc"]
+    assert qc["verdict"] == "fail" and qc["profile"] == "service" and qc["counts"] == doc["counts"]
+    assert qc["rules"]["colour_bars_in_programme"] == 1 and qc["qc"].endswith(f"titles/{TITLE}/qc.json")
