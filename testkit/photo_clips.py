@@ -92,6 +92,8 @@ def render(shots: list[PhotoShot], width: int = 320, height: int = 180, seed: in
             total += len(frames)
         elif shot.transition_in == "dissolve":
             prev = parts[-1]
+            if len(prev) <= overlap:
+                raise ValueError(f"shot {i - 1} ({len(prev)} frames) is shorter than the dissolve after it")
             tail, head = prev[-overlap:].astype(np.float32), frames[:overlap].astype(np.float32)
             alpha = (np.arange(1, overlap + 1, dtype=np.float32) / (overlap + 1))[:, None, None, None]
             parts[-1] = prev[:-overlap]
