@@ -11,7 +11,9 @@ Two kinds of material, both with exact or hand-checked truth:
   by eye on contact sheets. They are copyrighted and not committed: set
   ``PRISM_PYSCENEDETECT_RESOURCES`` to a folder holding ``goldeneye-vfr-drop3.mp4``,
   ``issue-134-rotate.mp4`` and ``testvideo.mp4`` (``git checkout`` of that branch's
-  ``tests/resources``); without it that part is skipped.
+  ``tests/resources``); without it that part is skipped. A black hold of a second or more is a
+  shot of its own (so a fade out, black, fade in is two transitions), as in PySceneDetect's own
+  fade list for ``testvideo.mp4``.
 
 Every method sees the same decoded frames: Prism before and after run on one visual pass and one
 TransNetV2 pass per file (the stage's own functions), raw TransNetV2 is the reference
@@ -38,9 +40,16 @@ from prism.synth import Truth
 REAL_CLIPS: dict[str, Truth] = {
     "goldeneye-vfr-drop3.mp4": Truth(cuts=[60, 140], gradual=[], black=[], frozen=[], frame_count=160, fps=23.976),
     "issue-134-rotate.mp4": Truth(cuts=[90, 210], gradual=[], black=[], frozen=[], frame_count=240, fps=23.976),
-    # cut to black at 180 and fade in (to ~245); fade out (~335) and in (to ~420); dissolve 528-558
+    # black leader cut at 30, cut to black at 180; fades in 211-240, out 331-360, in 394-423, out 664-693
+    # (luma ramps; PySceneDetect's own fade analysis of this clip lists the same ins and outs);
+    # a dissolve over 528-558 (the blend weight of the two shots' frames)
     "testvideo.mp4": Truth(
-        cuts=[], gradual=[(180, 245), (335, 420), (528, 558)], black=[], frozen=[], frame_count=720, fps=29.97
+        cuts=[30, 180],
+        gradual=[(211, 240), (331, 360), (394, 423), (528, 558), (664, 693)],
+        black=[],
+        frozen=[],
+        frame_count=720,
+        fps=29.97,
     ),  # fmt: skip
 }
 METHODS = ("prism_after", "prism_before", "transnetv2_0.5", "pyscenedetect_adaptive", "pyscenedetect_content")
@@ -107,12 +116,15 @@ def material(work: Path) -> dict[str, list[tuple[str, Path, Truth]]]:
     return sets
 
 
-def measure() -> dict:
+def measure(only: str | None = None) -> dict:
+    """Scores per material set (``only``: the one set whose name starts with it)."""
     t0 = time.perf_counter()
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="prism-real-shots-") as tmp:
         work = Path(tmp)
         for tag, items in material(work).items():
+            if only and not tag.startswith(only):
+                continue
             totals = {m: Score() for m in METHODS}
             per_file = {}
             for name, path, truth in items:
@@ -156,4 +168,6 @@ def section(results: dict | None = None) -> str:
 
 
 if __name__ == "__main__":
-    print(section())
+    import sys
+
+    print(section(measure(sys.argv[1] if len(sys.argv) > 1 else None)))
