@@ -30,7 +30,7 @@ class FrameQuality:
         out = {
             "sharpness": float(np.clip(math.log10(1.0 + self.sharpness) / 3.0, 0.0, 1.0)),
             "exposure": self.exposure,
-            "noise": float(np.clip(1.0 - self.noise_sigma / 8.0, 0.0, 1.0)),
+            "noise": float(np.clip(1.0 - self.noise_sigma / 5.0, 0.0, 1.0)),
             "motion": float(np.clip(1.0 - max(0.0, self.motion_blur - 0.5) / 0.4, 0.0, 1.0)),
         }
         if not math.isnan(self.brisque):
