@@ -208,3 +208,21 @@ def test_params_are_checked():
         PostersStage({"top_k": 0})
     with pytest.raises(ConfigError, match="exclude_last_percent"):
         PostersStage({"exclude_last_percent": 120})
+
+
+@pytest.mark.slow
+def test_report_shows_the_candidates_with_their_faces_and_crops(poster_run):
+    import re
+
+    from prism.report import render_report
+
+    tdir = poster_run[0]
+    rows = pq.read_table(tdir / "poster_candidates.parquet").to_pylist()
+    html = render_report(tdir)
+    panel = html[html.index('id="posters-panel"') : html.index('id="stages-panel"')]
+    assert len(re.findall(r'class="poster-card"', panel)) == len(rows) > 0
+    assert len(re.findall(r'class="poster-crop" data-crop=', panel)) == 3 * len(rows)
+    assert len(re.findall(r'class="poster-face"', panel)) == sum(r["face_count"] for r in rows)
+    first = rows[0]["crop_2x3"]
+    assert f"left:{first[0] * 100:.2f}%;top:{first[1] * 100:.2f}%" in panel
+    assert "data:image/" in panel and rows[0]["reason"][:20] in panel
