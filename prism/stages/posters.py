@@ -8,7 +8,7 @@ seek, so this stage decodes no video. Each candidate is
    when that stage has run for the title), in the last ``exclude_last_percent`` of the title (spoilers),
    or when its own picture is colour bars / a flat card, too dark (a fade's end) or carries text;
 2. **scored**: faces (libfacedetection, :mod:`prism.vision.faces`: count, largest face's share of the
-   frame, frontalness) times picture quality (:mod:`prism.vision.quality`: sharpness, exposure, noise,
+   frame) times picture quality (:mod:`prism.vision.quality`: sharpness, exposure, noise,
    motion blur, BRISQUE). Text detection (:mod:`prism.vision.text`) and BRISQUE, the costly checks,
    run on the ``shortlist`` best candidates by the cheap scores only;
 3. **chosen** greedily by score, skipping near-duplicates (perceptual hash, ``imagehash``), frames closer
@@ -98,14 +98,13 @@ class Candidate:
 
 
 def face_score(det: FaceDetection) -> float:
-    """0.2 without a face, up to 1 for one to three frontal faces, the largest 3-30 % of the frame."""
+    """0.2 without a face, up to 1 for one to three faces, the largest 3-30 % of the frame."""
     if not det.faces:
         return 0.2
     share = det.largest_share
     close = min(1.0, share / 0.03) * (1.0 if share <= 0.3 else max(0.5, 1.0 - (share - 0.3)))
-    front = det.faces[0].frontalness
     crowd = 1.0 if len(det.faces) <= 3 else 0.85
-    return float(0.35 + 0.65 * close * (0.6 + 0.4 * front) * crowd)
+    return float(0.35 + 0.65 * close * crowd)
 
 
 def looks_like_bars(rgb: np.ndarray) -> bool:
@@ -282,10 +281,8 @@ POSTER_CANDIDATES_SCHEMA = pa.schema(
         ("quality", pa.float32()),
         ("face_count", pa.int32()),
         ("face_boxes", pa.list_(pa.float32())),  # x0, y0, x1, y1 per face, fractions of the frame, largest first
-        ("face_landmarks", pa.list_(pa.float32())),  # 10 values per face (eyes, nose, mouth corners; x, y)
         ("face_confidence", pa.list_(pa.float32())),
         ("largest_face_share", pa.float32()),
-        ("frontalness", pa.float32()),
         ("text_coverage", pa.float32()),
         ("sharpness", pa.float32()),
         ("exposure", pa.float32()),
@@ -410,9 +407,7 @@ class PostersStage(Stage):
             shutil.copyfile(ctx.title_dir / c.path, ctx.staging / rel)  # the keyframe's exact-seek JPEG
             q = c.quality
             faces_txt = (
-                f"{len(det.faces)} face(s), largest {det.largest_share:.1%} of the frame, frontal {det.faces[0].frontalness:.2f}"
-                if det.faces
-                else "no face"
+                f"{len(det.faces)} face(s), largest {det.largest_share:.1%} of the frame" if det.faces else "no face"
             )
             reason = (
                 f"#{rank}: score {c.score:.3f} = faces {c.face_score:.2f} ({faces_txt}) x quality {c.quality_score:.2f} "
@@ -434,10 +429,8 @@ class PostersStage(Stage):
                     "quality": c.quality_score,
                     "face_count": len(det.faces),
                     "face_boxes": [v for f in det.faces for v in (f.x0, f.y0, f.x1, f.y1)],
-                    "face_landmarks": [v for f in det.faces for v in f.landmarks],
                     "face_confidence": [f.score for f in det.faces],
                     "largest_face_share": det.largest_share,
-                    "frontalness": det.faces[0].frontalness if det.faces else 0.0,
                     "text_coverage": c.text_coverage,
                     "sharpness": q.sharpness,
                     "exposure": q.exposure,

