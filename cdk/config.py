@@ -139,14 +139,14 @@ def with_default_jobs(jobs: tuple[JobSpec, ...], graph: dict[str, list[str]]) ->
 # host copies of the GPU models (Whisper large-v3-turbo, the CLIP/SigLIP model, TransNetV2) and
 # the page cache of the 48x27 frame file: 30 GiB.
 DEFAULT_JOBS: tuple[JobSpec, ...] = (
-    JobSpec("title", stages=("shots", "keyframes", "cues", "audio", "embeddings", "qc"), vcpus=16, memory_mib=30_000,
+    JobSpec("title", stages=("shots", "keyframes", "cues", "audio", "embeddings", "qc", "posters"), vcpus=16, memory_mib=30_000,
             gpus=1, timeout_minutes=35, environment={"PRISM_HWACCEL": "cuda"}),
 )  # fmt: skip
 # The same stages as one job per decoded stream (the layout before stage concurrency): visual on a
 # 2xlarge, embeddings after it and audio beside it on an xlarge each. Three instances, downloads and
 # job starts per title; for a deployment that wants a failed audio job retried on its own.
 SPLIT_JOBS: tuple[JobSpec, ...] = (
-    JobSpec("visual", stages=("shots", "keyframes", "cues", "qc"), vcpus=8, memory_mib=28_000, gpus=1,
+    JobSpec("visual", stages=("shots", "keyframes", "cues", "qc", "posters"), vcpus=8, memory_mib=28_000, gpus=1,
             timeout_minutes=35, environment={"PRISM_HWACCEL": "cuda"}),
     JobSpec("embeddings", stages=("embeddings",), requires=("visual",), vcpus=4, memory_mib=14_000, gpus=1,
             timeout_minutes=5),

@@ -100,6 +100,7 @@ class TitleData:
     shots: list[dict[str, Any]] = field(default_factory=list)
     keyframes: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # shot -> rows by rank
     cues: list[dict[str, Any]] = field(default_factory=list)
+    posters: list[dict[str, Any]] = field(default_factory=list)  # poster candidates by rank
     segments: list[dict[str, Any]] = field(default_factory=list)  # dialogue track only
     turns: list[dict[str, Any]] = field(default_factory=list)
     transcript: dict[str, Any] | None = None
@@ -186,6 +187,8 @@ def _load(tdir: Path, manifest: dict[str, Any], artifact: Any, parts: dict[str, 
         for row in sorted(_read_rows(path), key=lambda r: (r["shot_index"], r["rank"])):
             if artifact("keyframes", row["path"]):
                 data.keyframes.setdefault(row["shot_index"], []).append(row)
+    if path := artifact("posters", "poster_candidates.parquet"):
+        data.posters = [r for r in sorted(_read_rows(path), key=lambda r: r["rank"]) if artifact("posters", r["path"])]
     if path := artifact("cues", "cues.parquet"):
         data.cues = sorted(_read_rows(path), key=lambda r: (r["start_s"], r["cue_type"]))
     data.dialogue_track = int((stages.get("audio") or {}).get("params", {}).get("track", 0) or 0)
@@ -572,6 +575,31 @@ def _shot_cards(data: TitleData) -> list[dict[str, Any]]:
     return cards
 
 
+CROP_COLORS = {"2x3": "#22c55e", "16x9": "#3b82f6", "1x1": "#f97316"}
+
+
+def _poster_cards(data: TitleData) -> list[dict[str, Any]]:
+    """Each poster candidate's thumbnail with its face boxes and crops as CSS percentages of the frame."""
+
+    def pct(box: list[float]) -> str:
+        x0, y0, x1, y1 = box
+        return f"left:{x0 * 100:.2f}%;top:{y0 * 100:.2f}%;width:{(x1 - x0) * 100:.2f}%;height:{(y1 - y0) * 100:.2f}%"
+
+    cards = []
+    for r in data.posters:
+        faces = r["face_boxes"] or []
+        cards.append(
+            {
+                **r,
+                "thumb": thumbnail(data.title_dir / r["path"], 360),
+                "aspect": f"{r['width']} / {r['height']}",
+                "faces": [pct(faces[i : i + 4]) for i in range(0, len(faces) - 3, 4)],
+                "crops": [(name, color, pct(r[f"crop_{name}"])) for name, color in CROP_COLORS.items()],
+            }
+        )
+    return cards
+
+
 def _stage_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name, entry in manifest.get("stages", {}).items():
@@ -690,6 +718,8 @@ def render_report(title_dir: str | Path) -> str:
         cue_colors=CUE_COLORS,
         segment_colors=SEGMENT_COLORS,
         lanes=data.lanes,
+        posters=_poster_cards(data),
+        crop_colors=CROP_COLORS,
         section_rows=SECTION_ROWS,
         script_data=Markup(json.dumps(script_data, separators=(",", ":")).replace("</", "<\\/")),
         prism_version=__version__,

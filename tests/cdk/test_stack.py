@@ -304,12 +304,13 @@ def test_every_registered_stage_is_in_exactly_one_job():
 @pytest.mark.parametrize(("jobs", "message"), [
     ((JobSpec("v", ("shots", "keyframes", "cues", "embeddings", "audio")), JobSpec("a", ("audio",))),
      "audio is in jobs v and a"),
-    ((JobSpec("v", ("keyframes", "shots", "cues", "embeddings", "audio", "qc")),), "list shots before keyframes"),
-    ((JobSpec("v", ("shots", "keyframes", "cues", "qc")), JobSpec("e", ("embeddings",)), JobSpec("a", ("audio",))),
+    ((JobSpec("v", ("keyframes", "shots", "cues", "embeddings", "audio", "qc", "posters")),), "list shots before keyframes"),
+    ((JobSpec("v", ("shots", "keyframes", "cues", "qc", "posters")), JobSpec("e", ("embeddings",)), JobSpec("a", ("audio",))),
      "stage embeddings requires keyframes, so require job v"),
-    ((JobSpec("e", ("embeddings",), requires=("v",)), JobSpec("v", ("shots", "keyframes", "cues", "audio", "qc"))),
+    ((JobSpec("e", ("embeddings",), requires=("v",)), JobSpec("v", ("shots", "keyframes", "cues", "audio", "qc", "posters"))),
      "job e must come after"),
-    ((JobSpec("v", ("shots", "keyframes", "cues", "embeddings", "audio", "posters")),), "unknown stage 'posters'"),
+    ((JobSpec("v", ("shots", "keyframes", "cues", "embeddings", "audio", "posters", "thumbnails")),),
+     "unknown stage 'thumbnails'"),
 ])  # fmt: skip
 def test_job_layouts_that_break_the_stage_graph_are_refused(jobs, message):
     with pytest.raises(ValueError, match=message):
@@ -321,17 +322,19 @@ def test_job_layouts_that_break_the_stage_graph_are_refused(jobs, message):
 def test_a_stage_no_job_group_names_gets_a_default_job():
     graph = registered_stage_graph()
     config = load(
-        "dev", jobs=(JobSpec("v", ("shots", "keyframes", "cues", "embeddings", "qc"), vcpus=8, memory_mib=28_000),)
+        "dev",
+        jobs=(JobSpec("v", ("shots", "keyframes", "cues", "embeddings", "qc", "posters"), vcpus=8, memory_mib=28_000),),
     )
     assert [j.name for j in config.jobs] == ["v", "audio"]
     assert config.jobs[1] == JobSpec("audio", ("audio",))  # JobSpec's defaults: 4 vCPU, 15,000 MiB, 1 GPU, 30 min
     with pytest.raises(ValueError, match=r"\['audio'\] are in no job"):
-        check_jobs((JobSpec("v", ("shots", "keyframes", "cues", "embeddings", "qc")),), graph)  # the check is strict
+        check_jobs((JobSpec("v", ("shots", "keyframes", "cues", "embeddings", "qc", "posters")),), graph)  # strict
     # a default job requires the jobs of the stages its stage requires, also when those are default jobs too
     chain = with_default_jobs((JobSpec("v", ("shots", "cues", "audio")),), graph)
     assert [(j.name, j.stages, j.requires) for j in chain] == [
-        ("v", ("shots", "cues", "audio"), ()), ("keyframes", ("keyframes",), ("v",)), ("qc", ("qc",), ("v",)),
-        ("embeddings", ("embeddings",), ("keyframes",)),
+        ("v", ("shots", "cues", "audio"), ()), ("keyframes", ("keyframes",), ("v",)),
+        ("embeddings", ("embeddings",), ("keyframes",)), ("posters", ("posters",), ("keyframes", "v")),
+        ("qc", ("qc",), ("v", "keyframes")),
     ]  # fmt: skip
     check_jobs(chain, graph)
     with pytest.raises(ValueError, match="a job is already named 'audio'"):
