@@ -267,6 +267,7 @@ class AudioStage(Stage):
             "language_detected": transcriber.detected,
             "segments": len(segments),
             "rejected_segments": dict(sorted(transcriber.rejected.items())),
+            "trimmed_segments": dict(sorted(transcriber.trimmed.items())),
             "words": words,
             "speakers": speakers,
             "turns": len(turns),
