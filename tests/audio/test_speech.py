@@ -57,7 +57,9 @@ def test_uninterrupted_speech_of_a_minute_transcribes(tmp_path):
     model, pipeline = load_asr(str(models.tiny_en().path), "cpu", "int8", 0)
     segments = list(Transcriber(pipeline, model, AsrConfig()).transcribe(pcm, 0.0, spans))
     text = " ".join(s.text for s in segments)
-    assert segments[-1].end > 55 and word_error_rate(LONG_TEXT, text) <= 0.4, text  # measured 0.33
+    # a sanity bound, far above the 0.33 measured (tiny.en on espeak-ng): this test is about timing, and no text or
+    # text of another passage scores ~1.0
+    assert segments[-1].end > 55 and word_error_rate(LONG_TEXT, text) <= 0.7, text
 
 
 def test_repetition_and_compression_guards():
