@@ -169,8 +169,9 @@ def section(results: dict | None = None, before: dict | None = None) -> str:
     lines.append(summary)
     lines += [
         "",
-        "- floor: missed plus false-alarm speech of the stage's VAD (Silero, threshold 0.5) with one speaker at a "
-        "time, the DER that perfect clustering would still score. It is most of the error: overlapped speech "
+        "- floor: missed plus false-alarm speech of the stage's VAD spans (Silero, threshold 0.5) with one speaker at "
+        "a time, before turns are joined across pauses under 1 s: about what perfect clustering would still score. "
+        "It is most of the error: overlapped speech "
         "(ami_tst00 holds 61 s of reference speech in 30 s; the stereo clip is two voices at once) and quiet "
         "far-field speech. A mean DER <= 0.30 needs overlap-aware diarization: the pyannote option in "
         "docs/deploy.md.",
@@ -178,7 +179,7 @@ def section(results: dict | None = None, before: dict | None = None) -> str:
         "were calibrated on these clips and the espeak-ng cases of tests/audio/test_speakers.py; there is no "
         "held-out real set, so read the after numbers as tuned. Counts sit near the thresholds' edges: ami_dev01 "
         "gets its second speaker at 5 windows/s but not at the stage's 2.5.",
-        "- Deterministic: the same numbers on every run (CPU, int8; measured three times).",
+        "- Deterministic: the same numbers on every run (CPU, int8; each table measured at least twice).",
     ]
     return "\n".join(lines) + "\n"
 
