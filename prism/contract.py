@@ -72,6 +72,9 @@ ENV_REQUIRE_GPU = "PRISM_REQUIRE_GPU"  # a GPU job: a stage that would fall back
 ENV_HWACCEL = "PRISM_HWACCEL"
 ENV_EMBEDDINGS_MODEL = "PRISM_EMBEDDINGS_MODEL"
 ENV_ASR_MODEL = "PRISM_ASR_MODEL"
+ENV_SPEAKER_MODEL = (
+    "PRISM_SPEAKER_MODEL"  # a pyannote pipeline directory for speaker turns (prism/audio/diarization.py)
+)
 ENV_OVERLAP_STAGES = "PRISM_OVERLAP_STAGES"  # 0: a title's stage groups run one after another (prism/schedule.py)
 ENV_DECODE_CHUNKS = "PRISM_DECODE_CHUNKS"  # ranges of the chunked visual pass (prism/media/chunks.py); 1: one pass
 # ... shared by the worker and the Lambdas

@@ -107,3 +107,17 @@ def test_embeddings_benchmark_times_the_stage_code_path(tmp_path, monkeypatch):
     assert result["workers"] == os.cpu_count() and result["preprocess"] == "torch on the device"
     assert result["keyframes"] == 4 and result["dim"] == 16
     assert (tmp_path / "random-clip-tiny" / "config.json").exists()  # loaded from a model directory, like the stage
+
+
+def test_real_media_registry_finds_its_modules_and_rewrites_only_their_sections():
+    """Issue 20.6: `python -m benchmarks.real` runs every benchmarks/real_*.py and replaces its section in place."""
+    from benchmarks.real import modules, replace_section
+
+    assert "real_audio" in modules() and all(m.startswith("real_") for m in modules())
+    doc = "# Benchmarks\n\n### Audio\n\nold audio\n\n### Real recordings: x\n\nold real\n\n## Notes\n\nkept\n"
+    new = replace_section(doc, "### Real recordings: x\n\nnew real\n")
+    assert new == "# Benchmarks\n\n### Audio\n\nold audio\n\n### Real recordings: x\n\nnew real\n\n## Notes\n\nkept\n"
+    appended = replace_section(new, "### Real footage: shots\n\nnumbers\n")
+    assert appended.startswith(new.rstrip("\n")) and appended.endswith("\n\n### Real footage: shots\n\nnumbers\n")
+    with pytest.raises(ValueError, match="heading"):
+        replace_section(doc, "no heading\n")

@@ -1,16 +1,30 @@
 """Speaker turns: resemblyzer voice embeddings of speech windows, clustered into anonymous speakers.
 
 Each VAD speech span is cut into 1.6 s windows every ``1/rate`` s (resemblyzer's partial
-utterances); each window gets a 256-d d-vector. All windows of the title are clustered
-by spectral clustering with the number of speakers from the eigengap, auto-tuned as in NME-SC
-(Park et al., 2019: the k-nearest-neighbour pruning of the cosine affinity is chosen to make
-the normalised eigengap largest relative to the pruning), so no absolute distance threshold has
-to fit every pair of voices: a monologue gives one speaker (the first gap is the largest), and
-voices closer than a fixed threshold would allow (one voice at two pitches) still separate.
-Labels are smoothed over neighbouring windows, a span changes speaker where its window labels change, and consecutive pieces of the same speaker
-separated by short pauses are joined into one turn. Windows are 256 floats each (about 2.5 MB
-per hour of speech at the default rate); above ``MAX_CLUSTER_WINDOWS`` an evenly spaced sample
-is clustered and the rest assigned to the nearest centroid, so time and memory stay bounded.
+utterances); each window gets a 256-d d-vector. The speaker count comes from two estimates that
+fail in opposite ways, and the one that finds more voices wins:
+
+- spectral clustering with the count from the eigengap, auto-tuned as in NME-SC (Park et al.,
+  2019: the k-nearest-neighbour pruning of the cosine affinity is chosen to make the normalised
+  eigengap largest relative to the pruning). It separates voices closer than any fixed threshold
+  would (two real speakers at cosine 0.85), but a speaker heard for a few seconds is too small a
+  block to make an eigengap, and is absorbed;
+- average-linkage agglomerative clustering cut at cosine similarity ``ahc_similarity``, which
+  keeps a short, clearly distinct speaker but merges close voices.
+
+Both are followed by the same clean-up: a cluster of one or two windows is an outlier (a cough)
+unless it is far from every other voice; and clusters whose centroids are closer than
+``same_voice`` are one voice. That last step makes labels follow the voice, not the words: a
+d-vector of a 1.6 s window still carries what was said, so one voice reading a sentence six times
+falls into clusters by position in the sentence, whose centroids are all nearly the same voice.
+The thresholds were calibrated on the real recordings in tests/data and espeak-ng voices
+(docs/benchmarks.md, "Real recordings").
+
+Labels are smoothed over neighbouring windows, a span changes speaker where its window labels
+change, and consecutive pieces of the same speaker separated by short pauses are joined into one
+turn. Windows are 256 floats each (about 2.5 MB per hour of speech at the default rate); above
+``MAX_CLUSTER_WINDOWS`` an evenly spaced sample is clustered and the rest assigned to the nearest
+centroid, so time and memory stay bounded.
 """
 
 from __future__ import annotations
@@ -39,6 +53,14 @@ class SpeakerConfig:
     window_rate: float = 2.5  # windows per second
     merge_gap_s: float = 1.0
     smooth_windows: int = 2  # majority vote over +/- this many windows of the same span
+    ahc_similarity: float = 0.62  # agglomerative estimate: average cosine similarity that still joins two clusters
+    same_voice: float = 0.88  # clusters whose centroids are at least this similar are one voice
+    distinct_voice: float = 0.7  # a cluster of 1-2 windows stays a speaker only below this similarity to all others
+
+    def __post_init__(self) -> None:
+        for name in ("ahc_similarity", "same_voice", "distinct_voice"):
+            if not -1.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name} is a cosine similarity in (-1, 1)")
 
 
 @dataclass(frozen=True)
@@ -144,7 +166,14 @@ def cluster(vectors: np.ndarray, config: SpeakerConfig) -> np.ndarray:
     if n > MAX_CLUSTER_WINDOWS:
         sample = x[np.linspace(0, n - 1, MAX_CLUSTER_WINDOWS).astype(np.int64)]
     labels = _spectral(sample, config.num_speakers, config.max_speakers)
-    labels = _drop_tiny_clusters(sample, labels)
+    if not config.num_speakers:
+        spectral = _merge_same_voice(sample, _drop_tiny_clusters(sample, labels, config.distinct_voice), config)
+        agglomerative = _merge_same_voice(
+            sample, _drop_tiny_clusters(sample, _agglomerative(sample, config), config.distinct_voice), config
+        )
+        labels = agglomerative if _count(agglomerative) > _count(spectral) else spectral
+    else:
+        labels = _drop_tiny_clusters(sample, labels)
     if sample is x:
         return labels
     ids = np.unique(labels)
@@ -189,16 +218,65 @@ def _spectral(x: np.ndarray, fixed: int, max_k: int) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(embedding).astype(np.int64)
 
 
-def _drop_tiny_clusters(x: np.ndarray, labels: np.ndarray, min_windows: int = 3) -> np.ndarray:
-    """A cluster of one or two windows is an outlier (a cough, a laugh), not a speaker."""
+def _count(labels: np.ndarray) -> int:
+    return int(np.unique(labels).size)
+
+
+def _centroids(x: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    c = np.stack([x[labels == k].mean(axis=0) for k in ids])
+    return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-9)
+
+
+def _agglomerative(x: np.ndarray, config: SpeakerConfig) -> np.ndarray:
+    """Average-linkage clusters of cosine distance, cut where the clusters are less similar than ``ahc_similarity``."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    if x.shape[0] < 2:
+        return np.zeros(x.shape[0], np.int64)
+    tree = linkage(x, method="average", metric="cosine")
+    labels = fcluster(tree, t=1.0 - config.ahc_similarity, criterion="distance").astype(np.int64) - 1
+    if _count(labels) > config.max_speakers:
+        labels = fcluster(tree, t=config.max_speakers, criterion="maxclust").astype(np.int64) - 1
+    return labels
+
+
+def _merge_same_voice(x: np.ndarray, labels: np.ndarray, config: SpeakerConfig) -> np.ndarray:
+    """Join the two clusters with the most similar centroids while they are at least ``same_voice`` alike."""
+    labels = labels.copy()
+    while _count(labels) > 1:
+        ids = np.unique(labels)
+        c = _centroids(x, labels, ids)
+        sim = c @ c.T
+        np.fill_diagonal(sim, -1.0)
+        i, j = np.unravel_index(int(np.argmax(sim)), sim.shape)
+        if sim[i, j] < config.same_voice:
+            break
+        labels[labels == ids[j]] = ids[i]
+    return labels
+
+
+def _drop_tiny_clusters(
+    x: np.ndarray, labels: np.ndarray, distinct_voice: float | None = None, min_windows: int = 3
+) -> np.ndarray:
+    """A cluster of one or two windows is an outlier (a cough, a laugh), not a speaker ...
+
+    ... unless it has two windows and its centroid is less similar than ``distinct_voice`` to every
+    larger cluster: a speaker heard for two or three seconds (one line in a scene) is kept.
+    """
     ids, counts = np.unique(labels, return_counts=True)
     keep = ids[counts >= min_windows]
     if keep.size == 0 or keep.size == ids.size:
         return labels
-    centroids = np.stack([x[labels == k].mean(axis=0) for k in keep])
+    centroids = _centroids(x, labels, keep)
     out = labels.copy()
-    tiny = ~np.isin(labels, keep)
-    out[tiny] = keep[np.argmax(x[tiny] @ centroids.T, axis=1)]
+    for k, count in zip(ids, counts):
+        if count >= min_windows:
+            continue
+        mine = labels == k
+        own = _centroids(x, labels, np.array([k]))[0]
+        if distinct_voice is not None and count >= 2 and float((centroids @ own).max()) < distinct_voice:
+            continue
+        out[mine] = keep[np.argmax(x[mine] @ centroids.T, axis=1)]
     return out
 
 

@@ -291,6 +291,25 @@ def repeated_phrase(tokens: list[str], max_n: int = 8) -> tuple[str, int] | None
     return (best[1], best[2]) if best else None
 
 
+CHAR_LOOP = re.compile(r"([^\W\d_]{1,4}?)\1{5,}")  # 1-4 letters said 6+ times back to back, no space between
+CHAR_LOOP_REJECT = 0.4  # a segment whose loops are this share of its characters is dropped, not trimmed
+
+
+def char_loops(text: str) -> int:
+    """Characters inside character-level loops ("쇼프프프프프프프프프프프프프프": 13 of 15); 0 when there is none.
+
+    A loop is a unit of one to four letters repeated six or more times with no space between; digits
+    ("1000000") and punctuation ("......") never count. Whitespace-separated repeats are words,
+    caught by :func:`repeated_phrase`.
+    """
+    return sum(m.end() - m.start() - len(m.group(1)) for m in CHAR_LOOP.finditer(text))
+
+
+def trim_char_loops(text: str) -> str:
+    """The text with every character-level loop cut back to one unit ("쇼프프프프프프" -> "쇼프")."""
+    return CHAR_LOOP.sub(r"\1", text)
+
+
 def _tokens(text: str) -> list[str]:
     """Words; for scripts written without spaces (CJK), characters."""
     words = text.split()
@@ -313,7 +332,11 @@ class Transcriber:
     - ``outside_speech``: most of the segment's words lie outside the VAD speech spans (text
       over the music or silence that padding and clip merging let into the decoder).
     - ``compression``: gzip compression ratio above ``max_compression_ratio`` (looping output).
-    - ``repetition``: a phrase repeated back to back over much of the segment.
+    - ``repetition``: a phrase repeated back to back over much of the segment, or character-level
+      loops ("프프프프프프...") over at least ``CHAR_LOOP_REJECT`` of its characters.
+
+    A shorter character loop inside otherwise good text is cut back to one unit (in the segment
+    text and in its words), counted in ``trimmed["char_loop"]``.
     """
 
     def __init__(self, pipeline, model, config: AsrConfig):
@@ -326,6 +349,7 @@ class Transcriber:
         self.language_source: str | None = "forced" if config.language else None
         self.detected: list[tuple[str, float]] = []  # top detector guesses
         self.rejected: dict[str, int] = {}
+        self.trimmed: dict[str, int] = {}
         if not self.multilingual:
             if config.language not in (None, "en"):
                 raise ValueError(f"the ASR model is English-only and cannot transcribe language {config.language!r}")
@@ -405,6 +429,15 @@ class Transcriber:
             if repeated_phrase(_tokens(text)):
                 self._reject("repetition")
                 continue
+            if looped := char_loops(text):
+                letters = sum(1 for c in text if not c.isspace())
+                if looped >= CHAR_LOOP_REJECT * letters:
+                    self._reject("repetition")
+                    continue
+                text = trim_char_loops(text)
+                for w in words:
+                    w.word = trim_char_loops(w.word)
+                self.trimmed["char_loop"] = self.trimmed.get("char_loop", 0) + 1
             yield Segment(
                 start=round(seg.start + offset_s, 3),
                 end=round(seg.end + offset_s, 3),

@@ -173,9 +173,12 @@ def _embeddings_model(stage: Stage) -> None:
 
 
 def _asr_model(stage: Stage) -> None:
+    from prism.audio.diarization import resolve_pipeline_dir
     from prism.audio.speech import resolve_model
 
     resolve_model(stage.params.model)
+    if stage.params.speaker_model:
+        resolve_pipeline_dir(stage.params.speaker_model)
 
 
 # Stages whose weights can be configuration (not the ones in a wheel): how to tell they are there.

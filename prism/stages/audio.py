@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from prism.artifacts import atomic_write_bytes, write_json
+from prism.audio.diarization import PipelineDiarizer, load_pipeline, pipeline_id, resolve_pipeline_dir
 from prism.audio.levels import level_db
 from prism.audio.pcm import Loudness, TrackStream
 from prism.audio.segments import segment_spans
@@ -36,7 +37,7 @@ from prism.audio.speech import (
     vad_model_id,
 )
 from prism.audio.subtitles import build_cues, rules_for, snap_to_shots, to_srt, to_vtt
-from prism.contract import ENV_ASR_MODEL
+from prism.contract import ENV_ASR_MODEL, ENV_SPEAKER_MODEL
 from prism.devices import check_device, resolve_device
 from prism.errors import ConfigError, ModelUnavailable
 from prism.media.decode import align_blocks
@@ -82,6 +83,9 @@ class AudioParams:
     silence_db: float = -50.0  # 10 ms RMS under this (dBFS, mono mix) is silence
     min_span_s: float = 0.3  # shorter silence/music runs are absorbed by their neighbour
     num_speakers: int = 0  # 0 = estimate
+    # "" = $PRISM_SPEAKER_MODEL, else the built-in resemblyzer turns; else a pyannote pipeline directory
+    # (a path, or a name under $PRISM_MODEL_DIR; prism/audio/diarization.py)
+    speaker_model: str = field(default_factory=lambda: os.environ.get(ENV_SPEAKER_MODEL, ""))
     max_speakers: int = 10
     subtitle_max_chars: int = 0  # per line; 0 = by language (16 Korean/Chinese, 13 Japanese, 42 others)
     subtitle_max_cps: float = 0.0  # reading speed, characters/s; 0 = by language (12 Korean, 20 Latin)
@@ -165,8 +169,14 @@ class AudioStage(Stage):
             ref = resolve_model(self.params.model)
         except ModelUnavailable:  # run() raises it with the full story; the identity stays usable
             return ModelInfo(f"faster-whisper-{self.params.model or 'default'}", "unavailable")
+        speakers = encoder_id()
+        if self.params.speaker_model:
+            try:
+                speakers = pipeline_id(resolve_pipeline_dir(self.params.speaker_model))
+            except ModelUnavailable:
+                speakers = f"pyannote-{self.params.speaker_model}-unavailable"
         return ModelInfo(
-            f"{ref.name}+{vad_model_id().split(':')[0]}+{encoder_id()}",
+            f"{ref.name}+{vad_model_id().split(':')[0]}+{speakers}",
             f"{ref.version}+fw{faster_whisper_version()}+{vad_model_id().split(':')[1]}+code-{code_version(__name__)}",
         )
 
@@ -205,10 +215,14 @@ class AudioStage(Stage):
             )  # fmt: skip
         except ValueError as exc:
             raise ConfigError(f"audio.model={ref.name}: {exc}") from exc
-        embedder = WindowEmbedder(
-            load_encoder(resolve_device("auto" if on_gpu else "cpu", self.name)),
-            SpeakerConfig(num_speakers=p.num_speakers, max_speakers=p.max_speakers),
-        )
+        speaker_config = SpeakerConfig(num_speakers=p.num_speakers, max_speakers=p.max_speakers)
+        speaker_device = resolve_device("auto" if on_gpu else "cpu", self.name)
+        embedder: WindowEmbedder | PipelineDiarizer
+        if p.speaker_model:
+            pipeline_dir = resolve_pipeline_dir(p.speaker_model)
+            embedder = PipelineDiarizer(load_pipeline(str(pipeline_dir), speaker_device), speaker_config)
+        else:
+            embedder = WindowEmbedder(load_encoder(speaker_device), speaker_config)
         vad_config = VadConfig(threshold=p.vad_threshold, min_silence_s=p.min_silence_s)
         total_s = ctx.info.duration_s * len(tracks) or None
 
@@ -281,6 +295,7 @@ class AudioStage(Stage):
             "language_detected": transcriber.detected,
             "segments": len(segments),
             "rejected_segments": dict(sorted(transcriber.rejected.items())),
+            "trimmed_segments": dict(sorted(transcriber.trimmed.items())),
             "words": words,
             "speakers": speakers,
             "turns": len(turns),

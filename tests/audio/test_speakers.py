@@ -49,6 +49,24 @@ def test_speaker_count_and_labels(case, tmp_path):
     assert len(set(label_of.values())) == want
 
 
+@pytest.mark.slow
+def test_one_voice_reading_one_sentence_six_times_is_one_speaker(tmp_path):
+    """Issue 20.3: labels must follow the voice, not the words. A 1.6 s window's d-vector still carries what
+    was said, so windows grouped by their position in the sentence (9 speakers and 52 turns before)."""
+    from prism.media import decode_audio
+
+    sentence = "The quick brown fox jumps over the lazy dog near the river bank."
+    lines = tuple((0, sentence) for _ in range(6))
+    truth = build_dialogue(tmp_path / "six.mp4", lines=lines, voices=("en-us+m3",), music_turns=0, music_intro_s=0.0)
+    pcm = decode_audio(tmp_path / "six.mp4", 0, SR).samples
+    spans, _, _ = StreamingVad(VadConfig()).feed(pcm, last=True)
+    embedder = WindowEmbedder(load_encoder("cpu"), SpeakerConfig())
+    embedder.add(pcm, 0.0, spans)
+    turns = embedder.turns()
+    assert len({t.speaker for t in turns}) == 1, turns
+    assert turns[0].start_s <= truth.turns[0].start_s + 0.5 and turns[-1].end_s >= truth.turns[-1].end_s - 0.5
+
+
 def test_fixed_speaker_count_is_respected():
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(2, 256))

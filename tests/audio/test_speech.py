@@ -57,7 +57,9 @@ def test_uninterrupted_speech_of_a_minute_transcribes(tmp_path):
     model, pipeline = load_asr(str(models.tiny_en().path), "cpu", "int8", 0)
     segments = list(Transcriber(pipeline, model, AsrConfig()).transcribe(pcm, 0.0, spans))
     text = " ".join(s.text for s in segments)
-    assert segments[-1].end > 55 and word_error_rate(LONG_TEXT, text) <= 0.4, text  # measured 0.33
+    # a sanity bound, far above the 0.33 measured (tiny.en on espeak-ng): this test is about timing, and no text or
+    # text of another passage scores ~1.0
+    assert segments[-1].end > 55 and word_error_rate(LONG_TEXT, text) <= 0.7, text
 
 
 def test_repetition_and_compression_guards():
@@ -202,3 +204,53 @@ def test_no_speech_no_text_over_music_and_silence(tmp_path):
     transcriber = Transcriber(pipeline, model, AsrConfig(language="ko"))
     fake = [Span(1.0, 3.5), Span(5.0, 9.0), Span(10.0, 15.0)]  # spans a VAD might wrongly give
     assert list(transcriber.transcribe(audio, 0.0, fake)) == []
+
+
+class _FakeWord:
+    def __init__(self, start, end, word):
+        self.start, self.end, self.word, self.probability = start, end, word, 0.9
+
+
+class _FakeSegment:
+    def __init__(self, start, end, words):
+        self.start, self.end = start, end
+        self.words = [_FakeWord(s, e, w) for s, e, w in words]
+        self.text = "".join(w for _, _, w in words)
+        self.avg_logprob, self.no_speech_prob = -0.3, 0.01
+
+
+class _FakeDecoder:
+    """Stands in for faster-whisper: returns the given segments whatever the audio (the guards are under test)."""
+
+    def __init__(self, segments):
+        self.segments = segments
+        self.model = type("M", (), {"is_multilingual": True})()
+
+    def transcribe(self, audio, **kwargs):
+        return iter(self.segments), None
+
+
+def test_character_loops_are_trimmed_or_dropped():
+    """Issue 20.4: a loop inside one word ("쇼프프프프프프프프프프프프프프") escaped the phrase guard and
+    the compression ratio when the rest of the segment was real text."""
+    from prism.audio.speech import char_loops, trim_char_loops
+
+    loop = "쇼프프프프프프프프프프프프프프"
+    assert char_loops(loop) == len(loop) - 2 and trim_char_loops(loop) == "쇼프"  # all but one "프" and "쇼"
+    assert char_loops("그는 이리저리 피하면서 길 한 옆으로 걸어갔다.") == 0
+    assert char_loops("1000000 won, ...... and zzz") == 0  # digits, punctuation and short runs are not loops
+    assert trim_char_loops("hahahahahahaha no") == "ha no"
+
+    words = [(0.0, 0.4, " 그는"), (0.4, 0.9, " 이리저리"), (0.9, 1.6, " 피하면서"), (1.6, 2.0, " 길"), (2.0, 2.2, " 한"),
+             (2.2, 2.8, " 옆으로"), (2.8, 3.4, " 걸어갔다"), (3.4, 4.0, " " + loop)]  # fmt: skip
+    looped_tail = _FakeSegment(0.0, 4.0, words)
+    mostly_loop = _FakeSegment(4.0, 6.0, [(4.0, 4.5, " 그는"), (4.5, 5.0, " 이리저리"), (5.0, 5.5, " 피하면서"),
+                                          (5.5, 6.0, " 프프프프프프프프프프")])  # fmt: skip
+    decoder = _FakeDecoder([looped_tail, mostly_loop])
+    tr = Transcriber(decoder, decoder, AsrConfig(language="ko"))
+    kept = list(tr.transcribe(np.zeros(SR * 6, np.float32), 0.0, [Span(0.0, 6.0)]))
+    assert [s.text for s in kept] == ["그는 이리저리 피하면서 길 한 옆으로 걸어갔다 쇼프"], kept
+    assert kept[0].words[-1].word == " 쇼프" and len(kept[0].words) == 8
+    for seg in (looped_tail, mostly_loop):  # what the guards before this one let through
+        assert compression_ratio(seg.text) <= 2.4 and repeated_phrase(seg.text.split()) is None
+    assert tr.rejected == {"repetition": 1} and tr.trimmed == {"char_loop": 1}

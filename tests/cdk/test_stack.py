@@ -554,6 +554,21 @@ def test_asr_model_and_language_hint_are_checked():
         load("dev", language_hint="Korean")
 
 
+def test_speaker_model_is_checked_and_named_to_the_audio_job():
+    """Issue 20.3: the optional pyannote pipeline reaches the audio job as PRISM_SPEAKER_MODEL, nothing else."""
+    with pytest.raises(ValueError, match="speaker_model is a directory relative to /opt/prism/models"):
+        load("dev", speaker_model="../pyannote")
+    config = load("dev", speaker_model="pyannote-speaker-diarization-community-1")
+    for job in config.jobs:
+        env = config.model_environment(job)
+        if "audio" in job.stages:
+            assert env["PRISM_SPEAKER_MODEL"] == "/opt/prism/models/pyannote-speaker-diarization-community-1"
+            assert env["PRISM_REQUIRE_MODELS"] == "true"
+        else:
+            assert "PRISM_SPEAKER_MODEL" not in env
+    assert all("PRISM_SPEAKER_MODEL" not in load("dev").model_environment(job) for job in config.jobs)
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_nothing_that_grows_with_the_catalogue_travels_in_the_state(synthesized, env):
     """Back-catalogue runs: item list read from S3, Map results written to S3, a capped run that fits its timeout,

@@ -1,14 +1,17 @@
-"""The audio stage on Korean speech (espeak-ng) over music and silence, with the default multilingual model.
+"""The audio stage on Korean: real speech for language and accuracy, espeak-ng for timing over music.
 
-Measured on this input (Whisper base, int8, CPU): language detected "ko" (p 0.16, next "mn" 0.15); CER 0.79 (espeak's
-Korean is robotic; the bound is loose on purpose, it catches a wrong language or a looping
-decode, which give CER near 1). The English-only model on the same input must not claim a language
-and must not keep its looping "English" hallucination.
+Language and accuracy rest on a real recording (Picovoice leopard's Korean clip, tests/data): the
+default model (multilingual Whisper base, int8, CPU) detects "ko" at p 0.99 and transcribes it at a CER
+far below the bound. espeak-ng's Korean is robotic (its detection margin is thin: ko 0.16 against mn
+0.15, and its CER crossed 0.9 at random in CI), so the synthetic dialogue is used only with the language
+forced, for what synthesis is right for: timing against known turns, text over music, subtitles,
+loops of an English-only model.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -16,12 +19,57 @@ import pytest
 from prism.audio.speech import compression_ratio, repeated_phrase
 from prism.runner import Runner
 from testkit.audio_synth import KOREAN_LINES, KOREAN_VOICES, build_dialogue, espeak_available
+from testkit.real_media import language_clips, video_with_audio
 from testkit.scoring import character_error_rate
 
-pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (see the setup script)")
+needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (see the setup script)")
 
-CER_BOUND = 0.9  # measured 0.79; text in another language or script scores ~1.0
+REAL_CER_BOUND = (
+    0.5  # measured 0.21 on leopard_ko ("이리저리" heard as "1위절이"); Japanese or English text scores ~1.0
+)
+REAL_MIN_PROB = 0.6  # measured p("ko") 0.99 on the real clip; espeak-ng Korean gets 0.16
 SPAN_TOL_S = 0.3
+HANGUL = re.compile(r"[\uac00-\ud7a3]")
+
+
+@pytest.fixture(scope="module")
+def real_korean(tmp_path_factory):
+    """Picovoice leopard's Korean sentence (a real speaker) as a small title, with its transcript."""
+    clip = language_clips()["leopard_ko"]
+    root = tmp_path_factory.mktemp("real_korean")
+    return root, video_with_audio(clip["path"], root / "leopard_ko.mp4"), clip["transcript"]
+
+
+@pytest.fixture(scope="module")
+def real_run(real_korean):
+    root, video, _ = real_korean
+    return _run(root / "out", video)
+
+
+@pytest.mark.slow
+def test_korean_detected_and_transcribed_on_real_speech(real_korean, real_run):
+    """Issue 20.1/20.4: the default model on a real Korean recording, not on espeak-ng's thin margins."""
+    _, _, reference = real_korean
+    transcript, manifest, _ = real_run
+    assert transcript["model"]["name"] == "faster-whisper-base" and transcript["model"]["multilingual"]
+    assert transcript["language"] == "ko" and transcript["language_source"] == "detected", transcript
+    assert transcript["language_probability"] >= REAL_MIN_PROB, transcript["language_detected"]
+    text = " ".join(s["text"] for s in transcript["segments"])
+    cer = character_error_rate(reference, text)
+    assert cer <= REAL_CER_BOUND, (cer, text)
+    assert manifest["metrics"]["language"] == "ko" and manifest["metrics"]["speakers"] == 1
+
+
+@pytest.mark.slow
+def test_language_hint_on_real_speech(real_korean, tmp_path):
+    """A per-title hint (ISO 639-2, as catalogues and containers carry it) that agrees stands; one the
+    detector clearly contradicts does not (the forced language is covered by the synthetic title)."""
+    _, video, _ = real_korean
+    transcript, manifest, _ = _run(tmp_path / "hint", video, {"language_hint": "kor"})
+    assert transcript["language"] == "ko" and manifest["metrics"]["language_hint"] == "ko"
+    transcript, manifest, _ = _run(tmp_path / "wrong-hint", video, {"language_hint": "pt"})
+    assert transcript["language"] == "ko" and transcript["language_source"] == "detected", transcript
+    assert manifest["metrics"]["language_hint"] == "pt"
 
 
 @pytest.fixture(scope="module")
@@ -43,22 +91,20 @@ def _run(out, video, params=None):
 
 @pytest.fixture(scope="module")
 def default_run(korean):
-    """The title through the audio stage with the default model, once: several tests read it."""
+    """The synthetic title through the audio stage with the default model and the language forced, once."""
     root, video, _ = korean
-    return _run(root / "out", video)
+    return _run(root / "out", video, {"language": "ko"})
 
 
+@needs_espeak
 @pytest.mark.slow
-def test_korean_detected_with_default_model_and_no_text_over_music(korean, default_run):
+def test_no_text_over_music_on_synthetic_korean(korean, default_run):
     _, _, truth = korean
     transcript, manifest, tdir = default_run
-    assert transcript["model"]["name"] == "faster-whisper-base" and transcript["model"]["multilingual"]
-    assert transcript["language"] == "ko" and transcript["language_source"] == "detected", transcript[
-        "language_detected"
-    ]
-    text = " ".join(s["text"] for s in transcript["segments"])
-    cer = character_error_rate(" ".join(t.text for t in truth.turns), text)
-    assert cer <= CER_BOUND, (cer, text)
+    assert transcript["language"] == "ko" and transcript["language_source"] == "forced"
+    text = "".join(s["text"] for s in transcript["segments"])
+    letters = [c for c in text if c.isalpha()]
+    assert letters and sum(bool(HANGUL.match(c)) for c in letters) >= 0.9 * len(letters), text  # Korean script
     first, last = truth.turns[0].start_s, truth.turns[-1].end_s
     for seg in transcript["segments"]:
         assert compression_ratio(seg["text"]) <= 2.4 and repeated_phrase(seg["text"].split()) is None, seg["text"]
@@ -74,16 +120,7 @@ def test_korean_detected_with_default_model_and_no_text_over_music(korean, defau
     assert lines and all(len(line) <= 16 for line in lines), lines
 
 
-@pytest.mark.slow
-def test_language_forced_and_hint(korean, tmp_path):
-    root, video, truth = korean
-    transcript, manifest, _ = _run(tmp_path / "forced", video, {"language": "ko"})
-    assert transcript["language"] == "ko" and transcript["language_source"] == "forced"
-    # a per-title hint (ISO 639-2 as catalogues and containers carry it) that detection does not contradict
-    transcript, manifest, _ = _run(tmp_path / "hint", video, {"language_hint": "kor"})
-    assert transcript["language"] == "ko" and manifest["metrics"]["language_hint"] == "ko"
-
-
+@needs_espeak
 def test_english_only_model_reports_no_language_and_drops_loops(korean, tmp_path):
     root, video, truth = korean
     transcript, manifest, _ = _run(tmp_path / "tiny", video, {"model": "tiny.en"})
@@ -97,6 +134,7 @@ def test_english_only_model_reports_no_language_and_drops_loops(korean, tmp_path
     assert manifest["metrics"]["language"] is None
 
 
+@needs_espeak
 def test_english_only_model_refuses_a_forced_other_language(korean, tmp_path):
     root, video, truth = korean
     title = Runner(tmp_path, params={"audio": {"model": "tiny.en", "language": "ko"}}).run([video], ["audio"])[0]
@@ -104,6 +142,7 @@ def test_english_only_model_refuses_a_forced_other_language(korean, tmp_path):
     assert stage.status == "failed" and "English-only" in stage.reason
 
 
+@needs_espeak
 @pytest.mark.slow
 def test_speech_music_spans_on_korean(korean, default_run):
     _, _, truth = korean
@@ -123,6 +162,7 @@ def _vtt_times(path) -> list[tuple[float, float]]:
     return out
 
 
+@needs_espeak
 @pytest.mark.slow
 def test_subtitles_snap_to_shot_changes_from_shots_parquet(korean, tmp_path):
     import pyarrow as pa
