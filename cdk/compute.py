@@ -14,12 +14,13 @@ resubmits it to the on-demand queue. Manual runs use an on-demand-first queue.
 
 from __future__ import annotations
 
-from aws_cdk import Duration, Size, Stack
+from aws_cdk import Arn, ArnFormat, Duration, Size, Stack
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from cdk_nag import NagSuppressions
 from constructs import Construct
@@ -37,6 +38,9 @@ S3_ENDPOINT_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:Li
 DYNAMODB_ENDPOINT_ACTIONS = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"]
 CAPACITY_SHORT = "INSUFFICIENT_INSTANCE_CAPACITY"  # in the status reason of a job cancelled for capacity
 
+# The IAM service prefix of each interface endpoint's API (its endpoint policy allows that service's actions).
+INTERFACE_ENDPOINT_ACTIONS = {"EcrApi": "ecr", "EcrDocker": "ecr", "Logs": "logs", "Ecs": "ecs", "EcsAgent": "ecs",
+                              "EcsTelemetry": "ecs"}  # fmt: skip
 INTERFACE_ENDPOINTS = {
     "EcrApi": ec2.InterfaceVpcEndpointAwsService.ECR,
     "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
@@ -68,12 +72,14 @@ class Compute(Construct):
         image_repository_arn: str | None = None,
         external_bucket_accounts: tuple[str, ...] = (),
         jobs: tuple[JobSpec, ...],
+        job_definition_prefix: str,
         environment: dict[str, str],
         job_environment: dict[str, dict[str, str]] | None = None,
         log_retention: logs.RetentionDays,
+        log_key: kms.IKey,
     ) -> None:
         super().__init__(scope, id)
-        flow_logs = logs.LogGroup(self, "FlowLogs", retention=log_retention)
+        flow_logs = logs.LogGroup(self, "FlowLogs", retention=log_retention, encryption_key=log_key)
         self.vpc = ec2.Vpc(
             self, "Vpc",
             ip_addresses=ec2.IpAddresses.cidr(vpc_cidr),
@@ -90,8 +96,25 @@ class Compute(Construct):
             "DynamoDb", service=ec2.GatewayVpcEndpointAwsService.DYNAMODB, subnets=[subnets]
         )
         self._restrict_endpoints(external_bucket_accounts)
+        stack = Stack.of(self)
+        # ECR also serves the image from the pipeline's repository, in the tooling account.
+        image_accounts = [stack.account]
+        if image_repository_arn:
+            owner = Arn.split(image_repository_arn, ArnFormat.SLASH_RESOURCE_NAME).account
+            if owner and owner != stack.account:
+                image_accounts.append(owner)
+        self.interface_endpoints: dict[str, ec2.InterfaceVpcEndpoint] = {}
         for name, service in INTERFACE_ENDPOINTS.items():
             endpoint = self.vpc.add_interface_endpoint(name, service=service, subnets=subnets, private_dns_enabled=True)
+            self.interface_endpoints[name] = endpoint
+            prefix = INTERFACE_ENDPOINT_ACTIONS[name]
+            # This account's principals, on this account's resources (and the image repository's); a request that
+            # names no resource (ecr:GetAuthorizationToken, ecs:DiscoverPollEndpoint) carries no aws:ResourceAccount.
+            endpoint.add_to_policy(iam.PolicyStatement(
+                sid="OwnAccount", principals=[iam.AnyPrincipal()], actions=[f"{prefix}:*"], resources=["*"],
+                conditions={"StringEquals": {"aws:PrincipalAccount": stack.account},
+                            "StringEqualsIfExists": {"aws:ResourceAccount": image_accounts if prefix == "ecr"
+                                                     else [stack.account]}}))  # fmt: skip
             NagSuppressions.add_resource_suppressions(
                 endpoint,
                 [
@@ -156,7 +179,7 @@ class Compute(Construct):
             self.queues["on_demand"] = batch.JobQueue(self, "OnDemandQueue", priority=50,
                                                       compute_environments=order(self.on_demand))  # fmt: skip
 
-        self.log_group = logs.LogGroup(self, "WorkerLogs", retention=log_retention)
+        self.log_group = logs.LogGroup(self, "WorkerLogs", retention=log_retention, encryption_key=log_key)
         self.job_role = iam.Role(self, "JobRole", assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
                                  description="Prism worker: read input, write artifacts and catalog")  # fmt: skip
         self.execution_role = iam.Role(
@@ -175,6 +198,9 @@ class Compute(Construct):
             self.job_definitions[spec.name] = batch.EcsJobDefinition(
                 self,
                 f"{spec.name.title()}Job",
+                # A fixed name: each deploy registers a new revision of it, and the state machine may submit any
+                # revision of it (the executions in flight still name the revision they started with).
+                job_definition_name=f"{job_definition_prefix}-{spec.name}",
                 container=batch.EcsEc2ContainerDefinition(
                     self,
                     f"{spec.name.title()}Container",

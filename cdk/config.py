@@ -20,6 +20,7 @@ INSTANCE_SIZES = {
     "g6.xlarge": (4, 16_384, 1), "g6.2xlarge": (8, 32_768, 1), "g6.4xlarge": (16, 65_536, 1),
     "g5.xlarge": (4, 16_384, 1), "g5.2xlarge": (8, 32_768, 1), "g5.4xlarge": (16, 65_536, 1),
 }  # fmt: skip
+INPUT_BUCKET_ENCRYPTIONS = ("SSE-S3", "SSE-KMS")
 LOG_RETENTION_DAYS = (1, 7, 14, 30, 60, 90, 180, 365, 731)  # AWS's public Powertools for AWS Lambda layers
 
 
@@ -176,6 +177,10 @@ class EnvironmentConfig:
     # input: the upstream platform's bucket of transcoded videos, imported read-only
     input_bucket_name: str
     input_prefix: str
+    # How the upstream platform encrypts the delivered videos: "SSE-S3" (S3-managed keys) or "SSE-KMS" (a customer
+    # key, whose ARN input_bucket_kms_key_arn must give: without kms:Decrypt on it every GetObject is AccessDenied).
+    # No default: each environment states it, checked at synth.
+    input_bucket_encryption: str
     input_bucket_kms_key_arn: str | None = None
     video_suffixes: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".mxf")
     # schedule
@@ -251,6 +256,20 @@ class EnvironmentConfig:
             check_jobs(self.jobs, graph)
         except ValueError as exc:
             raise ValueError(f"{self.name}: {exc}") from exc
+        if self.input_bucket_encryption not in INPUT_BUCKET_ENCRYPTIONS:
+            raise ValueError(f"{self.name}: input_bucket_encryption must be one of {INPUT_BUCKET_ENCRYPTIONS}, "
+                             f"got {self.input_bucket_encryption!r}")  # fmt: skip
+        if self.input_bucket_encryption == "SSE-KMS" and not self.input_bucket_kms_key_arn:
+            raise ValueError(
+                f"{self.name}: the input bucket {self.input_bucket_name} is encrypted with a customer key (SSE-KMS) but "
+                "input_bucket_kms_key_arn is not set: the workers could not decrypt a single delivered video; set it to "
+                "the key's ARN (and have its owner allow this account kms:Decrypt in the key policy)"
+            )
+        if self.input_bucket_kms_key_arn and (
+            self.input_bucket_encryption != "SSE-KMS" or not self.input_bucket_kms_key_arn.startswith("arn:")
+        ):
+            raise ValueError(f"{self.name}: input_bucket_kms_key_arn is a key ARN and goes with "
+                             "input_bucket_encryption='SSE-KMS'")  # fmt: skip
         if not self.availability_zones:
             raise ValueError(f"{self.name}: list at least one availability zone")
         largest = max(j.vcpus for j in self.jobs)
@@ -364,6 +383,7 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         availability_zones=("ap-northeast-2a", "ap-northeast-2c"),
         input_bucket_name="media-delivery-dev",
         input_prefix="transcoded/",
+        input_bucket_encryption="SSE-S3",
         max_vcpus=32,  # spot and on-demand 16 each: one title at a time on each
         image_tag="dev",
         model_location="s3://prism-models-dev/v1/",
@@ -380,6 +400,7 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         availability_zones=("ap-northeast-2a", "ap-northeast-2b", "ap-northeast-2c"),
         input_bucket_name="media-delivery-staging",
         input_prefix="transcoded/",
+        input_bucket_encryption="SSE-S3",
         max_vcpus=64,
         image_tag="staging",
         model_location="s3://prism-models-staging/v1/",
@@ -401,6 +422,8 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         availability_zones=("ap-northeast-2a", "ap-northeast-2b", "ap-northeast-2c"),
         input_bucket_name="media-delivery-prod",
         input_prefix="transcoded/",
+        # Confirm with the delivery platform before the first deploy: a customer key needs "SSE-KMS" and its ARN.
+        input_bucket_encryption="SSE-S3",
         input_bucket_kms_key_arn=None,
         max_vcpus=512,
         image_tag="prod",

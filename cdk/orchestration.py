@@ -22,6 +22,7 @@ from aws_cdk import Duration, Stack
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
@@ -90,6 +91,7 @@ class Orchestration(Construct):
         max_concurrent_titles: int,
         pipeline_version: str,
         log_retention: logs.RetentionDays,
+        log_key: kms.IKey,
     ) -> None:
         super().__init__(scope, id)
         # ResultWriterV2 (the Map's results in S3, not inline) is behind this feature flag.
@@ -105,7 +107,7 @@ class Orchestration(Construct):
         }
         self.functions: dict[str, lambda_.Function] = {}
         for name, handler in HANDLERS.items():
-            log_group = logs.LogGroup(self, f"{name}Logs", retention=log_retention)
+            log_group = logs.LogGroup(self, f"{name}Logs", retention=log_retention, encryption_key=log_key)
             role = iam.Role(self, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
             log_group.grant_write(role)
             self.functions[name] = lambda_.Function(
@@ -164,7 +166,7 @@ class Orchestration(Construct):
             .when(sfn.Condition.number_greater_than("$.discovery.count", 0), titles.next(summary))
             .otherwise(nothing.next(summary))
         )
-        self.log_group = logs.LogGroup(self, "ExecutionLogs", retention=log_retention)
+        self.log_group = logs.LogGroup(self, "ExecutionLogs", retention=log_retention, encryption_key=log_key)
         self.state_machine = sfn.StateMachine(
             self, "StateMachine",
             definition_body=sfn.DefinitionBody.from_chainable(definition),
@@ -299,11 +301,18 @@ class Orchestration(Construct):
     def _grant_batch(self, job_definitions, job_queues) -> None:
         stack = Stack.of(self)
         role = self.state_machine.role
+        # Every revision of each job definition, not the one this deploy registered: an execution in flight keeps
+        # the definition it started with, so after a deploy its Map children still submit the previous revision
+        # (kept ACTIVE by SkipDeregisterOnUpdate). The name without a revision is the form SubmitJob checks when a
+        # caller names the definition alone (its latest revision).
+        definitions = [
+            stack.format_arn(service="batch", resource="job-definition", resource_name=name + revision)
+            for name in (d.job_definition_name for d in job_definitions.values())
+            for revision in (":*", "")
+        ]
         role.add_to_principal_policy(
             iam.PolicyStatement(
-                actions=["batch:SubmitJob"],
-                resources=[q.job_queue_arn for q in job_queues.values()]
-                + [d.job_definition_arn for d in job_definitions.values()],
+                actions=["batch:SubmitJob"], resources=[q.job_queue_arn for q in job_queues.values()] + definitions
             )
         )
         role.add_to_principal_policy(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, Duration, Stack, Tags
+from aws_cdk import ArnFormat, CfnOutput, Duration, Stack, Tags
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -65,9 +65,10 @@ class PrismStack(Stack):
             on_demand_max_vcpus=config.on_demand_vcpus, spot_wait=Duration.minutes(config.spot_wait_minutes),
             root_volume_gib=config.root_volume_gib, image_repository=config.image_repository,
             external_bucket_accounts=config.external_bucket_accounts,
-            image_tag=config.image_tag, image_repository_arn=config.image_repository_arn, jobs=config.jobs, environment=worker_env,
+            image_tag=config.image_tag, image_repository_arn=config.image_repository_arn, jobs=config.jobs,
+            job_definition_prefix=f"prism-{config.name}", environment=worker_env,
             job_environment={j.name: config.model_environment(j) for j in config.jobs},
-            log_retention=retention,
+            log_retention=retention, log_key=storage.key,
         )  # fmt: skip
         self.orchestration = orchestration = Orchestration(
             self, "Orchestration",
@@ -88,7 +89,7 @@ class PrismStack(Stack):
             runtime=LAMBDA_RUNTIME,
             architecture=lambda_.Architecture.X86_64 if config.lambda_architecture == "x86_64" else lambda_.Architecture.ARM_64,
             powertools_layer_arn=config.powertools_layer_arn, max_concurrent_titles=config.max_concurrent_titles,
-            pipeline_version=config.pipeline_version, log_retention=retention,
+            pipeline_version=config.pipeline_version, log_retention=retention, log_key=storage.key,
         )  # fmt: skip
         self.schedule = DailySchedule(
             self, "Schedule", state_machine=orchestration.state_machine, expression=config.schedule_expression,
@@ -154,6 +155,15 @@ class PrismStack(Stack):
             self.events.bus.grant_put_events_to(fns[name])
         # The run's title list is read by the Distributed Map, and its watermark written, by the state machine.
         storage.grant_key(self.orchestration.state_machine, write=True)
+        # CloudWatch Logs encrypts this account's log groups (workers, Lambdas, executions, flow logs) with the key.
+        storage.key.add_to_resource_policy(iam.PolicyStatement(
+            principals=[iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com")],
+            actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+            resources=["*"],
+            conditions={"StringEquals": {"aws:SourceAccount": self.account},
+                        "ArnLike": {"kms:EncryptionContext:aws:logs:arn":
+                                    self.format_arn(service="logs", resource="log-group", resource_name="*",
+                                                    arn_format=ArnFormat.COLON_RESOURCE_NAME)}}))  # fmt: skip
         # Services that publish to the KMS-encrypted alarm topic.
         # aws:SourceAccount: only on behalf of this account's rules and alarms (no confused deputy).
         for service in ("events.amazonaws.com", "cloudwatch.amazonaws.com"):

@@ -43,7 +43,9 @@ def handler(event: FinalizeEvent, context: LambdaContext) -> dict:
     settings = Settings.from_env()
     aws = Aws(settings)
     items = {i["stage"]: i for i in aws.catalog.stage_items(event.title_id)}
-    manifest = _existing_manifest(aws, event.title_id)
+    # The title's keys, listed once: whether a manifest exists, and whether each succeeded stage's files do.
+    stored = existing_keys(aws.s3, settings.artifacts_bucket, title_prefix(event.title_id))
+    manifest = _existing_manifest(aws, event.title_id, stored)
     source = _source_facts(items.values(), event)
     if manifest is None:
         manifest = new_manifest(event.title_id, source, _prism_version(items.values()))
@@ -52,14 +54,11 @@ def handler(event: FinalizeEvent, context: LambdaContext) -> dict:
 
     for name, item in items.items():
         manifest["stages"][name] = item.get("manifest_entry") or _entry_from_record(item)
-    stored: set[str] | None = None  # the title's keys, listed once when a succeeded stage needs checking
     for name in event.stages:
         entry = manifest["stages"].get(name)
         if entry is None:
             manifest["stages"][name] = _missing_entry(name)
         elif entry["status"] == Status.SUCCEEDED:
-            if stored is None:
-                stored = existing_keys(aws.s3, settings.artifacts_bucket, title_prefix(event.title_id))
             missing = [rel for rel in entry["outputs"] if artifact_key(event.title_id, rel) not in stored]
             if missing:
                 entry.update(
@@ -118,12 +117,13 @@ def _schema() -> dict[str, Any]:
     return schema
 
 
-def _existing_manifest(aws: Aws, title_id: str) -> dict[str, Any] | None:
-    try:
-        body = aws.s3.get_object(Bucket=aws.settings.artifacts_bucket, Key=manifest_key(title_id))["Body"].read()
-    except aws.s3.exceptions.NoSuchKey:
+def _existing_manifest(aws: Aws, title_id: str, stored: set[str]) -> dict[str, Any] | None:
+    """The title's manifest if the listing has one. Never a GetObject to find out: finalize's ``s3:ListBucket``
+    is conditioned on ``s3:prefix``, so S3 answers a missing key with 403 AccessDenied, not NoSuchKey."""
+    key = manifest_key(title_id)
+    if key not in stored:
         return None
-    return json.loads(body)
+    return json.loads(aws.s3.get_object(Bucket=aws.settings.artifacts_bucket, Key=key)["Body"].read())
 
 
 def _source_facts(items, event: FinalizeEvent) -> dict[str, Any]:

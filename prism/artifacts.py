@@ -8,6 +8,7 @@ written after the files it lists.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from typing import Any
 
 from prism.catalog import StageRecord
 from prism.contract import TITLE_FAILED, TITLE_PREPROCESSED, TITLES_PREFIX, Status
+from prism.errors import StorageError
 
 SCHEMA_VERSION = "1.0"
 MANIFEST = "manifest.json"
@@ -32,6 +34,10 @@ WORK_DIR = ".work"  # <out>/.work/<title_id>/: a run's scratch decodes, removed 
 LOCKS_DIR = ".locks"  # <out>/.locks/<title_id>.lock: one process writes a title at a time
 JOURNAL_PREFIX = ".publishing-"  # <title_dir>/.publishing-<stage>.json while a stage's files change
 STATUSES = tuple(s.value for s in Status)
+# UTF-8 bytes; a longer id is cut (see title_id_for). The longest name made from an id is the
+# report's temporary ".<id>.html.tmp-XXXXXXXX": 19 bytes more, within NAME_MAX (255); ids up to
+# this length are as they always were
+TITLE_ID_MAX_BYTES = 236
 
 
 BLOCKED_PREFIX = "upstream stage(s) "
@@ -117,8 +123,14 @@ def now_iso() -> str:
 def title_id_for(path: str | Path) -> str:
     """A stable, S3-safe title id from a file name: NFC letters/digits kept (Korean too), the rest '-'."""
     stem = unicodedata.normalize("NFC", Path(path).stem)
-    slug = re.sub(r"[^\w.-]+", "-", stem, flags=re.UNICODE).strip("-.")
-    return slug or "untitled"
+    slug = re.sub(r"[^\w.-]+", "-", stem, flags=re.UNICODE).strip("-.") or "untitled"
+    if len(slug.encode()) <= TITLE_ID_MAX_BYTES:
+        return slug
+    # a long (legal, up to 255-byte) file name: the id must leave room in a NAME_MAX for
+    # "<id>.lock", "<id>.html" and atomic writes' ".<name>.tmp-XXXXXXXX"; the digest keeps it unique
+    digest = hashlib.sha256(os.fsencode(Path(path).name)).hexdigest()[:12]
+    head = slug.encode()[: TITLE_ID_MAX_BYTES - len(digest) - 1].decode(errors="ignore").rstrip("-.")
+    return f"{head}-{digest}"
 
 
 def title_dir(out_dir: str | Path, title_id: str) -> Path:
@@ -156,7 +168,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode("utf-8"))
+    atomic_write_bytes(
+        path, json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")
+    )
 
 
 def write_parquet(path: Path, table: Any) -> None:
@@ -228,6 +242,22 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_manifest_checked(directory: Path) -> dict[str, Any] | None:
+    """``read_manifest`` for readers (``prism show``, the report): None when there is none, and a
+    damaged one (not JSON, cut short, without its stages) a StorageError naming the file."""
+    path = directory / MANIFEST
+    try:
+        manifest = read_manifest(directory)
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise StorageError(f"{path}: damaged manifest ({exc}); `prism run` on its source rebuilds it") from exc
+    if manifest is None:
+        return None
+    stages = manifest.get("stages") if isinstance(manifest, dict) else None
+    if not isinstance(stages, dict) or not all(isinstance(e, dict) and "status" in e for e in stages.values()):
+        raise StorageError(f"{path}: damaged manifest (no valid stages); `prism run` on its source rebuilds it")
+    return manifest
 
 
 def new_manifest(title_id: str, source: dict[str, Any], prism_version: str) -> dict[str, Any]:

@@ -10,11 +10,12 @@ import functools
 import json
 import sqlite3
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from prism.errors import StorageError
+from prism.errors import StorageError, safe_text
 
 
 @dataclass
@@ -58,6 +59,11 @@ class Catalog(Protocol):
 
 def _columns(cls: type) -> list[str]:
     return [f.name for f in fields(cls)]
+
+
+def _bindable(values: Iterable[Any]) -> list[Any]:
+    """SQLite takes only valid UTF-8: a non-UTF-8 file name in a path or reason is stored escaped."""
+    return [safe_text(v) if isinstance(v, str) else v for v in values]
 
 
 def _storage_errors(method):
@@ -108,9 +114,12 @@ class SQLiteCatalog:
                 "source_sha256 TEXT, started_at TEXT, finished_at TEXT, duration_s REAL, "
                 "prism_version TEXT, outputs TEXT, PRIMARY KEY (title_id, stage))"
             )
+            # the hash cache (see prism.runner.sha256_file); replaces source_hashes, which was keyed by
+            # (path, size, mtime) only and so missed in-place edits that put the mtime back (cp -p, rsync -a)
+            self._db.execute("DROP TABLE IF EXISTS source_hashes")
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS source_hashes (path TEXT, size INTEGER, mtime_ns INTEGER, "
-                "sha256 TEXT, PRIMARY KEY (path, size, mtime_ns))"
+                "CREATE TABLE IF NOT EXISTS source_digests (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER, "
+                "size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT)"
             )
 
     def close(self) -> None:
@@ -121,7 +130,7 @@ class SQLiteCatalog:
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._lock, self._db:
-            self._db.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", list(row.values()))
+            self._db.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", _bindable(row.values()))
 
     def put_title(self, record: TitleRecord) -> None:
         self._upsert("titles", asdict(record))
@@ -159,13 +168,17 @@ class SQLiteCatalog:
         return out
 
     @_storage_errors
-    def cached_hash(self, path: Path, size: int, mtime_ns: int) -> str | None:
+    def cached_hash(self, path: Path, identity: tuple[int, int, int, int, int]) -> str | None:
+        """The sha256 stored for ``path`` if its (device, inode, size, mtime_ns, ctime_ns) are the same."""
         with self._lock:
             row = self._db.execute(
-                "SELECT sha256 FROM source_hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
-                (str(path), size, mtime_ns),
+                "SELECT sha256 FROM source_digests WHERE path = ? AND device = ? AND inode = ? AND size = ? "
+                "AND mtime_ns = ? AND ctime_ns = ?",
+                _bindable([str(path), *identity]),
             ).fetchone()
         return row[0] if row else None
 
-    def store_hash(self, path: Path, size: int, mtime_ns: int, sha256: str) -> None:
-        self._upsert("source_hashes", {"path": str(path), "size": size, "mtime_ns": mtime_ns, "sha256": sha256})
+    def store_hash(self, path: Path, identity: tuple[int, int, int, int, int], sha256: str) -> None:
+        device, inode, size, mtime_ns, ctime_ns = identity
+        self._upsert("source_digests", {"path": str(path), "device": device, "inode": inode, "size": size,
+                                        "mtime_ns": mtime_ns, "ctime_ns": ctime_ns, "sha256": sha256})  # fmt: skip

@@ -6,8 +6,12 @@ Exit codes: 0 every title succeeded (stages skipped as up to date count as succe
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +23,14 @@ from rich.table import Table
 from prism import __version__
 from prism.errors import ConfigError, StorageError
 from prism.runner import Runner, StageOutcome, TitleOutcome
+from prism.schedule import STAGE_THREAD_PREFIX
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prism video preprocessing.")
 console = Console(stderr=True)
 out_console = Console()
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "skipped": "yellow", "blocked": "yellow", "stale": "yellow",
                 "running": "cyan"}  # fmt: skip
 DEFAULT_OUT = Path("prism-out")
@@ -52,6 +58,16 @@ class _ProgressEvents:
             self.progress.update(
                 task, completed=total, total=total, description=f"{title_id} · {outcome.stage} · {outcome.status}"
             )
+
+
+def _stage_list(stages: str | None) -> list[str] | None:
+    """``--stages``: None (not given) means every stage; given, it must name at least one."""
+    if stages is None:
+        return None
+    wanted = [s.strip() for s in stages.split(",") if s.strip()]
+    if not wanted:
+        raise ConfigError(f"--stages {stages!r} names no stage; leave it out to run every stage")
+    return wanted
 
 
 def _parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -98,8 +114,8 @@ def run(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    wanted = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
     try:
+        wanted = _stage_list(stages)
         runner = Runner(out, params=_parse_params(param), force=force)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -110,6 +126,21 @@ def run(
     except (ConfigError, StorageError) as exc:  # bad params, or an output directory/catalog that cannot be used
         console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        console.print(
+            "[red]interrupted:[/] stopped; stages that finished are recorded, the one interrupted keeps its "
+            "previous results; run the same command again to finish",
+            soft_wrap=True,
+            highlight=False,
+        )
+        if any(t.name.startswith(STAGE_THREAD_PREFIX) and t.is_alive() for t in threading.enumerate()):
+            # a stage still inside a native call (a model loading, an inference) past the grace: the
+            # interpreter's shutdown would wait on or abort in it ("terminate called..."); nothing is
+            # left to record (the runner commits nothing after Ctrl-C), so leave at once
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     out_console.print(_summary_table(outcomes))
     for title in outcomes:
         if title.status == "failed":
@@ -213,8 +244,8 @@ def reprocess(
     from prism.cloud.ops import start_manual_run
 
     wanted = [t.strip() for t in titles.split(",") if t.strip()]
-    chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else []
     try:
+        chosen = _stage_list(stages) or []
         arn = start_manual_run(env, wanted, chosen, force, language=language)
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -230,22 +261,38 @@ def show(
     limit: int = typer.Option(50, help="Rows to show per table."),
 ) -> None:
     """Print a processed title's tables: the columns each stage declares to show (shots, keyframes, cues)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from prism.artifacts import read_manifest, title_dir
+    from prism.artifacts import read_manifest_checked, title_dir
     from prism.stages.base import registry
 
     tdir = title_dir(out, title)
-    manifest = read_manifest(tdir)
+    try:
+        manifest = read_manifest_checked(tdir)
+    except StorageError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
     if manifest is None:
         console.print(f"[red]error:[/] no manifest at {tdir} (run `prism run` first or pass --out)")
         raise typer.Exit(EXIT_FAILED)
     stages = sorted(registry().values(), key=lambda cls: (cls.display_order, cls.name))
     views = {output.path: output.show for cls in stages for output in cls.outputs if output.show}
+    damaged = False
     for name, columns in views.items():
         if not (tdir / name).exists():
             continue
-        rows = pq.read_table(tdir / name, columns=list(columns)).to_pylist()
+        try:
+            rows = pq.read_table(tdir / name, columns=list(columns)).to_pylist()
+        except (OSError, ValueError, KeyError, pa.ArrowException) as exc:  # cut short, overwritten, wrong columns
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            console.print(
+                f"[red]error:[/] {tdir / name}: damaged ({first}); `prism run --force` on its source rewrites it",
+                soft_wrap=True,
+                highlight=False,
+            )
+            damaged = True
+            continue
         table = Table(title=f"{title} · {name} ({len(rows)} rows)")
         for col in columns:
             table.add_column(col)
@@ -259,7 +306,9 @@ def show(
         out_console.print(table)
     for stage, entry in manifest["stages"].items():
         if entry["status"] != "succeeded":
-            out_console.print(f"{stage}: {entry['status']} — {entry['reason']}", soft_wrap=True)
+            out_console.print(f"{stage}: {entry['status']} — {entry.get('reason')}", soft_wrap=True)
+    if damaged:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -310,7 +359,7 @@ def search(
     try:
         hits = find_shots(out, text=query, image=image, model=model, top_k=top, title=title)
     except PrismError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     if as_json:
         out_console.print_json(json.dumps([{**vars(h.shot), "score": h.score} for h in hits]))
@@ -340,7 +389,7 @@ def duplicates(
     try:
         pairs = find_duplicates(out, model=model, threshold=threshold, title=title, across_titles=across)
     except PrismError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     if as_json:
         rows = [{"group": p.group, "a": vars(p.a), "b": vars(p.b), "score": p.score} for p in pairs]
@@ -397,6 +446,9 @@ def query(
 
 
 def main() -> None:
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 file name is printed escaped, never a crash
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     app(prog_name="prism")
 
 

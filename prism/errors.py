@@ -9,6 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def safe_text(text: str) -> str:
+    """``text`` with the undecodable bytes of a non-UTF-8 file name (``caf\\xe9.mp4``, which Python
+    holds as lone surrogates) spelled as ``\\xNN``: printable, and storable in JSON and SQLite."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class PrismError(Exception):
     """Base class for every error Prism turns into a ``failed`` status."""
 
@@ -17,8 +26,8 @@ class MediaError(PrismError):
     """The input file cannot be read as the media we need (missing, empty, corrupt, no stream)."""
 
     def __init__(self, path: str | Path, cause: str):
-        self.path = str(path)
-        self.cause = cause
+        self.path = safe_text(str(path))
+        self.cause = safe_text(cause)
         super().__init__(f"{self.path}: {cause}")
 
 
@@ -44,3 +53,10 @@ class StorageError(PrismError):
 
 class ArtifactSchemaError(PrismError):
     """A stage wrote a file that is not what it declares (undeclared file, wrong Parquet schema)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C reached a running stage (at a progress report): it stops without recording anything.
+
+    A KeyboardInterrupt, not a PrismError: nothing may turn it into a ``failed`` stage.
+    """

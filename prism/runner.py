@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +26,7 @@ from prism.artifacts import (
     StageEntry,
     blocked_reason,
     file_facts,
+    is_blocked,
     listed_outputs,
     new_manifest,
     now_iso,
@@ -34,14 +36,16 @@ from prism.artifacts import (
 )
 from prism.catalog import Catalog, SQLiteCatalog, StageRecord, TitleRecord
 from prism.contract import ENV_OVERLAP_STAGES, Status
-from prism.errors import ConfigError, MediaError, PrismError, StorageError
+from prism.errors import ConfigError, Interrupted, MediaError, PrismError, StorageError
 from prism.media import MediaInfo, probe
+from prism.media.chunks import configured_chunks
 from prism.schedule import Waiter, ancestors, run_stages
 from prism.stages.base import SharedMedia, Stage, StageContext, StageResult, registry, resolve_order
 from prism.store import LocalStore, TitleStore
 
 log = logging.getLogger(__name__)
 
+INTERRUPT_SETTLE_S = 0.2  # how long a failed stage waits to learn that Ctrl-C caused it
 UP_TO_DATE = "up to date: outputs exist for the same source, model and params (use --force to rerun)"
 
 
@@ -89,27 +93,105 @@ class _NoEvents:
         pass
 
 
+SourceIdentity = tuple[int, int, int, int, int]
+RACY_S = 2.0  # a file changed this recently may change again within one timestamp tick: its hash is not cached
+
+
+def source_identity(path: Path) -> SourceIdentity:
+    """What changes whenever a file's content can have changed: device, inode, size, mtime and ctime.
+
+    ``cp -p``, ``rsync -a`` and ``touch -d`` put an old mtime back but cannot set the ctime, and
+    ``rsync`` (without ``--inplace``) writes a new inode.
+    """
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def sha256_file(path: Path, catalog: Catalog | SQLiteCatalog | None = None) -> str:
-    """Content hash of the source, cached in the catalog by (path, size, mtime) when it can."""
-    stat = path.stat()
+    """Content hash of the source, cached in the catalog by path and :func:`source_identity`.
+
+    The cache is trusted only while device, inode, size, mtime and ctime are all unchanged, and
+    a hash is stored only when the file did not change while it was read and its last change
+    is at least ``RACY_S`` old (so an edit in the same timestamp tick cannot go unseen).
+    """
+    try:
+        before = source_identity(path)
+    except OSError as exc:
+        raise MediaError(path, f"cannot read the file ({exc.strerror or exc})") from exc
     if not hasattr(catalog, "cached_hash"):
         catalog = None
-    if catalog is not None and (cached := catalog.cached_hash(path.resolve(), stat.st_size, stat.st_mtime_ns)):
+    key = path.resolve()
+    if catalog is not None and (cached := catalog.cached_hash(key, before)):
         return cached
+    started_ns = time.time_ns()
     try:
         with open(path, "rb") as fh:
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        after = source_identity(path)
     except OSError as exc:
         raise MediaError(path, f"cannot read the file ({exc.strerror or exc})") from exc
-    if catalog is not None:
-        catalog.store_hash(path.resolve(), stat.st_size, stat.st_mtime_ns, digest)  # type: ignore[attr-defined]
+    if after != before:
+        raise MediaError(path, "changed while it was being hashed (size, mtime, ctime or inode differ); run it again")
+    if catalog is not None and started_ns - before[4] >= RACY_S * 1e9:
+        catalog.store_hash(key, before, digest)  # type: ignore[attr-defined]
     return digest
 
 
 def fingerprint(source_sha256: str | None, stage: Stage, upstream: list[str]) -> str:
     model = stage.model()
-    blob = json.dumps([source_sha256, stage.name, model.name, model.version, stage.params_hash(), upstream])
+    return _fingerprint(source_sha256, stage.name, model.name, model.version, stage.params_hash(), upstream)
+
+
+def _fingerprint(
+    source_sha256: str | None,
+    name: str,
+    model_name: str | None,
+    model_version: str | None,
+    params_hash: str | None,
+    upstream: Sequence[str | None],
+) -> str:
+    blob = json.dumps([source_sha256, name, model_name, model_version, params_hash, upstream])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _follows_from_inputs(manifest: dict[str, Any], name: str, entry: dict[str, Any]) -> bool:
+    """Whether a recorded stage's fingerprint is the one its recorded model and params give with the
+    manifest's source and its required stages as recorded now (a stage this install does not know
+    is taken as recorded)."""
+    cls = registry().get(name)
+    if cls is None:
+        return True
+    deps = [manifest["stages"].get(dep) or {} for dep in cls.requires]
+    if any(dep.get("status") != Status.SUCCEEDED for dep in deps):
+        return False
+    model = entry.get("model") or {}
+    expected = _fingerprint(
+        manifest["source"].get("sha256"), name, model.get("name"), model.get("version"), entry.get("params_hash"),
+        [dep.get("fingerprint") for dep in deps],
+    )  # fmt: skip
+    return expected == entry.get("fingerprint")
+
+
+OVERLAP_VALUES = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+
+def overlap_setting() -> bool:
+    """``$PRISM_OVERLAP_STAGES`` (default on); ConfigError naming it for a value that is not a switch."""
+    raw = os.environ.get(ENV_OVERLAP_STAGES, "").strip().lower()
+    if not raw:
+        return True
+    if raw not in OVERLAP_VALUES:
+        raise ConfigError(f"{ENV_OVERLAP_STAGES}={raw!r}: expected 1 or 0 (true/false, yes/no, on/off)")
+    return OVERLAP_VALUES[raw]
 
 
 class Runner:
@@ -143,10 +225,12 @@ class Runner:
         self.force = force
         self.events = events or _NoEvents()
         if overlap is None:
-            overlap = os.environ.get(ENV_OVERLAP_STAGES, "1").strip().lower() not in ("0", "false", "no", "off")
+            overlap = overlap_setting()
         self.overlap = overlap
         self._stages: dict[str, Stage] = {}
         self._commit_lock = threading.RLock()  # one title's stages may finish in two threads at once
+        self._cancel = threading.Event()  # set on Ctrl-C: running stages stop at their next progress report
+        self._abandoned = False  # after Ctrl-C: this runner records nothing more
 
     def store(self, title_id: str) -> TitleStore:
         """The default store of a title: ``<out_dir>/titles/<title_id>/`` and the catalog."""
@@ -159,7 +243,7 @@ class Runner:
         holds), fails alone: the batch goes on.
         """
         order = resolve_order(stages)
-        self.build_stages(order)
+        self.check_config(order)
         self._sweep_work()
         claimed: dict[str, Path] = {}
         outcomes = []
@@ -176,6 +260,15 @@ class Runner:
                 continue
             outcomes.append(self._run_contained(source, order, title_id))
         return outcomes
+
+    def check_config(self, order: list[str]) -> None:
+        """Raise ConfigError naming the setting, before any title is touched, when the parameters, the
+        environment (``$PRISM_DECODE_CHUNKS``, ``$PRISM_OVERLAP_STAGES``) or a stage's model location
+        cannot work: a typo must not fail (and rewrite) every title of the batch instead."""
+        configured_chunks()
+        overlap_setting()
+        for stage in self.build_stages(order).values():
+            stage.check_config()
 
     def build_stages(self, order: list[str]) -> dict[str, Stage]:
         """Instantiate (and so validate) every stage's parameters once."""
@@ -275,12 +368,14 @@ class Runner:
             owner = {"uri": record.source_uri, "sha256": record.source_sha256}
         try:
             _check_source(source)
+            identity = source_identity(source) if source.exists() else None
             info = probe(source)
             source_facts.update(
                 bytes=info.size_bytes,
                 sha256=source_facts["sha256"] or sha256_file(source, self.catalog),
                 probe=_probe_facts(info),
             )
+            _check_unchanged(source, identity)
         except MediaError as exc:
             if (
                 store.owns_manifest
@@ -324,11 +419,17 @@ class Runner:
 
         def run_one(stage: Stage, waiter: Waiter) -> StageOutcome:
             return self._run_stage(
-                title_id, source, info, store, manifest, shared, stage, fingerprints, stage.name in forced, waiter
-            )
+                title_id, source, info, store, manifest, shared, stage, fingerprints, stage.name in forced, waiter,
+                identity=identity,
+            )  # fmt: skip
 
         try:
-            outcomes = run_stages(stages, run_one, overlap=self.overlap)
+            outcomes = run_stages(stages, run_one, overlap=self.overlap, cancel=self._cancel)
+        except KeyboardInterrupt:
+            self._cancel.set()
+            with self._commit_lock:  # waits for a commit under way; a stage still running never commits now
+                self._abandoned = True
+            raise
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
             remove_empty_dirs(run_dir.parent, run_dir.parent.parent)
@@ -421,9 +522,18 @@ class Runner:
         fingerprints: dict[str, str],
         forced: bool,
         waiter: Waiter | None = None,
+        *,
+        identity: SourceIdentity | None = None,
     ) -> StageOutcome:
+        """``identity``: the source's as it was hashed; a stage that finds it changed fails (its results
+        would be recorded under the hash of other content)."""
         name = stage.name
         blocked = [dep for dep in stage.requires if dep not in fingerprints]
+        skipped = [manifest["stages"].get(dep) or {} for dep in blocked]
+        if blocked and all(e.get("status") == Status.SKIPPED and not is_blocked(e) for e in skipped):
+            # what it needs was skipped for a fact of the title (no video stream): so is this stage
+            reason = f"{', '.join(blocked)} skipped: {skipped[0].get('reason')}"
+            return self._record(store, manifest, stage, Status.SKIPPED.value, reason, None, [], {}, None, None, 0.0)
         if blocked:
             reason = blocked_reason(blocked)
             return self._record(store, manifest, stage, Status.BLOCKED.value, reason, None, [], {}, None, None, 0.0)
@@ -454,7 +564,7 @@ class Runner:
             title_dir=store.title_dir,
             staging=staging,
             shared=shared,
-            progress=lambda done, total, label: self.events.stage_progress(title_id, name, done, total, label),
+            progress=lambda done, total, label: self._progress(title_id, name, done, total, label),
             wait_for=waiter.wait_for if waiter else None,
         )
         started = now_iso()
@@ -471,9 +581,22 @@ class Runner:
             log.exception("stage %s crashed on %s", name, source)
             reason, result = f"{source}: internal error in stage {name}: {type(exc).__name__}: {exc}", None
         elapsed = time.perf_counter() - t0
+        # Ctrl-C in a terminal also kills the stage's ffmpeg, whose failure can reach here just before
+        # the interrupt reaches the main thread: a failure waits that long for it (and, in the main
+        # thread, the interrupt is raised in this wait)
+        if (result is None or result.status != "succeeded") and self._cancel.wait(INTERRUPT_SETTLE_S):
+            # a stage stopped by Ctrl-C is not a failure of the title: its previous record and files stay
+            shutil.rmtree(staging, ignore_errors=True)
+            raise Interrupted()
         decodes = {k: v for k, v in dict(shared.decode_seconds).items() if k not in decoded_before}
         if result is not None and decodes:  # the shared decode this stage triggered, reported apart
             result.metrics["shared_decode_s"] = {k: round(v, 3) for k, v in decodes.items()}
+        if result is not None and result.status == "succeeded":
+            try:
+                _check_unchanged(source, identity)
+            except MediaError as exc:
+                reason, result = str(exc), None
+                log.warning("%s", reason)
         try:
             if result is None:
                 return self._record(store, manifest, stage, "failed", reason, fp, [], {}, started, None, elapsed)
@@ -505,6 +628,12 @@ class Runner:
             return outcome
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _progress(self, title_id: str, stage: str, done: int, total: int | None, label: str) -> None:
+        """A stage's progress report, and where it stops after Ctrl-C."""
+        if self._cancel.is_set():
+            raise Interrupted()
+        self.events.stage_progress(title_id, stage, done, total, label)
 
     def _record(
         self,
@@ -559,13 +688,24 @@ class Runner:
     ) -> StageEntry:
         """Replace a stage's files and its manifest entry and catalog record, recoverably.
 
-        Order: journal every file this changes -> move the new files in -> manifest -> catalog
-        -> delete the files no entry lists any more -> drop the journal. Killed anywhere in
-        between, the next run's ``store.load`` deletes unlisted journaled files, and a listed file
-        that was overwritten no longer matches its recorded hash, so its stage reruns.
+        Order: journal every file this changes -> move the new files in -> catalog records of the
+        stages this makes stale -> manifest -> catalog -> delete the files no entry lists any more
+        -> drop the journal. Killed anywhere in between, the next run's ``store.load`` deletes
+        unlisted journaled files, and a listed file that was overwritten no longer matches its
+        recorded hash, so its stage reruns.
+
+        Where the store owns the manifest, a stage that failed or is blocked leaves the results it
+        published before (files, manifest entry, catalog record) as they were, until a run of it
+        succeeds: the returned entry says why it failed, and so does the title's record. And the
+        manifest write that records this stage also records ``stale`` every succeeded stage that
+        no longer follows from the source and its inputs (a re-delivered source's new shots make
+        the old keyframes stale), so no instant on disk shows a success made from other inputs.
         """
         with self._commit_lock:  # the manifest and the journal are shared by the title's stage threads
-            old = set(manifest["stages"].get(name, {}).get("outputs", []))
+            if self._abandoned:
+                raise Interrupted()
+            previous = manifest["stages"].get(name) or {}
+            old = set(previous.get("outputs", []))
             touched = old | set(entry.outputs)
             with store.publishing(name, touched):
                 if staging is not None and entry.outputs:
@@ -579,13 +719,48 @@ class Runner:
                         entry.outputs, entry.files = [], {}
                         log.warning("%s: %s", store.title_id, entry.reason)
                 entry.finished_at = now_iso()
-                manifest["stages"][name] = entry.to_manifest()
-                manifest["updated_at"] = entry.finished_at
-                store.record(
-                    manifest, name, entry.to_record(store.title_id, name, manifest["source"]["sha256"], __version__)
+                # (in the cloud each stage record stands alone and must say it failed: S3Store.remove keeps
+                # the objects of a failed rerun, and finalize's manifest says what is current)
+                keep = (
+                    store.owns_manifest
+                    and entry.status in (Status.FAILED, Status.BLOCKED)  # not a skip: a fact about the title
+                    and bool(previous.get("outputs"))
+                    and store.outputs_intact(previous)  # damaged or partly overwritten ones are not worth keeping
                 )
+                if keep:
+                    log.info("%s: stage %s %s; its earlier results are kept", store.title_id, name, entry.status)
+                else:
+                    manifest["stages"][name] = entry.to_manifest()
+                manifest["updated_at"] = entry.finished_at
+                if store.owns_manifest:
+                    self._mark_stale(store, manifest)
+                kept = manifest["stages"][name]
+                record = (
+                    _record_from_entry(store.title_id, manifest, name, kept, kept["status"])
+                    if keep
+                    else entry.to_record(store.title_id, name, manifest["source"]["sha256"], __version__)
+                )
+                store.record(manifest, name, record)
                 store.remove(touched - listed_outputs(manifest), replaced=entry.status == Status.SUCCEEDED)
             return entry
+
+    def _mark_stale(self, store: TitleStore, manifest: dict[str, Any]) -> None:
+        """Mark ``stale`` in ``manifest`` every succeeded stage that does not follow from its inputs as
+        recorded now; their catalog records are written first (the manifest is written by the caller),
+        so a kill in between leaves the catalog more cautious than the manifest, never less."""
+        while found := [
+            n for n, e in manifest["stages"].items()
+            if e.get("status") == Status.SUCCEEDED and not _follows_from_inputs(manifest, n, e)
+        ]:  # fmt: skip
+            for name in found:
+                entry = manifest["stages"][name]
+                stale = {**entry, "status": Status.STALE.value, "finished_at": now_iso(),
+                         "reason": f"the source or a stage it requires changed since it ran; run {name} again"}  # fmt: skip
+                manifest["stages"][name] = stale
+                store.sync(
+                    manifest, name, _record_from_entry(store.title_id, manifest, name, stale, Status.STALE.value)
+                )
+                log.info("%s/%s recorded stale: %s", store.title_id, name, stale["reason"])
 
     def _sync_catalog(self, store: TitleStore, manifest: dict[str, Any], stage: Stage, entry: dict[str, Any]) -> None:
         """A reused stage's catalog record is rewritten from the manifest if a kill left it behind."""
@@ -703,6 +878,22 @@ def _check_source(source: Path) -> None:
                 fh.read(1)
         except OSError as exc:
             raise MediaError(source, f"cannot read the file ({exc.strerror or exc})") from exc
+
+
+def _check_unchanged(source: Path, identity: SourceIdentity | None) -> None:
+    """Raise MediaError when ``source`` is no longer the file that was hashed (replaced or edited since)."""
+    if identity is None:
+        return
+    try:
+        now = source_identity(source)
+    except OSError:
+        now = None
+    if now != identity:
+        raise MediaError(
+            source,
+            "the file changed while it was being processed (size, mtime, ctime or inode differ from when it "
+            "was hashed); run it again once it is complete",
+        )
 
 
 def _display(uri: str) -> str:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+STAGE_THREAD_PREFIX = "prism-stages-"  # the threads of the stage groups, one per group
+CANCEL_GRACE_S = 5.0  # how long Ctrl-C waits for running stages to reach a progress report and stop
 
 
 class Waiter:
@@ -75,17 +77,26 @@ def run_stages(
     run_one: Callable[[Stage, Waiter], T],
     *,
     overlap: bool = True,
+    cancel: threading.Event | None = None,
+    grace_s: float = CANCEL_GRACE_S,
 ) -> list[T]:
     """Run ``stages`` (in dependency order) with ``run_one``; results come back in that order.
 
     With ``overlap`` False, or a single group, everything runs in the calling thread. An
     exception from ``run_one`` is raised once every group has stopped; a group whose stage
     raised does not start its later stages, and stages waiting on it are released.
+
+    Ctrl-C (KeyboardInterrupt, which Python delivers to the calling thread only) sets ``cancel``:
+    no group starts another stage, a running stage stops at its next progress report (the runner
+    raises there), and after at most ``grace_s`` the interrupt is raised here. The group threads
+    are daemons, so one stuck in a long model call never holds the process up.
     """
     names = list(stages)
     done = {name: threading.Event() for name in names}
     results: dict[str, T] = {}
     groups: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+    cancel = cancel or threading.Event()
     for name in names:
         groups.setdefault(stages[name].concurrency, []).append(name)
 
@@ -94,6 +105,8 @@ def run_stages(
     def run_group(members: list[str]) -> None:
         try:
             for name in members:
+                if cancel.is_set():
+                    return
                 for dep in stages[name].requires:
                     if dep in done:
                         done[dep].wait()
@@ -101,18 +114,36 @@ def run_stages(
                     results[name] = run_one(stages[name], Waiter(name, stages, done, blocking))
                 finally:
                     done[name].set()
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread, raised there
+            errors.append(exc)
         finally:  # a raised stage: release whoever waits for the rest of this group
             for name in members:
                 done[name].set()
 
     if not blocking:
         run_group(names)
-        return [results[name] for name in names]
-    log.debug("stage groups run side by side: %s", groups)
-    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="prism-stages") as pool:
-        futures = [pool.submit(run_group, members) for members in groups.values()]
-        errors = [f.exception() for f in futures]
+    else:
+        log.debug("stage groups run side by side: %s", groups)
+        threads = [
+            threading.Thread(target=run_group, args=(members,), name=f"{STAGE_THREAD_PREFIX}{group}", daemon=True)
+            for group, members in groups.items()
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.25)
+        except KeyboardInterrupt:
+            cancel.set()
+            log.warning("interrupted: stopping the running stages")
+            deadline = time.monotonic() + grace_s
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            raise
     for error in errors:
-        if error is not None:
+        if isinstance(error, KeyboardInterrupt):
             raise error
+    for error in errors:
+        raise error
     return [results[name] for name in names]

@@ -369,7 +369,7 @@ class _Store:
             state = json.loads((self.dir / "state.json").read_text())
         except (OSError, ValueError):
             return None
-        if state.get("version") != STATE_VERSION:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             return None
         if not all((self.dir / name).exists() for name in ("index.faiss", "shots.parquet")):
             return None
@@ -381,15 +381,23 @@ class _Store:
         import faiss
 
         state = self._read_state()
-        if state is None or state["model"]["version"] != model.version or state["options"] != asdict(options):
+        recorded = state.get("model") if state is not None else None
+        model_version = recorded.get("version") if isinstance(recorded, dict) else None
+        if state is None or model_version != model.version or state.get("options") != asdict(options):
             return self._build(model, wanted, out_dir, options)
-        spans = [_TitleSpan(**t) for t in state["titles"]]
-        stale = [tuple(r) for r in state["stale"]]
+        try:  # the index is derived data: damaged or half-written (a killed run, a full disk), it is rebuilt
+            spans = [_TitleSpan(**t) for t in state["titles"]]
+            stale = [(int(first), int(count)) for first, count in state["stale"]]
+            index = faiss.read_index(str(self.dir / "index.faiss"))
+            shots = pq.read_table(self.dir / "shots.parquet", schema=SHOTS_SCHEMA)
+            if index.ntotal != shots.num_rows or index.ntotal != sum(s.count for s in spans) + sum(n for _, n in stale):
+                raise ValueError(f"{index.ntotal} vectors, {shots.num_rows} shots, rows recorded do not add up")
+        except (RuntimeError, OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+            log.warning("shot index %s is damaged (%s); rebuilding it", self.dir, str(exc).splitlines()[0][:200])
+            return self._build(model, wanted, out_dir, options)
         live = [s for s in spans if wanted.get(s.title_id) == s.fingerprint]
         stale += [(s.first, s.count) for s in spans if wanted.get(s.title_id) != s.fingerprint and s.count]
         new = sorted(set(wanted) - {s.title_id for s in live})
-        index = faiss.read_index(str(self.dir / "index.faiss"))
-        shots = pq.read_table(self.dir / "shots.parquet")
         if len(live) == len(spans) and not new:
             return ShotIndex(index, shots, model, live, options, stale)
         tables, vectors, total = [shots], [], len(shots)
@@ -480,7 +488,24 @@ def search_image(
 ) -> list[Hit]:
     """Shots that look like a reference image."""
     _check_model(index, encoder)
-    return index.search(encoder.encode_images([encoder.load_image(image)])[0], top_k, title)
+    try:
+        picture = encoder.load_image(image)
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise ConfigError(f"query image {image}: not an image this can read ({exc.__class__.__name__})") from exc
+    return index.search(encoder.encode_images([picture])[0], top_k, title)
+
+
+def _check_image(image: str | Path) -> None:
+    """A query image that is missing or not an image is refused before any model loads."""
+    from PIL import Image
+
+    if not Path(image).is_file():
+        raise ConfigError(f"query image {image} does not exist")
+    try:
+        with Image.open(image) as picture:
+            picture.verify()
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError (OSError), SyntaxError
+        raise ConfigError(f"query image {image}: not an image this can read ({exc.__class__.__name__})") from exc
 
 
 def _check_model(index: ShotIndex, encoder: ImageTextEncoder) -> None:
@@ -506,8 +531,8 @@ def find_shots(
 
     if (text is None) == (image is None):
         raise ConfigError("give either a text query or an image, not both or neither")
-    if image is not None and not Path(image).is_file():
-        raise ConfigError(f"query image {image} does not exist")
+    if image is not None:
+        _check_image(image)
     encoder = encoder_for(model, device)
     index = ShotIndex.open(out_dir, encoder.info)
     if text is not None:

@@ -204,6 +204,10 @@ def bad_inputs(tmp_path_factory, make_video):
         str(files.setdefault("short", d / "short.mp4")),
     )
     shutil.copy(good, files.setdefault("non_ascii", d / "드라마 01 — 시즌1.mp4"))
+    data = bytearray(fs)  # the picture data zeroed: probes as a video, decodes to nothing
+    start = data.index(b"mdat") + 4
+    data[start:] = bytes(len(data) - start)
+    files.setdefault("undecodable", d / "undecodable.mp4").write_bytes(bytes(data))
     return good, files
 
 
@@ -212,9 +216,8 @@ FAILS = {
     "empty": "file is empty",
     "text": "not a media file",
     "truncated": "not a media file",
-    "audio_only": "no video stream",
 }
-SUCCEEDS = ["no_audio", "vfr", "rotated", "short", "non_ascii"]
+SUCCEEDS = ["no_audio", "audio_only", "vfr", "rotated", "short", "non_ascii"]
 
 
 @pytest.mark.slow
@@ -248,6 +251,9 @@ def test_bad_inputs_in_one_run(bad_inputs, tmp_path):
     vfr_manifest = read_manifest(outcomes[str(files["vfr"])].title_dir)
     assert vfr_manifest["stages"]["shots"]["metrics"]["variable_frame_rate"] is True
     assert read_manifest(outcomes[str(files["rotated"])].title_dir)["source"]["probe"]["video"]["rotation"] in (90, 270)
+    audio_only = read_manifest(outcomes[str(files["audio_only"])].title_dir)["stages"]  # the video stages skipped
+    assert audio_only["shots"]["status"] == "skipped" and "no video stream" in audio_only["shots"]["reason"]
+    assert audio_only["keyframes"]["status"] == "skipped" and audio_only["cues"]["status"] == "succeeded"
 
 
 def test_failed_title_does_not_touch_other_titles(bad_inputs, tmp_path):
@@ -294,7 +300,7 @@ def test_a_failed_decode_is_not_repeated_by_later_stages(bad_inputs, tmp_path, m
         return real(*args, **kwargs)
 
     monkeypatch.setattr(prism.media, "decode_visual", counting)
-    [outcome] = Runner(tmp_path).run([files["audio_only"]], ["shots", "cues"])
+    [outcome] = Runner(tmp_path).run([files["undecodable"]], ["shots", "cues"])
     assert [s.status for s in outcome.stages] == ["failed", "failed"]
     assert outcome.stages[0].reason == outcome.stages[1].reason
     assert len(calls) == 1

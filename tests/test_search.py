@@ -271,3 +271,40 @@ def test_cli_duplicates(library):
     assert "2 near-duplicate pairs in 2 groups" in result.stdout
     result = cli.invoke(app, ["duplicates", "--out", str(vectors_out), "--across", "--json"])
     assert [(p["a"]["title_id"], p["b"]["title_id"]) for p in json.loads(result.stdout)] == [("ep1", "ep2")]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: (d / "index.faiss").write_bytes((d / "index.faiss").read_bytes()[:100]),  # half-written
+        lambda d: (d / "index.faiss").write_bytes(b"not faiss"),
+        lambda d: (d / "shots.parquet").write_bytes((d / "shots.parquet").read_bytes()[:50]),
+        lambda d: (d / "state.json").write_text('{"version": 2, "titles": 3}'),
+        lambda d: (d / "state.json").write_text("[]"),
+    ],
+    ids=["faiss-cut", "faiss-garbage", "shots-cut", "state-wrong-shape", "state-not-a-dict"],
+)
+def test_a_damaged_index_is_rebuilt_not_a_traceback(library, damage):
+    """The index is derived data ("safe to delete"): damaged or half-written, the next search rebuilds it."""
+    out, vecs = library
+    before = ShotIndex.open(out, MODEL).search(vecs["ep2"][4], top_k=3)
+    [directory] = [p for p in (out / "index" / "embeddings").iterdir() if p.is_dir()]
+    damage(directory)
+    after = ShotIndex.open(out, MODEL).search(vecs["ep2"][4], top_k=3)
+    assert [(h.shot.title_id, h.shot.shot_index) for h in after] == [
+        (h.shot.title_id, h.shot.shot_index) for h in before
+    ]
+    assert (after[0].shot.title_id, after[0].shot.shot_index) == ("ep2", 4)
+    result = CliRunner().invoke(app, ["duplicates", "--out", str(out), "--json"])  # and the CLI reads it again
+    assert result.exit_code == 0, result.output
+
+
+def test_image_query_that_is_not_an_image_is_one_line_exit_2(clip_library, random_clip_dir, tmp_path):
+    out, _, _ = clip_library
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("this is a text file")
+    result = CliRunner().invoke(app, ["search", "--image", str(fake), "--out", str(out),
+                                      "--model", str(random_clip_dir)])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert "holiday.jpg" in result.output and "not an image" in result.output

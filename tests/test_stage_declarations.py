@@ -102,14 +102,16 @@ def test_output_that_drifts_from_its_declared_schema_fails_the_stage(tone_run, m
     out, _, _ = tone_run
     shutil.copytree(out, tmp_path / "out")
     path, _ = make_video("tone.mp4", TONE_TITLE)
+    good = (tmp_path / "out" / "titles" / "tone" / "shot_tone.parquet").read_bytes()
     [outcome] = Runner(tmp_path / "out", params={"shot_tone": {"drift": True}}).run([path], ["shot_tone"])
     assert [(s.stage, s.status) for s in outcome.stages] == [("shots", "skipped"), ("shot_tone", "failed")]
     assert outcome.stages[-1].reason == (
         "stage shot_tone: shot_tone.parquet does not match its declared schema: "
         "column 'mean_luma' is string, declared float64"
     )
-    assert not (outcome.title_dir / "shot_tone.parquet").exists()  # the drifted file is never published
-    assert "shot_tone failed" in render_report(outcome.title_dir)
+    # the drifted file is never published: the one the earlier run published stays until a run succeeds
+    assert (outcome.title_dir / "shot_tone.parquet").read_bytes() == good
+    assert outcome.status == "failed"
 
 
 def test_check_schema_names_every_difference():

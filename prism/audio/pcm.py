@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from prism.errors import MediaError
-from prism.media.tools import ffmpeg_exe
+from prism.media.tools import ffmpeg_exe, input_arg
 
 ANALYSIS_RATE = 16000  # the mono PCM every analysis reads (Whisper, VAD, levels)
 FLOOR_LUFS = -120.0  # ffmpeg reports -120.7 for an empty window: "no measurement", stored as null
@@ -166,7 +166,7 @@ class TrackStream:
             f"[pcm]aformat=sample_fmts=flt:sample_rates={self.analysis_rate}:channel_layouts=mono[p]"
         )
         cmd = [
-            ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info", "-i", str(self.path),
+            ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info", "-i", input_arg(self.path),
             "-filter_complex", graph, "-map", "[m]", "-f", "null", "-",
             "-map", "[p]", "-f", "f32le", "pipe:1",
         ]  # fmt: skip

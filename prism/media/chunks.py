@@ -55,7 +55,7 @@ from prism.media.decode import (
     decode_range_with,
 )
 from prism.media.probe import MediaInfo
-from prism.media.tools import ffmpeg_exe
+from prism.media.tools import ffmpeg_exe, input_arg
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,25 @@ def is_mpegts(path: Path, info: MediaInfo) -> bool:
     return "mpegts" in info.format_name or (info.format_name == "unknown" and path.suffix.lower() in TS_SUFFIXES)
 
 
+def configured_chunks() -> int | None:
+    """``$PRISM_DECODE_CHUNKS`` as a number (None when unset); ConfigError naming it when it is not one."""
+    env = os.environ.get(CHUNKS_ENV, "").strip()
+    if not env:
+        return None
+    try:
+        chunks = int(env)
+    except ValueError:
+        raise ConfigError(f"{CHUNKS_ENV}={env!r}: expected a whole number of chunks (1 disables)") from None
+    if chunks < 1:
+        raise ConfigError(f"{CHUNKS_ENV}={env!r}: expected a whole number of chunks >= 1 (1 disables)")
+    return chunks
+
+
 def chunk_count(path: Path, info: MediaInfo, chunks: int | None = None) -> int:
     """How many ranges to decode ``path`` in: ``chunks``, else ``$PRISM_DECODE_CHUNKS``, else
     one per core for titles over two minutes (at least a minute each); 1 for MPEG-TS."""
-    if chunks is None and (env := os.environ.get(CHUNKS_ENV, "").strip()):
-        try:
-            chunks = int(env)
-        except ValueError:
-            raise ConfigError(f"{CHUNKS_ENV}={env!r}: expected a whole number of chunks (1 disables)") from None
+    if chunks is None:
+        chunks = configured_chunks()
     if chunks is not None and chunks < 1:
         raise ConfigError(f"decode chunks must be >= 1, got {chunks}")
     if is_mpegts(path, info):
@@ -105,7 +116,7 @@ def keyframe_at_or_before(path: Path, target_s: float) -> SplitPoint | None:
     Its timestamp is in the time base the visual pass's filter graph sees."""
     cmd = [
         ffmpeg_exe(), "-hide_banner", "-loglevel", "info", "-nostdin", "-copyts",
-        "-seek_timestamp", "1", "-ss", f"{target_s:.6f}", "-noaccurate_seek", "-i", str(path),
+        "-seek_timestamp", "1", "-ss", f"{target_s:.6f}", "-noaccurate_seek", "-i", input_arg(path),
         "-filter_complex", "[0:v]select='eq(key,1)',showinfo[k]", "-map", "[k]", "-frames:v", "1",
         "-an", "-sn", "-dn", "-f", "null", "-",
     ]  # fmt: skip

@@ -45,7 +45,7 @@ import numpy as np
 
 from prism.errors import MediaError
 from prism.media.probe import MediaInfo
-from prism.media.tools import ffmpeg_exe
+from prism.media.tools import ffmpeg_exe, input_arg
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ Progress = Callable[[int, int | None], None]
 
 _PTS_TIME = re.compile(rb"\bn:\s*\d+\s+pts:\s*(-?\d+)\s+pts_time:(-?[\d.e+-]+)")
 _TIME_BASE = re.compile(rb"config in time_base:\s*(\d+)/(\d+)")
+_SHOWN_SIZE = re.compile(rb"\bs:(\d+)x(\d+)")
 DISCONTINUITY_S = 10.0  # a forward jump this large in MPEG-TS is a splice, not a gap (ffmpeg's dts_delta_threshold)
 TRUNCATED_SHARE = 0.9  # decoded under this share of the declared duration (and 1 s short): flagged
 
@@ -267,7 +268,7 @@ def _visual_pass_command(
     if start is not None:  # rounded up to the microsecond: the seek lands on the keyframe at or before it
         options += ["-seek_timestamp", "1", "-ss", f"{math.ceil(start.seconds * 1e6) / 1e6:.6f}", "-noaccurate_seek"]
     return [
-        ffmpeg_exe(), "-hide_banner", "-loglevel", "info", "-nostdin", "-copyts", *options, "-i", str(path),
+        ffmpeg_exe(), "-hide_banner", "-loglevel", "info", "-nostdin", "-copyts", *options, "-i", input_arg(path),
         "-filter_complex", visual_filter_graph(halvings, start, end), "-map", "[out]",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-fps_mode", "passthrough", "-an", "-sn", "-dn", "pipe:1",
     ]  # fmt: skip
@@ -556,7 +557,7 @@ def _decoded_blocks(
     path: Path, track: int, sample_rate: int, channels: int, block_samples: int
 ) -> Iterator[np.ndarray]:
     cmd = [
-        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", input_arg(path),
         "-map", f"0:a:{track}", "-vn", "-sn", "-dn", "-ac", str(channels), "-ar", str(sample_rate),
         "-f", "f32le", "pipe:1",
     ]  # fmt: skip
@@ -627,33 +628,75 @@ def frame_requests(vp: VisualPass, wanted: list[tuple[int, Path]]) -> list[Frame
     return out
 
 
-def _grab(
-    path: Path, out_file: Path, quality: int, select: str, seek_s: float | None, frames: int = 1
-) -> tuple[list[float], str]:
-    """Run one extraction: the source timestamps of the frames that passed ``select`` (the
-    ``frames``-th is the one left in ``out_file``; ffmpeg may filter one more before stopping)
-    and, on failure, ffmpeg's last line."""
+def _grab(path: Path, out_file: Path, quality: int, select: str, seek_s: float | None) -> tuple[list[float], str]:
+    """Run one extraction: the source timestamps of the frames that passed ``select`` (the first
+    is the one left in ``out_file``; ffmpeg may filter one more before stopping) and, on failure,
+    ffmpeg's last line. Only that frame reaches the JPEG encoder, so the JPEG has its own size."""
     seek = ["-seek_timestamp", "1", "-ss", f"{seek_s:.6f}", "-noaccurate_seek"] if seek_s and seek_s > 0 else []
     # setpts=N/TB (one second apart) after showinfo: the JPEG encoder rejects the repeated timestamps of a spliced TS
     cmd = [
-        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "info", "-copyts", *seek, "-i", str(path),
-        "-filter_complex", f"[0:v]select='{select}',showinfo,setpts=N/TB[kf]", "-map", "[kf]", "-frames:v", str(frames),
-        "-fps_mode", "passthrough", "-autoscale", "0", "-update", "1", "-q:v", str(quality), "-y", str(out_file),
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "info", "-copyts", *seek, "-i", input_arg(path),
+        "-filter_complex", f"[0:v]select='{select}',showinfo,setpts=N/TB[kf]", "-map", "[kf]", "-frames:v", "1",
+        "-fps_mode", "passthrough", "-autoscale", "0", "-update", "1", "-q:v", str(quality), "-y", input_arg(out_file),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True)
+    pts, _, tail = _shown_frames(proc.stderr)
+    if proc.returncode != 0 or not out_file.exists():
+        return [], _stderr_reason(tail)
+    return pts, ""
+
+
+def _grab_nth(path: Path, out_file: Path, quality: int, select: str, nth: int) -> tuple[bool, str]:
+    """Decode from the start and write the ``nth`` (from 0) frame passing ``select`` as JPEG:
+    whether it was found, and on failure ffmpeg's last line.
+
+    The frames that pass come out raw, each at its own size: one JPEG encoder given them all
+    would take the first one's size and scale the others to it (or fail) when the stream's
+    resolution changes, an SD break in an HD capture. A resolution change also rebuilds the
+    filter graph, restarting any count inside it, so the count is kept here. Only the chosen
+    frame is encoded.
+    """
+    cmd = [
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "info", "-copyts", "-i", input_arg(path),
+        "-filter_complex", f"[0:v]select='{select}',showinfo,format=rgb24[kf]", "-map", "[kf]",
+        "-frames:v", str(nth + 1), "-fps_mode", "passthrough", "-autoscale", "0", "-f", "rawvideo", "pipe:1",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True)
+    _, sizes, tail = _shown_frames(proc.stderr)
+    if proc.returncode != 0 or len(sizes) <= nth:
+        return False, _stderr_reason(tail) if proc.returncode else ""
+    offset = sum(w * h * 3 for w, h in sizes[:nth])
+    width, height = sizes[nth]
+    raw = proc.stdout[offset : offset + width * height * 3]
+    if len(raw) != width * height * 3:
+        return False, f"{len(proc.stdout)} bytes of frames, short of frame {nth} ({width}x{height})"
+    encode = [
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+        "-s", f"{width}x{height}", "-i", "pipe:0", "-frames:v", "1", "-update", "1", "-q:v", str(quality),
+        "-y", input_arg(out_file),
+    ]  # fmt: skip
+    done = subprocess.run(encode, input=raw, capture_output=True)
+    if done.returncode != 0 or not out_file.exists():
+        return False, _stderr_reason(deque(done.stderr.splitlines(), maxlen=8))
+    return True, ""
+
+
+def _shown_frames(stderr: bytes) -> tuple[list[float], list[tuple[int, int]], deque[bytes]]:
+    """From ffmpeg's stderr: each frame showinfo printed (source timestamp, size), and the last lines."""
     pts: list[float] = []
+    sizes: list[tuple[int, int]] = []
     time_base = None
     tail: deque[bytes] = deque(maxlen=8)
-    for line in proc.stderr.splitlines():
+    for line in stderr.splitlines():
         if match := _PTS_TIME.search(line):
             pts.append(int(match[1]) * time_base if time_base else float(match[2]))
+            if size := _SHOWN_SIZE.search(line):
+                sizes.append((int(size[1]), int(size[2])))
         elif tb := _TIME_BASE.search(line):
             time_base = int(tb[1]) / int(tb[2]) if int(tb[2]) else None
         elif not line.startswith(b" "):
             tail.append(line)
-    if proc.returncode != 0 or not out_file.exists():
-        return [], _stderr_reason(tail)
-    return pts, ""
+    return pts, sizes, tail
 
 
 def extract_frame(path: str | Path, request: FrameRequest, quality: int = 2) -> WrittenFrame:
@@ -675,8 +718,8 @@ def extract_frame(path: str | Path, request: FrameRequest, quality: int = 2) -> 
                 return _written(out, "seek" if attempt == 0 else "seek-retry")
     if t is not None:  # the (occurrence+1)-th frame carrying that timestamp, counted from the start
         window = f"between(t,{t - PTS_TOLERANCE_S:.6f},{t + PTS_TOLERANCE_S:.6f})"
-        pts, reason = _grab(path, out, quality, window, None, frames=request.occurrence + 1)
-        if len(pts) > request.occurrence:
+        found, reason = _grab_nth(path, out, quality, window, request.occurrence)
+        if found:
             return _written(out, "decode")
     else:
         pts, reason = _grab(path, out, quality, f"eq(n,{request.frame})", None)

@@ -10,7 +10,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from prism.errors import MediaError
-from prism.media.tools import ffmpeg_exe, ffprobe_exe
+from prism.media.tools import ffmpeg_exe, ffprobe_exe, input_arg
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def probe(path: str | Path) -> MediaInfo:
     if ffprobe is None:
         return _probe_with_ffmpeg(path)
     proc = subprocess.run(
-        [ffprobe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
+        [ffprobe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", input_arg(path)],
         capture_output=True,
         text=True,
         errors="replace",
@@ -215,7 +215,7 @@ _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
 def _probe_with_ffmpeg(path: Path) -> MediaInfo:
     """Fallback for machines with only the ffmpeg binary (imageio-ffmpeg): parse ``ffmpeg -i``."""
     proc = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True, errors="replace"
+        [ffmpeg_exe(), "-hide_banner", "-i", input_arg(path)], capture_output=True, text=True, errors="replace"
     )
     text = proc.stderr
     if "Stream #" not in text:

@@ -35,3 +35,9 @@ def ffprobe_exe() -> str | None:
     if beside.exists():
         return str(beside)
     return shutil.which("ffprobe")
+
+
+def input_arg(path: str | Path) -> str:
+    """``path`` as an ffmpeg/ffprobe file argument: absolute, so a name starting with ``-`` is never
+    read as an option, and one with a ``:`` (``a:b.mp4``) never as a protocol."""
+    return os.path.abspath(os.fspath(path))

@@ -27,8 +27,8 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from prism import __version__
-from prism.artifacts import atomic_write_bytes, read_manifest
-from prism.errors import PrismError
+from prism.artifacts import atomic_write_bytes, read_manifest_checked
+from prism.errors import PrismError, StorageError
 from prism.stages.base import ReportLane, Stage, registry
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,10 @@ def _read_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, A
 def load_title(title_dir: str | Path) -> TitleData:
     """Read a title directory, following the reading rule of docs/artifacts.md."""
     tdir = Path(title_dir)
-    manifest = read_manifest(tdir)
+    try:
+        manifest = read_manifest_checked(tdir)
+    except StorageError as exc:
+        raise ReportError(str(exc)) from exc
     if manifest is None:
         raise ReportError(f"{tdir}: no manifest.json (run `prism run` first or pass --out)")
     stages = manifest.get("stages", {})
@@ -150,7 +153,7 @@ def load_title(title_dir: str | Path) -> TitleData:
         ends = [data.duration_s] + [r[lane.lane.end] for lane in data.lanes for r in lane.rows if r[lane.lane.end]]
         data.duration_s = max(ends)
         return data
-    except (OSError, ValueError, KeyError) as exc:  # a damaged artifact: say which title, not a traceback
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:  # a damaged artifact
         raise ReportError(f"{tdir}: cannot read artifacts: {type(exc).__name__}: {exc}") from exc
 
 

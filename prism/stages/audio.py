@@ -36,6 +36,7 @@ from prism.audio.speech import (
     vad_model_id,
 )
 from prism.audio.subtitles import build_cues, rules_for, snap_to_shots, to_srt, to_vtt
+from prism.contract import ENV_ASR_MODEL
 from prism.devices import check_device, resolve_device
 from prism.errors import ConfigError, ModelUnavailable
 from prism.media.decode import align_blocks
@@ -168,6 +169,18 @@ class AudioStage(Stage):
             f"{ref.name}+{vad_model_id().split(':')[0]}+{encoder_id()}",
             f"{ref.version}+fw{faster_whisper_version()}+{vad_model_id().split(':')[1]}+code-{code_version(__name__)}",
         )
+
+    def check_config(self) -> None:
+        try:
+            resolve_model(self.params.model)
+        except ModelUnavailable as exc:
+            env = os.environ.get(ENV_ASR_MODEL, "").strip()
+            setting = (
+                f"audio.model={self.params.model!r}" if self.params.model
+                else f"{ENV_ASR_MODEL}={env!r}" if env
+                else "audio.model (default: multilingual Whisper base)"
+            )  # fmt: skip
+            raise ConfigError(f"{setting}: {exc}") from exc
 
     def run(self, ctx: StageContext) -> StageResult:
         p = self.params

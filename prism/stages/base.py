@@ -346,6 +346,12 @@ class Stage(ABC):
     def model(self) -> ModelInfo:
         """Identity of the model/algorithm; part of the skip fingerprint."""
 
+    def check_config(self) -> None:
+        """Raise ConfigError naming the setting when this stage's configuration cannot work on this
+        machine (a model location that does not resolve). The runner asks every stage it builds
+        before it touches any title, so a typo is exit 2, not a failed title."""
+        return None
+
     @abstractmethod
     def run(self, ctx: StageContext) -> StageResult:
         """Do the work, write files into ``ctx.staging``, return what was written."""

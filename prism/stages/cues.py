@@ -20,7 +20,7 @@ import pyarrow as pa
 from prism.audio.levels import WINDOW_S, level_db, silent_runs
 from prism.audio.pcm import ANALYSIS_RATE
 from prism.errors import MediaError
-from prism.media.decode import align_blocks, duration_check
+from prism.media.decode import VisualPass, align_blocks, duration_check
 from prism.provenance import code_version
 from prism.stages.base import ModelInfo, Output, ReportLane, Stage, StageContext, StageResult, register
 from prism.timeline import runs
@@ -87,8 +87,27 @@ class CuesStage(Stage):
         return ModelInfo("prism-cue-rules", f"code-{code_version(__name__)}")
 
     def run(self, ctx: StageContext) -> StageResult:
+        rows: list[dict] = []
+        metrics: dict = {}
+        vp = None if ctx.info.video is None else ctx.visual()  # audio only: silence is all there is to find
+        if vp is not None:
+            rows, metrics = self._visual_cues(vp, ctx)
+        else:
+            metrics["visual"] = "not analysed: no video stream"  # black and frozen
+        self._silence(ctx, vp, rows, metrics)
+        rows.sort(key=lambda r: (r["start_s"], r["cue_type"]))
+        self.write_table(ctx, "cues.parquet", rows)
+        counts = {kind: sum(r["cue_type"] == kind for r in rows) for kind in ("black", "frozen", "silence")}
+        metrics.update(counts)
+        return StageResult(
+            outputs=["cues.parquet"],
+            metrics=metrics,
+            summary=", ".join(f"{v} {k}" for k, v in counts.items()),
+        )
+
+    def _visual_cues(self, vp: VisualPass, ctx: StageContext) -> tuple[list[dict], dict]:
+        """Black and frozen spans, and the duration check, from the shared visual pass."""
         p = self.params
-        vp = ctx.visual()
         rows: list[dict] = []
 
         def add_frame_spans(kind: str, mask: np.ndarray, min_s: float, value_of, unit: str) -> None:
@@ -123,7 +142,12 @@ class CuesStage(Stage):
             lambda a, b: vp.diff_prev[a + 1 : b].max(initial=0.0),
             "max_frame_diff_0_255",
         )
-        metrics: dict = duration_check(vp, ctx.info).metrics()
+        return rows, duration_check(vp, ctx.info).metrics()
+
+    def _silence(self, ctx: StageContext, vp: VisualPass | None, rows: list[dict], metrics: dict) -> None:
+        """Silent spans of the chosen audio track, on the title clock (the first video frame, or
+        without video the first audio sample, is t=0)."""
+        p = self.params
         tracks = ctx.info.audio_tracks
         if not tracks:
             metrics["silence"] = "not analysed: no audio track"
@@ -131,7 +155,7 @@ class CuesStage(Stage):
             metrics["silence"] = f"not analysed: no audio track {p.audio_track} (file has {len(tracks)})"
         else:
             try:
-                origin = vp.origin_s if vp.source_times is not None else None
+                origin = vp.origin_s if vp is not None and vp.source_times is not None else None
                 start = ctx.info.audio_start_s(p.audio_track, origin)  # on the title clock, as the frames are
                 # the audio stage reads the same track: decode it once, with loudness, if it runs later
                 stream = ctx.audio_track(p.audio_track, block_s=SILENCE_BLOCK_S, loudness=bool(ctx.will_run("audio")))
@@ -142,16 +166,9 @@ class CuesStage(Stage):
                 level = np.concatenate(levels) if levels else np.zeros(0, np.float32)  # all before the first frame
                 rows += silence_spans(level, p.silence_db, p.silence_min_s)
             except MediaError as exc:  # a corrupt audio stream must not hide the visual cues
+                if vp is None:  # nothing else to report: the stage fails on it
+                    raise
                 metrics["silence"] = f"not analysed: {exc}"
-        rows.sort(key=lambda r: (r["start_s"], r["cue_type"]))
-        self.write_table(ctx, "cues.parquet", rows)
-        counts = {kind: sum(r["cue_type"] == kind for r in rows) for kind in ("black", "frozen", "silence")}
-        metrics.update(counts)
-        return StageResult(
-            outputs=["cues.parquet"],
-            metrics=metrics,
-            summary=", ".join(f"{v} {k}" for k, v in counts.items()),
-        )
 
 
 def silence_cues(samples: np.ndarray, sample_rate: int, silence_db: float, min_s: float) -> list[dict]:

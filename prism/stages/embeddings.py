@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from prism.devices import check_device, resolve_device
-from prism.errors import ModelUnavailable
+from prism.errors import ConfigError, ModelUnavailable
 from prism.stages.base import ModelInfo, Output, Stage, StageContext, StageResult, register
 
 if TYPE_CHECKING:
@@ -545,6 +545,18 @@ class EmbeddingsStage(Stage):
             return model_identity(self._model_dir())
         except ModelUnavailable:
             return ModelInfo("none", "no model configured")
+
+    def check_config(self) -> None:
+        """No model configured is fine (the stage is skipped, saying how to provide one); a configured
+        location that does not resolve is a configuration error."""
+        location = model_location(self.params.model)
+        if not location:
+            return
+        try:
+            resolve_model_dir(location)
+        except ModelUnavailable as exc:
+            setting = f"embeddings.model={self.params.model!r}" if self.params.model else f"{MODEL_ENV}={location!r}"
+            raise ConfigError(f"{setting}: {exc}") from exc
 
     def run(self, ctx: StageContext) -> StageResult:
         try:

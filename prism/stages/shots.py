@@ -185,6 +185,8 @@ class ShotsStage(Stage):
         )
 
     def run(self, ctx: StageContext) -> StageResult:
+        if ctx.info.video is None:  # an audio-only deliverable: no shots, and no stage that needs them
+            return StageResult(outputs=[], status="skipped", reason=f"{ctx.source}: no video stream (audio only)")
         vp = ctx.visual()
         device = resolve_device(self.params.device, self.name)
         batch = self.params.batch_windows or (16 if device.startswith("cuda") else 1)

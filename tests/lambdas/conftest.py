@@ -14,6 +14,10 @@ What is patched, and why:
 - moto 5.2's Step Functions port has empty request/response normalisation for the Batch
   integration (ASL ``JobName`` is passed to boto as is, so ``submitJob`` fails with
   ``'JobName'``); the upstream (LocalStack) normalisation through botocore's shapes is restored.
+- moto answers GetObject/HeadObject on a missing key with 404 whoever asks; S3 does so only for a caller
+  allowed ``s3:ListBucket`` on the bucket without conditions, and answers everyone else 403 AccessDenied. The
+  S3 clients of the Lambda handlers and the worker act as their role in the template and get S3's answer
+  (``S3AsRole``), so code that tells a missing object by ``NoSuchKey`` fails here as it would in AWS.
 - moto 5.2's Distributed Map ``ResultWriter`` writes a manifest that lists no result files (a
   TODO in ``resource_eval_s3``): it is completed to write the children's results as
   ``SUCCEEDED_0.json`` in the documented format (``Status``, ``Input``/``Output`` as JSON strings)
@@ -28,6 +32,7 @@ import os
 import sys
 import threading
 import time
+from functools import cached_property
 from pathlib import Path
 
 import boto3
@@ -132,6 +137,81 @@ def _complete_result_writer() -> None:
     resource_eval_s3.ResourceEvalS3._handle_put_object = staticmethod(put_object)
 
 
+HANDLER_MODULES = {"discover", "finalize", "record_failure", "summarise"}
+
+
+class S3AsRole:
+    """S3's answer to a GetObject/HeadObject on a missing key, for a caller acting as one of the template's roles.
+
+    S3 says 404 (NoSuchKey) only to a caller whose ``s3:ListBucket`` on the bucket is allowed without conditions;
+    a ListBucket conditioned on ``s3:prefix`` does not count (a GetObject carries no prefix), so the caller gets
+    403 AccessDenied and cannot tell a missing key from a denied one.
+    """
+
+    def __init__(self, deployment: Deployment):
+        self.d = deployment
+        self.policies: dict[str, list[dict]] = {}  # role logical id -> its statements
+        for policy in deployment.resolve.of_type("AWS::IAM::Policy").values():
+            for role in policy["Properties"].get("Roles", []):
+                self.policies.setdefault(role.get("Ref", ""), []).extend(
+                    policy["Properties"]["PolicyDocument"]["Statement"]
+                )
+
+    def lists_unconditionally(self, role: str, bucket: str) -> bool:
+        from fnmatch import fnmatchcase
+
+        arn = f"arn:aws:s3:::{bucket}"
+        for statement in self.policies.get(role, []):
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            if statement["Effect"] != "Allow" or "Condition" in statement:
+                continue
+            if not any(fnmatchcase("s3:ListBucket", a) for a in actions):
+                continue
+            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            for resource in resources:
+                try:
+                    resolved = self.d.resolve(resource)
+                except KeyError:  # a reference to something the test deployment does not create
+                    continue
+                if isinstance(resolved, str) and fnmatchcase(arn, resolved):
+                    return True
+        return False
+
+    def client(self, role: str | None = None):
+        """A moto S3 client that answers as S3 does the caller acting as ``role`` (logical id); None: the role of
+        the Lambda handler module on the call stack when the call is made."""
+        client = boto3.client("s3", region_name=REGION)
+
+        def missing_key(params, model, **_):
+            caller = role or self.handler_role()
+            try:
+                self.d.s3.head_object(Bucket=params["Bucket"], Key=params["Key"])
+                return
+            except self.d.s3.exceptions.ClientError as exc:
+                if exc.response["Error"]["Code"] not in ("404", "NoSuchKey"):
+                    return  # let moto answer (a missing bucket, ...)
+            if self.lists_unconditionally(caller, params["Bucket"]):
+                return
+            from botocore.exceptions import ClientError
+
+            code = "403" if model.name == "HeadObject" else "AccessDenied"  # HEAD responses have no body
+            raise ClientError({"Error": {"Code": code, "Message": "Access Denied"},
+                               "ResponseMetadata": {"HTTPStatusCode": 403}}, model.name)  # fmt: skip
+
+        for operation in ("GetObject", "HeadObject"):
+            client.meta.events.register(f"before-parameter-build.s3.{operation}", missing_key)
+        return client
+
+    def handler_role(self) -> str:
+        frame = sys._getframe()
+        while frame is not None:
+            module = frame.f_globals.get("__name__")
+            if module in HANDLER_MODULES:
+                return self.d.function_roles[module]
+            frame = frame.f_back
+        raise RuntimeError("an S3 call outside the Lambda handlers: use Deployment.s3 or S3AsRole.client(role)")
+
+
 class Deployment:
     """The synthesized stack, created in moto."""
 
@@ -154,6 +234,15 @@ class Deployment:
         self._bus()
         self._batch(role)
         self.handlers = self._lambdas(role, monkeypatch)
+        self.s3_as = S3AsRole(self)
+        import _shared
+
+        as_handler = cached_property(lambda aws: self.s3_as.client())
+        as_handler.__set_name__(_shared.Aws, "s3")
+        monkeypatch.setattr(_shared.Aws, "s3", as_handler)
+        (job_role,) = {jd["Properties"]["ContainerProperties"]["JobRoleArn"]["Fn::GetAtt"][0]
+                       for jd in self.resolve.of_type("AWS::Batch::JobDefinition").values()}  # fmt: skip
+        self.worker_s3 = self.s3_as.client(job_role)
         (machine,) = self.resolve.of_type("AWS::StepFunctions::StateMachine").values()
         self.definition = self.resolve(machine["Properties"]["DefinitionString"])
         self.machine_arn = self.sfn.create_state_machine(
@@ -222,6 +311,7 @@ class Deployment:
         with zipfile.ZipFile(zipped, "w") as zf:
             zf.writestr("placeholder.py", "")
         handlers, common_env = {}, {}
+        self.function_roles: dict[str, str] = {}  # handler module -> its role's logical id
         for logical, fn in self.resolve.of_type("AWS::Lambda::Function").items():
             props = fn["Properties"]
             if not props.get("Runtime", "").startswith("python"):
@@ -232,6 +322,7 @@ class Deployment:
                 Code={"ZipFile": zipped.getvalue()})["FunctionArn"]  # fmt: skip
             self.resolve.arns[logical] = arn
             handlers[logical[:64]] = props["Handler"]
+            self.function_roles[props["Handler"].split(".")[0]] = props["Role"]["Fn::GetAtt"][0]
             env.pop("POWERTOOLS_SERVICE_NAME", None)
             for key, value in env.items():
                 assert common_env.setdefault(key, value) == value, f"{key} differs between functions"
@@ -277,7 +368,7 @@ class Deployment:
                 source_uri=env["PRISM_SOURCE_URI"], artifacts_bucket=env["PRISM_ARTIFACTS_BUCKET"],
                 catalog_table=env["PRISM_CATALOG_TABLE"], force=env.get("PRISM_FORCE") == "true",
                 pipeline_version=env["PRISM_PIPELINE_VERSION"], name=env["PRISM_JOB"]),
-            s3=self.s3, dynamodb=self.ddb, work_dir=self.work_dir,
+            s3=self.worker_s3, dynamodb=self.ddb, work_dir=self.work_dir,
         )  # fmt: skip
         with self._lock:
             self.worker_runs.extend((env["PRISM_TITLE_ID"], o.stage, o.status) for o in result.stages)

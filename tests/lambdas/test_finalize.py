@@ -165,3 +165,37 @@ def test_stale_and_blocked_entries_are_read_by_their_status(deployment, s3_calls
     assert finalize(d) == {"title_id": TITLE, "status": "failed", "reason": why}
     manifest = json.loads(d.s3.get_object(Bucket=d.artifacts, Key=f"titles/{TITLE}/manifest.json")["Body"].read())
     assert (manifest["stages"]["keyframes"]["status"], manifest["stages"]["keyframes"]["outputs"]) == ("blocked", [])
+
+
+def test_a_new_title_gets_its_first_manifest_though_s3_answers_403_for_it(deployment):
+    """S3 answers finalize's GetObject of a manifest not written yet with 403 (its ListBucket is conditioned on
+    s3:prefix): finalize decides from its listing, or every new title would be recorded failed."""
+    d = deployment
+    (finalize_role,) = {d.function_roles["finalize"]}
+    with pytest.raises(ClientError) as denied:
+        d.s3_as.client(finalize_role).get_object(Bucket=d.artifacts, Key=f"titles/{TITLE}/manifest.json")
+    assert denied.value.response["Error"]["Code"] == "AccessDenied"
+    stored_keyframes(d, ["keyframes.parquet", *KEYFRAMES])
+
+    assert finalize(d) == {"title_id": TITLE, "status": "succeeded", "reason": None}
+    manifest = json.loads(d.s3.get_object(Bucket=d.artifacts, Key=f"titles/{TITLE}/manifest.json")["Body"].read())
+    assert manifest["title_id"] == TITLE and manifest["stages"]["keyframes"]["status"] == "succeeded"
+    assert finalize(d)["status"] == "succeeded"  # and the second time it reads the manifest it wrote
+
+
+def test_the_s3_double_says_no_such_key_only_to_an_unconditional_list_bucket(deployment):
+    d = deployment
+    key = f"titles/{TITLE}/manifest.json"
+    d.s3_as.policies["Lister"] = [
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{d.artifacts}"}
+    ]
+    d.s3_as.policies["PrefixLister"] = [{**d.s3_as.policies["Lister"][0],
+                                         "Condition": {"StringLike": {"s3:prefix": ["titles/*"]}}}]  # fmt: skip
+    with pytest.raises(d.s3.exceptions.NoSuchKey):
+        d.s3_as.client("Lister").get_object(Bucket=d.artifacts, Key=key)
+    for role in ("PrefixLister", "NoPolicy"):
+        with pytest.raises(ClientError) as denied:
+            d.s3_as.client(role).head_object(Bucket=d.artifacts, Key=key)
+        assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    d.s3.put_object(Bucket=d.artifacts, Key=key, Body=b"{}")
+    assert d.s3_as.client("NoPolicy").get_object(Bucket=d.artifacts, Key=key)["Body"].read() == b"{}"
