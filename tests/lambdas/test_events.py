@@ -73,7 +73,17 @@ def test_schemas_reject_what_consumers_could_not_use():
             "detail": {"title_id": "t", "status": "succeeded", "reason": None, "stages": {"shots": "succeeded"},
                        "manifest": "s3://b/titles/t/manifest.json", "pipeline_version": "1", "execution": "e"}}  # fmt: skip
     _valid(good)
+    _valid({**good, "detail": {**good["detail"], "qc": {"verdict": "warn", "profile": "service", "counts": {"warn": 2},
+                                                       "rules": {"black_in_programme": 2},
+                                                       "qc": "s3://b/titles/t/qc.json"}}})  # fmt: skip
     for broken in (
+        {
+            **good,
+            "detail": {
+                **good["detail"],
+                "qc": {"verdict": "maybe", "profile": "service", "counts": {}, "qc": "s3://b/titles/t/qc.json"},
+            },
+        },  # fmt: skip
         {**good, "detail": {**good["detail"], "status": "failed"}},
         {**good, "detail": {k: v for k, v in good["detail"].items() if k != "manifest"}},
         {**good, "detail": {**good["detail"], "stages": {"shots": "great"}}},
