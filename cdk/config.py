@@ -154,6 +154,23 @@ SPLIT_JOBS: tuple[JobSpec, ...] = (
 )  # fmt: skip
 
 
+CONSUMER_NAME = re.compile(r"^[a-z][a-z0-9-]{1,30}$")
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A downstream team in its own account: reads artifacts and tables, queries Athena, hears Prism's events."""
+
+    name: str  # content-qc | posters | localization ...: the role is prism-<env>-consumer-<name>
+    account: str  # the 12-digit account its role may be assumed from, and whose rules may sit on Prism's bus
+
+    def __post_init__(self) -> None:
+        if not CONSUMER_NAME.match(self.name):
+            raise ValueError(f"consumer name {self.name!r}: lowercase letters, digits and '-', 2..31 characters")
+        if not (len(self.account) == 12 and self.account.isdigit()):
+            raise ValueError(f"consumer {self.name}: account must be 12 digits, got {self.account!r}")
+
+
 @dataclass(frozen=True)
 class EnvironmentConfig:
     name: str
@@ -230,8 +247,19 @@ class EnvironmentConfig:
     # accounts other than this one that own buckets the workers read (the upstream input bucket, the model bucket):
     # the S3 gateway endpoint's policy allows only this account's buckets, these, and ECR's layer bucket
     external_bucket_accounts: tuple[str, ...] = ()
+    # downstream teams with read-only access (artifacts, tables, Athena) and event rules on the bus
+    consumers: tuple[Consumer, ...] = ()
+    athena_bytes_scanned_cutoff: int = 10 * 1024**3  # per query, in the consumers' workgroup (min 10 MB)
+    event_archive_days: int = 30  # Prism's events kept for replay
 
     def __post_init__(self) -> None:
+        names = [c.name for c in self.consumers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: consumer names repeat: {names}")
+        if self.account is not None and any(c.account == self.account for c in self.consumers):
+            raise ValueError(f"{self.name}: a consumer account is this environment's own; grant it in the stack")
+        if self.athena_bytes_scanned_cutoff < 10 * 1024**2:
+            raise ValueError(f"{self.name}: athena_bytes_scanned_cutoff must be >= 10 MB (Athena's minimum)")
         try:
             graph = registered_stage_graph()
             object.__setattr__(self, "jobs", with_default_jobs(self.jobs, graph))  # frozen: set once, here
@@ -424,6 +452,11 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         language_hint="ko",
         log_retention_days=30,
         retain_data=True,
+        consumers=(
+            Consumer("content-qc", "444444444444"),
+            Consumer("posters", "555555555555"),
+            Consumer("localization", "666666666666"),
+        ),
     ),
     "prod": EnvironmentConfig(
         name="prod",
@@ -446,6 +479,12 @@ ENVIRONMENTS: dict[str, EnvironmentConfig] = {
         noncurrent_version_days=90,
         retain_data=True,
         alarm_emails=("prism-oncall@example.com",),
+        consumers=(
+            Consumer("content-qc", "444444444445"),
+            Consumer("posters", "555555555556"),
+            Consumer("localization", "666666666667"),
+        ),
+        event_archive_days=90,
     ),
 }
 

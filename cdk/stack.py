@@ -13,12 +13,13 @@ from constructs import Construct
 
 from cdk.compute import Compute
 from cdk.config import EnvironmentConfig
+from cdk.consumers import ConsumerAccess
 from cdk.monitoring import Monitoring
 from cdk.orchestration import Orchestration
 from cdk.schedule import DailySchedule, EventBus
 from cdk.smoke import SmokeTestAccess
 from cdk.storage import RUNS_PREFIX, TITLES_PREFIX, Storage
-from prism.contract import EVENT_BUS
+from prism.contract import EVENT_BUS, TABLES_PREFIX
 
 RETENTION = {
     1: logs.RetentionDays.ONE_DAY,
@@ -109,6 +110,12 @@ class PrismStack(Stack):
                             role_name=config.smoke_test_role_name, state_machine=orchestration.state_machine)
             if config.smoke_test_caller_arn else None
         )  # fmt: skip
+        self.consumers = ConsumerAccess(
+            self, "Consumers",
+            env_name=config.name, artifacts=storage.artifacts, key=storage.key, bus=self.events.bus,
+            consumers=config.consumers, bytes_scanned_cutoff=config.athena_bytes_scanned_cutoff,
+            archive_days=config.event_archive_days,
+        )  # fmt: skip
         self._grant()
         self._scope_key_policy_services()
         self.outputs = self._outputs()
@@ -124,6 +131,7 @@ class PrismStack(Stack):
         job_role = self.compute.job_role
         storage.grant_input_read(job_role)
         storage.grant_artifacts(job_role, prefix=TITLES_PREFIX, write=True, delete=True)
+        storage.grant_artifacts(job_role, prefix=TABLES_PREFIX, write=True)  # tables/<artifact>/<title_id>.parquet
         storage.grant_catalog(job_role, write=True)
         if self.config.model_location:
             bucket, _, prefix = self.config.model_location.removeprefix("s3://").partition("/")
@@ -186,7 +194,12 @@ class PrismStack(Stack):
             "EventBusName": self.events.bus.event_bus_name,
             "AlarmTopicArn": self.monitoring.topic.topic_arn,
             "ImageTag": self.config.image_tag,
+            "GlueDatabaseName": self.consumers.database_name,
+            "AthenaWorkGroup": self.consumers.workgroup_name,
         }
+        values.update(
+            {f"ConsumerRoleArn{n.replace('-', '').title()}": r.role_arn for n, r in self.consumers.roles.items()}
+        )
         if self.smoke_test:
             values["SmokeTestRoleArn"] = self.smoke_test.role.role_arn
         return {name: CfnOutput(self, name, value=value) for name, value in values.items()}
@@ -196,10 +209,10 @@ class PrismStack(Stack):
         iam5 = "AwsSolutions-IAM5"
         NagSuppressions.add_resource_suppressions(
             [self.compute.job_role, *(f.role for f in self.orchestration.functions.values())],
-            [{"id": iam5, "reason": "Object ARNs under one prefix (titles/*, _prism/runs/*, the input prefix) are "
+            [{"id": iam5, "reason": "Object ARNs under one prefix (titles/*, tables/*, _prism/runs/*, the input prefix) are "
               "the narrowest S3 resource for per-title keys; X-Ray PutTraceSegments has no resource-level "
               "permissions; log-group ARNs end in :* for their streams.",
-              "applies_to": [{"regex": "/^Resource::(.*(titles|_prism\\/runs|\\/\\*)|.*:\\*|\\*)$/g"}]}],
+              "applies_to": [{"regex": "/^Resource::(.*(titles|tables|_prism\\/runs|\\/\\*)|.*:\\*|\\*)$/g"}]}],
             apply_to_children=True,
         )  # fmt: skip
         NagSuppressions.add_resource_suppressions(
@@ -211,6 +224,15 @@ class PrismStack(Stack):
               "applies_to": [{"regex": "/^Resource::.*$/g"}]}],
             apply_to_children=True,
         )  # fmt: skip
+        if self.consumers.roles:
+            NagSuppressions.add_resource_suppressions(
+                [*self.consumers.roles.values(), *self.consumers.policies.values()],
+                [{"id": iam5, "reason": "A consumer reads every title: object ARNs under titles/*, tables/* and its own "
+                  "Athena results prefix, and the Glue tables of Prism's database (table/<db>/*), are the narrowest "
+                  "resources for keys and tables that grow with the catalogue.",
+                  "applies_to": [{"regex": "/^Resource::.*(titles|tables|athena\\/[a-z0-9-]+|prism_[a-z0-9_]+)\\/\\*.*$/g"}]}],
+                apply_to_children=True,
+            )  # fmt: skip
         NagSuppressions.add_resource_suppressions(
             self.compute.execution_role,
             [{"id": iam5, "reason": "ECR GetAuthorizationToken has no resource-level permissions.",

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prism.catalog import StageRecord
-from prism.contract import TITLES_PREFIX, Status
+from prism.contract import TITLE_FAILED, TITLE_PREPROCESSED, TITLES_PREFIX, Status
 from prism.errors import StorageError
 
 SCHEMA_VERSION = "1.0"
@@ -275,6 +275,16 @@ def new_manifest(title_id: str, source: dict[str, Any], prism_version: str) -> d
 @lru_cache(maxsize=1)
 def manifest_schema() -> dict[str, Any]:
     return json.loads((Path(__file__).parent / "schemas" / "manifest.schema.json").read_text())
+
+
+EVENT_SCHEMAS = {TITLE_PREPROCESSED: "title-preprocessed", TITLE_FAILED: "title-failed"}  # detail-type -> file
+
+
+@lru_cache(maxsize=4)
+def event_schema(detail_type: str) -> dict[str, Any]:
+    """The JSON Schema (draft 4, as EventBridge's schema registry takes it) of one event Prism emits."""
+    name = EVENT_SCHEMAS[detail_type]
+    return json.loads((Path(__file__).parent / "schemas" / "events" / f"{name}.schema.json").read_text())
 
 
 def validate_manifest(manifest: dict[str, Any]) -> None:

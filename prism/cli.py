@@ -488,6 +488,43 @@ def duplicates(
     out_console.print(f"{len(pairs)} near-duplicate pairs in {len({p.group for p in pairs})} groups")
 
 
+@app.command()
+def query(
+    sql: str = typer.Argument(..., help="SQL over the catalogue-wide tables (shots, cues, titles, ...)."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory of the runs."),
+    fmt: str = typer.Option("table", "--format", help="table | csv | json"),
+) -> None:
+    """Run SQL with DuckDB over every processed title: the same tables and SQL as Athena in the cloud."""
+    import csv
+    import sys
+
+    from prism.query import run_query
+
+    if fmt not in ("table", "csv", "json"):
+        console.print(f"[red]error:[/] --format must be table, csv or json, not {fmt!r}")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        result = run_query(out, sql)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    if fmt == "json":
+        rows = [dict(zip(result.columns, row)) for row in result.rows]
+        out_console.print_json(json.dumps(rows, ensure_ascii=False, default=str))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(result.columns)
+        writer.writerows(result.rows)
+    else:
+        table = Table()
+        for col in result.columns:
+            table.add_column(col)
+        for row in result.rows:
+            table.add_row(*("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+        out_console.print(table)
+        console.print(f"{len(result.rows)} rows")
+
+
 def main() -> None:
     for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 file name is printed escaped, never a crash
         if isinstance(stream, io.TextIOWrapper):

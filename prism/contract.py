@@ -46,6 +46,7 @@ WORKER_COMMAND = ("python", "-m", WORKER_MODULE)
 
 # -- S3 layout -------------------------------------------------------------------------------
 TITLES_PREFIX = "titles/"  # titles/<title_id>/manifest.json and each stage's outputs
+TABLES_PREFIX = "tables/"  # tables/<artifact>/<title_id>.parquet: each Parquet artifact across titles (prism.tables)
 RUNS_PREFIX = "_prism/runs/"  # discover's run items and summarise's summaries
 
 # -- names the stack gives its resources ---------------------------------------------------------

@@ -23,6 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import pyarrow as pa
+
+from prism import tables
 from prism.artifacts import (
     JOURNAL_PREFIX,
     LOCKS_DIR,
@@ -212,6 +215,10 @@ class LocalStore:
     def finish(self, manifest: dict[str, Any], record: TitleRecord) -> None:
         write_json(self.title_dir / MANIFEST, manifest)
         self.catalog.put_title(record)
+        try:
+            tables.write_local(self.out_dir, self.title_dir, manifest)
+        except (OSError, pa.ArrowException) as exc:  # a derived index: `prism query` rebuilds what is missing
+            log.warning("%s: catalogue tables not updated: %s", self.title_id, exc)
 
     def note_title_failure(self, record: TitleRecord) -> None:
         try:

@@ -86,7 +86,11 @@ def test_worker_runs_cues_uploads_artifacts_and_records_the_stage(aws, tiny_vide
     result = run_job(_job(), s3=s3, dynamodb=ddb, work_dir=tmp_path)
 
     assert (result.status, result.exit_code) == ("succeeded", EXIT_OK)
-    assert set(_keys(s3)) == {"titles/Episode-1/cues.parquet"}  # no manifest: finalize owns it
+    assert set(_keys(s3)) == {  # no manifest: finalize owns it
+        "titles/Episode-1/cues.parquet",
+        "tables/cues/Episode-1.parquet",  # the catalogue-wide tables (prism.tables)
+        "tables/titles/Episode-1.parquet",
+    }
     body = s3.get_object(Bucket=ARTIFACTS, Key="titles/Episode-1/cues.parquet")["Body"].read()
     (tmp_path / "cues.parquet").write_bytes(body)
     cues = pq.read_table(tmp_path / "cues.parquet").to_pylist()

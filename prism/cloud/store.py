@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from prism import tables
 from prism.artifacts import StageEntry, publish, remove_outputs, title_dir
 from prism.catalog import StageRecord, TitleRecord
 from prism.cloud.catalog import DynamoCatalog
@@ -134,7 +135,13 @@ class S3Store:
         return self.catalog.put_stage_if(record, extra=self._extra(manifest, name), fingerprint=seen)
 
     def finish(self, manifest: dict[str, Any], record: TitleRecord) -> None:
-        """Nothing to do: the title's status and manifest belong to ``finalize``."""
+        """The title's status and manifest belong to ``finalize``; the job writes the title's rows of the
+        catalogue-wide tables (``tables/<artifact>/<title_id>.parquet``) for the stages it holds."""
+        for name, table in tables.title_tables(self.title_dir, manifest).items():
+            self.s3.put_object(
+                Bucket=self.bucket, Key=tables.table_key(name, self.title_id), Body=tables.to_bytes(table),
+                ContentType="application/vnd.apache.parquet",
+            )  # fmt: skip
 
     def note_title_failure(self, record: TitleRecord) -> None:
         """Nothing to do: ``record_failure`` and ``finalize`` own the title record."""

@@ -231,3 +231,52 @@ def test_a_customer_keyed_input_bucket_is_readable_with_its_key(synthesized):
         Call(record, "kms:Decrypt", key, allowed=False, resource_policy=upstream, why="it never reads a video"),
     ]  # fmt: skip
     assert h.check(calls) == []
+
+
+@pytest.fixture(scope="module")
+def prod(synthesized):
+    config = load("prod")
+    _, template = synthesized["prod"]
+    return config, IamHarness(template.to_json(), account=ACCOUNT, region=config.region)
+
+
+def test_each_consumer_reads_artifacts_and_tables_and_queries_athena_and_nothing_else(prod):
+    """The consumer roles (issue 24): read-only on titles/ and tables/, KMS through S3, Glue reads, Athena in
+    Prism's workgroup, results under their own prefix; no writes, no run items, no catalog, no input."""
+    config, h = prod
+    n = _names(h)
+    s3_kms = _via("s3", config.region)
+    glue = f"arn:aws:glue:{config.region}:{ACCOUNT}"
+    workgroup = f"arn:aws:athena:{config.region}:{ACCOUNT}:workgroup/prism-prod"
+    assert config.consumers
+    for consumer in config.consumers:
+        role = h.role(f"ConsumersRole{consumer.name.replace('-', '')}")
+        own, other = f"_prism/athena/{consumer.name}/", "_prism/athena/someone-else/"
+        calls = [
+            Call(role, "s3:GetObject", f"{n['artifacts']}/titles/{TITLE}/shots.parquet"),
+            Call(role, "s3:GetObject", f"{n['artifacts']}/tables/shots/{TITLE}.parquet"),
+            Call(role, "s3:ListBucket", n["artifacts"], context={"s3:prefix": "tables/cues/"}),
+            Call(role, "s3:PutObject", f"{n['artifacts']}/{own}q-1.csv"),
+            Call(role, "s3:GetObject", f"{n['artifacts']}/{own}q-1.csv"),
+            Call(role, "kms:Decrypt", n["key"], context=s3_kms),
+            Call(role, "kms:GenerateDataKey", n["key"], context=s3_kms),
+            *(Call(role, a, r) for a, r in (("glue:GetDatabase", f"{glue}:database/prism_prod"),
+                                             ("glue:GetTable", f"{glue}:table/prism_prod/shots"),
+                                             ("glue:GetTables", f"{glue}:database/prism_prod"))),
+            *(Call(role, a, workgroup) for a in ("athena:StartQueryExecution", "athena:GetQueryResults")),
+            # denied
+            Call(role, "s3:PutObject", f"{n['artifacts']}/titles/{TITLE}/shots.parquet", allowed=False, why="read-only"),
+            Call(role, "s3:DeleteObject", f"{n['artifacts']}/tables/shots/{TITLE}.parquet", allowed=False, why="read-only"),
+            Call(role, "s3:GetObject", f"{n['artifacts']}/_prism/runs/run-1/titles.json", allowed=False, why="run items"),
+            Call(role, "s3:GetObject", f"{n['artifacts']}/{other}q-1.csv", allowed=False, why="another consumer's results"),
+            Call(role, "s3:ListBucket", n["artifacts"], allowed=False, why="the whole bucket"),
+            Call(role, "kms:Decrypt", n["key"], allowed=False, why="only through S3"),
+            Call(role, "dynamodb:GetItem", n["table"], allowed=False, why="the catalog is Prism's"),
+            Call(role, "s3:GetObject", f"arn:aws:s3:::{config.input_bucket_name}/{config.input_prefix}x.mp4",
+                 allowed=False, why="media never leaves Prism's account"),
+            Call(role, "glue:DeleteTable", f"{glue}:table/prism_prod/shots", allowed=False, why="read-only"),
+            Call(role, "athena:StartQueryExecution", f"arn:aws:athena:{config.region}:{ACCOUNT}:workgroup/primary",
+                 allowed=False, why="only Prism's capped workgroup"),
+            Call(role, "events:PutEvents", n["bus"], allowed=False, why="consumers hear events, never send them"),
+        ]  # fmt: skip
+        assert h.check(calls) == [], consumer.name
