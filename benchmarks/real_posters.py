@@ -282,7 +282,7 @@ def section() -> str:
     quality, _ = quality_table()
     ranked, _ = ranking()
     return "\n".join([
-        "## Poster candidates",
+        "### Poster candidates (issue 23)",
         "",
         "`python -m benchmarks.real_posters` (one CPU core per measure, this machine, shared). Detector choice: "
         "recall (faces found / faces there) and false detections on scikit-image's real photographs, as they are, "

@@ -119,3 +119,24 @@ def container_run(container_video, tmp_path_factory):
         return cache[name]
 
     return run
+
+
+def _cheap_stages_module():
+    """tests/cheap_stages.py, loaded once under one name (a subprocess imports it by path too)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("prism_test_cheap_stages", Path(__file__).parent / "cheap_stages.py")
+    if spec.name not in sys.modules:
+        module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look it up
+        spec.loader.exec_module(module)
+    return sys.modules[spec.name]
+
+
+@pytest.fixture
+def cheap_stages(monkeypatch):
+    """``parts`` (nested files plus an index) -> ``tally`` (reads the index); see tests/cheap_stages.py."""
+    from prism.stages import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    return _cheap_stages_module().register_cheap_stages()

@@ -121,3 +121,18 @@ def test_real_media_registry_finds_its_modules_and_rewrites_only_their_sections(
     assert appended.startswith(new.rstrip("\n")) and appended.endswith("\n\n### Real footage: shots\n\nnumbers\n")
     with pytest.raises(ValueError, match="heading"):
         replace_section(doc, "no heading\n")
+
+
+def test_every_real_measurement_replaces_its_own_section_of_the_doc():
+    """Each benchmarks/real_*.py heads its section with a fixed '### ' heading that docs/benchmarks.md carries,
+    so `python -m benchmarks.real` rewrites it in place (a heading that changes per run would append copies)."""
+    import re
+
+    from benchmarks.real import DOC, modules
+
+    doc = DOC.read_text(encoding="utf-8").splitlines()
+    for name in modules():
+        source = (DOC.parents[1] / "benchmarks" / f"{name}.py").read_text(encoding="utf-8")
+        headings = re.findall(r'"(#{2,3} [^"]+)"', source)
+        assert headings and headings[0].startswith("### "), (name, headings[:1])
+        assert headings[0] in doc, f"{name}: {headings[0]!r} is not a heading of {DOC.name}"

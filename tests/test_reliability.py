@@ -8,7 +8,6 @@ milliseconds; the issue's scenarios with the real stages use tiny generated vide
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import shutil
@@ -35,16 +34,6 @@ OTHER = Title([Shot("life", 1.0), Shot("testsrc2", 1.0)], width=160, height=90, 
 
 
 _HERE = Path(__file__).parent
-_spec = importlib.util.spec_from_file_location("prism_test_cheap_stages", _HERE / "cheap_stages.py")
-cheap = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(cheap)
-
-
-@pytest.fixture
-def cheap_stages(monkeypatch):
-    """``parts`` (nested files plus an index) -> ``tally`` (reads the index); see tests/cheap_stages.py."""
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-    return cheap.register_cheap_stages()
 
 
 def assert_consistent(out: Path, title_id: str) -> dict:

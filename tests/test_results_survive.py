@@ -7,10 +7,8 @@ the configuration errors go through the CLI, as a user meets them.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,16 +28,6 @@ from prism.synth import Shot, Title
 cli = CliRunner()
 TINY = Title([Shot("testsrc2", 1.0), Shot("mandelbrot", 1.0)], width=160, height=90)
 OTHER = Title([Shot("life", 1.0), Shot("testsrc2", 1.0)], width=160, height=90, tone_hz=660.0)
-
-_spec = importlib.util.spec_from_file_location("prism_test_cheap_stages", Path(__file__).parent / "cheap_stages.py")
-cheap = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(cheap)
-
-
-@pytest.fixture
-def cheap_stages(monkeypatch):
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-    return cheap.register_cheap_stages()
 
 
 @pytest.fixture

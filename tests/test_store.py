@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import boto3
@@ -16,7 +14,6 @@ from prism.catalog import SQLiteCatalog, StageRecord
 from prism.cloud.catalog import DynamoCatalog
 from prism.cloud.store import S3Store
 from prism.contract import Status
-from prism.stages import base
 from prism.store import LocalStore
 from prism.synth import Shot, Title, build_title
 from tests.test_worker import ARTIFACTS, INPUT, REGION, TABLE, create_catalog_table, deployed_clients
@@ -163,17 +160,10 @@ def test_mark_stale_loses_to_a_record_written_since_it_was_loaded(backend):
 
 # ------------------------------------------------------------------ the worker, on the same stores
 
-_HERE = Path(__file__).parent
-_spec = importlib.util.spec_from_file_location("prism_test_cheap_stages", _HERE / "cheap_stages.py")
-cheap = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(cheap)
-
 
 @pytest.fixture
-def cloud(monkeypatch, tmp_path):
+def cloud(monkeypatch, tmp_path, cheap_stages):
     """moto S3 + DynamoDB, a tiny video delivered, and ``parts`` -> ``tally`` registered (two "jobs")."""
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-    cheap.register_cheap_stages()
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     video = tmp_path / "Ep-1.mp4"
     build_title(Title(shots=[Shot("orange", 0.5)], width=64, height=36), video)
