@@ -23,8 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import pyarrow as pa
-
 from prism import tables
 from prism.artifacts import (
     JOURNAL_PREFIX,
@@ -213,12 +211,11 @@ class LocalStore:
         return True
 
     def finish(self, manifest: dict[str, Any], record: TitleRecord) -> None:
+        # The title's rows of the catalogue-wide tables first: a full disk there fails the title like any
+        # other write; a kill leaves at most a hidden temporary file, which the next run's write removes.
+        tables.write_local(self.out_dir, self.title_dir, manifest)
         write_json(self.title_dir / MANIFEST, manifest)
         self.catalog.put_title(record)
-        try:
-            tables.write_local(self.out_dir, self.title_dir, manifest)
-        except (OSError, pa.ArrowException) as exc:  # a derived index: `prism query` rebuilds what is missing
-            log.warning("%s: catalogue tables not updated: %s", self.title_id, exc)
 
     def note_title_failure(self, record: TitleRecord) -> None:
         try:

@@ -136,6 +136,8 @@ def write_local(out_dir: Path, title_dir: Path, manifest: dict[str, Any]) -> lis
     for stale in (out_dir / TABLES_DIR).glob(f"*/{_glob_escape(title_id)}.parquet"):
         if stale.parent.name not in tables:
             stale.unlink(missing_ok=True)
+    for leftover in (out_dir / TABLES_DIR).glob(f"*/.{_glob_escape(title_id)}.parquet.tmp-*"):  # a killed write's
+        leftover.unlink(missing_ok=True)
     return sorted(tables)
 
 

@@ -115,6 +115,10 @@ def test_stale_table_files_follow_the_manifest(tmp_path):
     tables.write_local(out, out / "titles/t1", manifest)
     assert not (out / tables.table_key("audio_segments", "t1")).exists()
     assert (out / tables.table_key("shots", "t1")).exists()
+    killed = out / "tables" / "shots" / ".t1.parquet.tmp-0badc0de"  # what a write killed midway leaves
+    killed.write_bytes(b"PAR1")
+    tables.write_local(out, out / "titles/t1", manifest)
+    assert not killed.exists()
 
 
 def test_query_cli_and_errors(tmp_path):
