@@ -137,8 +137,28 @@ def title_dir(out_dir: str | Path, title_id: str) -> Path:
     return Path(out_dir) / TITLES_DIR / title_id
 
 
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+
+
+def _tmp_prefix(path: Path) -> str:
+    """``.<name>.tmp-``; where that and its 8-character suffix would pass NAME_MAX (a table file named after
+    a long title id), ``.<digest of the name>.tmp-``: still one writer's, still swept as ``.*.tmp-*``."""
+    prefix = f".{path.name}.tmp-"
+    if len(os.fsencode(prefix)) + 8 > NAME_MAX:
+        prefix = f".{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]}.tmp-"
+    return prefix
+
+
 def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f"{_tmp_prefix(path)}{uuid.uuid4().hex[:8]}")
+
+
+def temporaries(path: Path) -> list[Path]:
+    """What killed atomic writes of ``path`` left beside it."""
+    prefix = _tmp_prefix(path)
+    if not path.parent.is_dir():
+        return []
+    return [p for p in path.parent.iterdir() if p.name.startswith(prefix)]
 
 
 @contextmanager

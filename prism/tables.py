@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prism.artifacts import atomic_write_bytes
+from prism.artifacts import atomic_write_bytes, temporaries
 from prism.contract import TABLES_PREFIX, Status
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,9 @@ def write_local(out_dir: Path, title_dir: Path, manifest: dict[str, Any]) -> lis
     for stale in (out_dir / TABLES_DIR).glob(f"*/{_glob_escape(title_id)}.parquet"):
         if stale.parent.name not in tables:
             stale.unlink(missing_ok=True)
-    for leftover in (out_dir / TABLES_DIR).glob(f"*/.{_glob_escape(title_id)}.parquet.tmp-*"):  # a killed write's
-        leftover.unlink(missing_ok=True)
+    for folder in (out_dir / TABLES_DIR).glob("*/"):
+        for leftover in temporaries(folder / f"{title_id}.parquet"):  # a killed write's
+            leftover.unlink(missing_ok=True)
     return sorted(tables)
 
 
