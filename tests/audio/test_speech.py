@@ -65,31 +65,7 @@ def test_uninterrupted_speech_of_a_minute_transcribes(tmp_path):
 def test_repetition_and_compression_guards():
     loop = "I'm not sure if it's possible, but " * 20
     assert compression_ratio(loop) > 2.4 and repeated_phrase(loop.split()) is not None
-    assert repeated_phrase(
-        [
-            "I",
-            "don't",
-            "know",
-            "how",
-            "to",
-            "do",
-            "it,",
-            "I",
-            "don't",
-            "know",
-            "how",
-            "to",
-            "do",
-            "it,",
-            "I",
-            "don't",
-            "know",
-            "how",
-            "to",
-            "do",
-            "it,",
-        ]
-    )
+    assert repeated_phrase("I don't know how to do it,".split() * 3)
     fine = "Good morning. The weather today is cold and windy, so take a warm coat."
     assert compression_ratio(fine) < 2.4 and repeated_phrase(fine.split()) is None
     assert (
