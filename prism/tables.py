@@ -16,6 +16,7 @@ groups.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 from collections.abc import Iterator
@@ -133,17 +134,13 @@ def write_local(out_dir: Path, title_dir: Path, manifest: dict[str, Any]) -> lis
     tables = title_tables(title_dir, manifest)
     for name, table in tables.items():
         atomic_write_bytes(out_dir / table_key(name, title_id), to_bytes(table))
-    for stale in (out_dir / TABLES_DIR).glob(f"*/{_glob_escape(title_id)}.parquet"):
+    for stale in (out_dir / TABLES_DIR).glob(f"*/{glob.escape(title_id)}.parquet"):
         if stale.parent.name not in tables:
             stale.unlink(missing_ok=True)
     for folder in (out_dir / TABLES_DIR).glob("*/"):
         for leftover in temporaries(folder / f"{title_id}.parquet"):  # a killed write's
             leftover.unlink(missing_ok=True)
     return sorted(tables)
-
-
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _json(path: Path) -> dict[str, Any] | None:
